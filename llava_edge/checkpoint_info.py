@@ -1,0 +1,189 @@
+"""Describe a LLaVA checkpoint directory without loading it (no torch, no transformers).
+
+Reads ``config.json``, the safetensors headers (for parameter counts and dtypes) and the
+tokenizer files. Hugging Face configs leave out values equal to the model class's
+defaults (llava-hf's own ``llava-1.5-7b-hf`` omits the LLM's hidden size), so the few
+defaults we need are listed here.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from llava_edge.errors import LlavaEdgeError
+from llava_edge.presets import image_tokens
+
+# transformers' config defaults for the keys we read, per model_type.
+_DEFAULTS: dict[str, dict] = {
+    "clip_vision_model": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                              num_attention_heads=12, image_size=224, patch_size=32),
+    "siglip_vision_model": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                num_attention_heads=12, image_size=224, patch_size=16),
+    "llama": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, vocab_size=32000, max_position_embeddings=2048),
+    "mistral": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
+                    max_position_embeddings=131072),
+    "qwen2": dict(hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, vocab_size=151936,
+                  max_position_embeddings=32768),
+}
+_LLAVA_DEFAULTS = dict(vision_feature_layer=-2, vision_feature_select_strategy="default",
+                       image_token_index=32000, projector_hidden_act="gelu")
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
+                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint is; ``to_dict()`` is the ``info --json`` output."""
+
+    kind: str
+    path: str
+    architecture: str
+    vision: dict
+    text: dict
+    projector: dict
+    image_token_index: int
+    image_tokens_per_image: int
+    n_params: int
+    params_by_part: dict
+    weight_dtypes: list[str]
+    tokenizer: dict
+    random_init: bool
+    preset: str | None
+    files: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sub(config: dict, key: str) -> dict:
+    sub = dict(config.get(key) or {})
+    model_type = sub.get("model_type", "")
+    return {**_DEFAULTS.get(model_type, {}), **sub}
+
+
+def read_json(path: Path, what: str) -> dict:
+    """Parse a JSON file, raising a :class:`LlavaEdgeError` that names it on failure."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LlavaEdgeError(f"{path}: {what} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LlavaEdgeError(f"{path}: {what} is not valid JSON ({e})") from None
+
+
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file: tensor name -> {dtype, shape, data_offsets}."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100 * 1024 * 1024:
+                raise ValueError("header too large")
+            header = json.loads(f.read(n))
+    except (OSError, struct.error, ValueError) as e:
+        raise LlavaEdgeError(f"{path}: not a readable safetensors file ({e})") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+def _part_of(name: str) -> str:
+    if "vision_tower" in name:
+        return "vision_tower"
+    if "multi_modal_projector" in name:
+        return "projector"
+    return "language_model"
+
+
+def _tokenizer_summary(path: Path) -> dict:
+    out: dict = {"kind": "none"}
+    tok_json = path / "tokenizer.json"
+    if tok_json.exists():
+        data = read_json(tok_json, "tokenizer.json")
+        model = data.get("model", {})
+        vocab = model.get("vocab", {})
+        added = data.get("added_tokens", [])
+        n = len(vocab) + sum(1 for t in added if t["content"] not in vocab)
+        pre = json.dumps(data.get("pre_tokenizer") or {})
+        if model.get("type") == "BPE" and "ByteLevel" in pre:
+            kind = "byte-level BPE"
+        elif model.get("type") == "BPE" and model.get("byte_fallback"):
+            kind = "SentencePiece BPE (byte fallback)"
+        else:
+            kind = str(model.get("type", "unknown"))
+        out = {"kind": kind, "n_tokens": n, "added_tokens": [t["content"] for t in added]}
+    if (path / "tokenizer.model").exists():
+        out["sentencepiece_model"] = "tokenizer.model"
+    return out
+
+
+def describe_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Describe the LLaVA checkpoint at ``path`` (a :class:`LlavaEdgeError` if it is not one)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise LlavaEdgeError(f"{path}: not a directory")
+    config = read_json(path / "config.json", "config.json")
+    if config.get("model_type") != "llava":
+        raise LlavaEdgeError(
+            f"{path}: model_type is {config.get('model_type')!r}, not 'llava' "
+            "(llava-edge reads LlavaForConditionalGeneration checkpoints)"
+        )
+    top = {**_LLAVA_DEFAULTS, **config}
+    vision, text = _sub(config, "vision_config"), _sub(config, "text_config")
+    vision_kind = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}.get(
+        vision.get("model_type", ""), vision.get("model_type", "unknown"))
+
+    files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
+    n_params, by_part, dtypes = 0, {"vision_tower": 0, "projector": 0, "language_model": 0}, set()
+    for name in files:
+        if name.endswith(".safetensors"):
+            for tensor, meta in safetensors_header(path / name).items():
+                count = 1
+                for d in meta["shape"]:
+                    count *= d
+                n_params += count
+                by_part[_part_of(tensor)] += count
+                dtypes.add(meta["dtype"])
+    if n_params == 0:
+        raise LlavaEdgeError(f"{path}: no safetensors weights found")
+
+    ours = config.get("llava_edge") or {}
+    return CheckpointInfo(
+        kind="checkpoint",
+        path=str(path),
+        architecture=(config.get("architectures") or ["LlavaForConditionalGeneration"])[0],
+        vision={
+            "type": vision_kind,
+            **{k: vision.get(k) for k in ("image_size", "patch_size", "hidden_size",
+                                         "intermediate_size", "num_hidden_layers",
+                                         "num_attention_heads")},
+        },
+        text={
+            "type": text.get("model_type", "unknown"),
+            **{k: text.get(k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                       "num_attention_heads", "vocab_size",
+                                       "max_position_embeddings")},
+            "num_key_value_heads": text.get("num_key_value_heads",
+                                            text.get("num_attention_heads")),
+        },
+        projector={
+            "type": "mlp2x_" + str(top["projector_hidden_act"]),
+            "vision_feature_layer": top["vision_feature_layer"],
+            "vision_feature_select_strategy": top["vision_feature_select_strategy"],
+        },
+        image_token_index=top["image_token_index"],
+        image_tokens_per_image=image_tokens(vision_kind, vision["image_size"],
+                                            vision["patch_size"],
+                                            top["vision_feature_select_strategy"]),
+        n_params=n_params,
+        params_by_part=by_part,
+        weight_dtypes=sorted(dtypes),
+        tokenizer=_tokenizer_summary(path),
+        random_init=bool(ours.get("random_init", False)),
+        preset=ours.get("preset"),
+        files=files,
+    )

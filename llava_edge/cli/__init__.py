@@ -1,0 +1,80 @@
+"""The ``llava-edge`` command line.
+
+Exit codes: 0 success; 1 bad input or usage (a one-line message, no traceback);
+2 an internal error (a bug: set ``LLAVA_EDGE_DEBUG=1`` to see the traceback);
+130 interrupted. Commands that produce results take ``--json``. Heavy libraries
+(torch, transformers) are imported inside the commands that need them, so ``--help``
+and the runtime commands stay fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from llava_edge import __version__
+from llava_edge.errors import LlavaEdgeError
+
+EXIT_OK, EXIT_USER, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="llava-edge")
+def cli() -> None:
+    """Train LLaVA, export it to ONNX + GGUF, and run it fast on small machines.
+
+    \b
+    Typical flow:
+      llava-edge init --preset tiny ckpt/        # a checkpoint to start from
+      llava-edge data shapes data/               # synthetic LLaVA data
+      llava-edge info ckpt/                      # what a checkpoint (or bundle) is
+    """
+
+
+def _register_commands() -> None:
+    from llava_edge.cli import data_cmd, info_cmd, init_cmd
+
+    cli.add_command(init_cmd.init)
+    cli.add_command(data_cmd.data)
+    cli.add_command(info_cmd.info)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``llava-edge`` script; returns (and exits with) the exit code."""
+    code = run(argv)
+    sys.exit(code)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI with ``argv`` and return the exit code instead of exiting."""
+    try:
+        result = cli.main(args=argv, prog_name="llava-edge", standalone_mode=False)
+        return result if isinstance(result, int) else EXIT_OK
+    except click.exceptions.Exit as e:  # --help, --version
+        return e.exit_code
+    except click.ClickException as e:  # usage errors, bad parameters, unreadable files
+        e.show()
+        return EXIT_USER
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("Interrupted.", err=True)
+        return EXIT_INTERRUPTED
+    except LlavaEdgeError as e:
+        click.echo(f"Error: {e}", err=True)
+        return EXIT_USER
+    except BrokenPipeError:
+        return EXIT_OK  # e.g. `llava-edge info x | head`
+    except Exception as e:  # noqa: BLE001 - the last line of defence
+        if os.environ.get("LLAVA_EDGE_DEBUG"):
+            traceback.print_exc()
+        click.echo(
+            f"Internal error: {type(e).__name__}: {e}\n"
+            "This is a bug in llava-edge. Rerun with LLAVA_EDGE_DEBUG=1 for the traceback.",
+            err=True,
+        )
+        return EXIT_INTERNAL

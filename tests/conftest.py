@@ -1,0 +1,59 @@
+"""Shared fixtures. Tests run offline: any connection off this machine fails loudly."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _is_local(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_network():
+    """Refuse connections to anything but loopback for the whole test session."""
+    real_connect = socket.socket.connect
+
+    def guarded(self, address):
+        if not _is_local(address):
+            raise RuntimeError(f"test tried to reach the network: {address!r}")
+        return real_connect(self, address)
+
+    socket.socket.connect = guarded
+    yield
+    socket.socket.connect = real_connect
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """The `tiny` preset (Llama + CLIP), built once per test session."""
+    from llava_edge.presets import get_preset
+    from llava_edge.trainer.init_checkpoint import build_checkpoint
+
+    return build_checkpoint(get_preset("tiny"), tmp_path_factory.mktemp("ckpt") / "tiny").path
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_checkpoint(tmp_path_factory):
+    """The `tiny-qwen2` preset (Qwen2 + SigLIP), built once per test session."""
+    from llava_edge.presets import get_preset
+    from llava_edge.trainer.init_checkpoint import build_checkpoint
+
+    return build_checkpoint(get_preset("tiny-qwen2"),
+                            tmp_path_factory.mktemp("ckpt") / "tiny-qwen2").path
