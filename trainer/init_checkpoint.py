@@ -7,8 +7,9 @@ The result is an ordinary llava-hf style directory: ``config.json``, safetensors
 
 Weights are random (transformers' own initialisation, seeded) and the config says so
 under ``llava_edge.random_init``. They are written module by module from a model that
-lives on the ``meta`` device, so a 7B checkpoint never needs its full size in RAM:
-only one decoder layer in fp32 and one output shard are held at a time.
+lives on the ``meta`` device, straight into the safetensors files, so a 7B checkpoint
+never needs its full size in RAM: one decoder layer (or the embeddings and head) at a
+time.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from llava_edge import __version__
 from llava_edge.presets import PresetSpec
 from llava_edge.templates import IMAGE_TOKEN, TEMPLATES
 
+from llava_edge.trainer.safetensors_stream import PlannedTensor, StreamingShardWriter
 from llava_edge.trainer.tokenizer_build import build_tokenizer
 
 # Tensor-name prefixes of llava-hf checkpoints on disk (what save_pretrained writes and
@@ -99,7 +101,7 @@ def _write_checkpoint(spec: PresetSpec, out: Path, seed: int,
     config = make_config(spec, tokenizer, seed)
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
-    total = _save_weights(model, out, seed, getattr(torch, spec.dtype), progress)
+    total = _save_weights(model, out, seed, spec.dtype, progress)
     config.save_pretrained(out)
     GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -200,115 +202,94 @@ def make_image_processor(spec: PresetSpec):
     )
 
 
-def _save_weights(model, out: Path, seed: int, dtype, progress) -> int:
+def _save_weights(model, out: Path, seed: int, dtype: str, progress) -> int:
     """Materialise, initialise and save ``model``'s weights unit by unit; return the count."""
     import torch
 
+    owners, units, canonical = _units(model)
+    plan = [PlannedTensor(on_disk_name(name), tuple(p.shape), dtype)
+            for unit in units for name, p in _unit_params(unit, canonical)]
     total = sum(p.numel() for p in model.parameters())  # tied weights count once
     torch.manual_seed(seed)
-    writer = ShardWriter(out, SHARD_BYTES)
+    writer = StreamingShardWriter(out, plan, SHARD_BYTES)
     done = 0
-    for tensors in _initialised_units(model):
-        for name, tensor in tensors.items():
-            writer.add(on_disk_name(name), tensor.to(dtype).contiguous())
+    for unit in units:
+        for name, tensor in _initialise(unit, owners, canonical):
+            writer.write(on_disk_name(name), tensor)
             done += tensor.numel()
+        _release_freed_memory()
         if progress:
             progress(done, total)
     writer.close()
     return total
 
 
-class ShardWriter:
-    """Write tensors into safetensors shards of at most ``max_bytes`` as they arrive.
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc only; elsewhere a no-op).
 
-    Shards are named like ``save_pretrained`` names them: ``model.safetensors`` when one
-    is enough, else ``model-0000K-of-0000N.safetensors`` plus
-    ``model.safetensors.index.json``. Only the shard being filled is held in memory.
+    glibc keeps large freed blocks in its arenas, so without this the resident size grows
+    by a few tens of MB per layer even though each layer's tensors are freed: 10 GB
+    instead of 1 GB for the 7B preset.
     """
+    import ctypes
+    import ctypes.util
 
-    def __init__(self, out: Path, max_bytes: int):
-        self.out = out
-        self.max_bytes = max_bytes
-        self.current: dict = {}
-        self.current_bytes = 0
-        self.written: list[tuple[Path, list[str]]] = []
-        self.total_bytes = 0
-
-    def add(self, name: str, tensor) -> None:
-        if self.current and self.current_bytes + tensor.nbytes > self.max_bytes:
-            self._flush()
-        self.current[name] = tensor
-        self.current_bytes += tensor.nbytes
-        self.total_bytes += tensor.nbytes
-
-    def _flush(self) -> None:
-        from safetensors.torch import save_file
-
-        path = self.out / f"model-part-{len(self.written) + 1:05d}.safetensors"
-        save_file(self.current, str(path), metadata={"format": "pt"})
-        self.written.append((path, list(self.current)))
-        self.current, self.current_bytes = {}, 0
-
-    def close(self) -> None:
-        if self.current or not self.written:
-            self._flush()
-        n = len(self.written)
-        if n == 1:
-            self.written[0][0].rename(self.out / "model.safetensors")
-            return
-        weight_map = {}
-        for k, (path, names) in enumerate(self.written, start=1):
-            final = f"model-{k:05d}-of-{n:05d}.safetensors"
-            path.rename(self.out / final)
-            weight_map.update({name: final for name in names})
-        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
-        (self.out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
-def _initialised_units(model) -> Iterator[dict]:
-    """Yield ``{parameter path: tensor}`` for the model, one unit at a time.
+def _units(model):
+    """Split ``model`` (on the meta device) into units initialised and saved one at a time.
 
     A unit is one element of a ``ModuleList`` (a transformer layer), or, at the end, all
-    remaining parameters (embeddings, norms, projector, head). Each unit is moved off the
-    meta device, initialised by the ``_init_weights`` of the transformers model that owns
-    it (children before parents, as ``Module.apply`` does, so CLIP's attention-specific
-    scales win over the generic Linear rule), copied out, and dropped back to meta.
+    remaining modules (embeddings, norms, projector, head): a list of (path, module).
+    Returns the transformers models that own submodules (by path), the units, and the
+    canonical parameter names (``named_parameters()`` lists a tied weight once, under its
+    first name: only those are saved).
     """
     import torch
     from transformers import PreTrainedModel
 
     owners = {name: m for name, m in model.named_modules() if isinstance(m, PreTrainedModel)}
-
-    def owner_of(path: str):
-        best = max((p for p in owners if p == "" or path == p or path.startswith(p + ".")), key=len)
-        return owners[best]
-
     layer_units = [
         (f"{name}.{idx}" if name else str(idx), child)
         for name, mod in model.named_modules() if isinstance(mod, torch.nn.ModuleList)
         for idx, child in enumerate(mod)
     ]
+    units = [[(f"{prefix}.{n}" if n else prefix, m) for n, m in unit.named_modules()]
+             for prefix, unit in layer_units]
     inside_layer = {id(m) for _, unit in layer_units for m in unit.modules()}
-    # named_parameters() lists a tied weight once, under its first name: save only those.
+    units.append([(n, m) for n, m in model.named_modules()
+                  if id(m) not in inside_layer and any(True for _ in m.parameters(recurse=False))])
     canonical = {name for name, _ in model.named_parameters()}
+    return owners, units, canonical
 
-    def take(prefix: str, modules: list[tuple[str, torch.nn.Module]]) -> dict:
-        for _, m in modules:
-            m.to_empty(device="cpu", recurse=False)
-        for path, m in reversed(modules):  # children before parents
-            owner_of(path)._init_weights(m)
-        out = {}
-        for path, m in modules:
-            for pname, p in m.named_parameters(recurse=False):
-                name = f"{path}.{pname}" if path else pname
-                if name in canonical:
-                    out[name] = p.detach().clone()
-        for _, m in modules:
-            m.to("meta")
-        return out
 
-    for prefix, unit in layer_units:
-        yield take(prefix, [(f"{prefix}.{n}" if n else prefix, m) for n, m in unit.named_modules()])
-    rest = [(n, m) for n, m in model.named_modules()
-            if id(m) not in inside_layer and any(True for _ in m.parameters(recurse=False))]
-    yield take("", rest)
+def _unit_params(unit, canonical):
+    for path, m in unit:
+        for pname, p in m.named_parameters(recurse=False):
+            name = f"{path}.{pname}" if path else pname
+            if name in canonical:
+                yield name, p
+
+
+def _initialise(unit, owners, canonical):
+    """Move ``unit`` off the meta device, initialise it with the ``_init_weights`` of the
+    transformers model that owns each module (children before parents, as
+    ``Module.apply`` does, so CLIP's attention-specific scales win over the generic
+    Linear rule), yield its parameters, and drop it back to meta."""
+
+    def owner_of(path: str):
+        best = max((p for p in owners if p == "" or path == p or path.startswith(p + ".")),
+                   key=len)
+        return owners[best]
+
+    for _, m in unit:
+        m.to_empty(device="cpu", recurse=False)
+    for path, m in reversed(unit):  # children before parents
+        owner_of(path)._init_weights(m)
+    yield from ((name, p.detach()) for name, p in _unit_params(unit, canonical))
+    for _, m in unit:
+        m.to("meta")
