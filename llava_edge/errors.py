@@ -29,3 +29,16 @@ def require_extra(extra: str, what: str, *modules: str) -> None:
     for name in modules:
         if importlib.util.find_spec(name) is None:
             raise MissingExtraError(extra, what, name)
+
+
+class ImageError(LlavaEdgeError):
+    """An image that cannot be used: unreadable, corrupt, empty, too large, wrong shape."""
+
+
+class PromptError(LlavaEdgeError):
+    """A prompt that cannot be answered: empty, too long for the context, or with a
+    number of ``<image>`` markers that does not match the images given."""
+
+
+class BundleError(LlavaEdgeError):
+    """A bundle directory that is incomplete, altered or inconsistent."""
