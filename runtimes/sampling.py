@@ -1,0 +1,69 @@
+"""Choosing the next token from logits: greedy, or sampling with the usual knobs.
+
+numpy only. The order of the filters follows llama.cpp's default sampler chain:
+repetition penalty, top-k, top-p, temperature, then a draw from the distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """``temperature == 0`` means greedy decoding (and the other knobs do nothing)."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    repeat_penalty: float = 1.0  # 1.0: off; > 1 discourages tokens already produced
+    repeat_last_n: int = 64
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.repeat_penalty <= 0:
+            raise ValueError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
+
+
+class Sampler:
+    """Picks tokens for one generation; owns its random generator (seeded per call)."""
+
+    def __init__(self, params: SamplingParams):
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray, previous: list[int]) -> int:
+        p = self.params
+        logits = np.asarray(logits, dtype=np.float64)
+        if p.repeat_penalty != 1.0 and previous:
+            logits = logits.copy()
+            recent = np.unique(np.asarray(previous[-p.repeat_last_n:], dtype=np.int64))
+            values = logits[recent]
+            # llama.cpp / CTRL: shrink positive logits, push negative ones further down.
+            logits[recent] = np.where(values > 0, values / p.repeat_penalty,
+                                      values * p.repeat_penalty)
+        if p.temperature == 0:
+            return int(np.argmax(logits))
+        candidates = np.argsort(-logits, kind="stable")
+        if p.top_k:
+            candidates = candidates[: p.top_k]
+        chosen = logits[candidates]
+        probs = _softmax(chosen)
+        if p.top_p < 1.0:
+            keep = int(np.searchsorted(np.cumsum(probs), p.top_p) + 1)
+            candidates, chosen = candidates[:keep], chosen[:keep]
+        probs = _softmax(chosen / p.temperature)
+        return int(candidates[self.rng.choice(len(candidates), p=probs)])
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
