@@ -145,12 +145,15 @@ def test_benchmark_presets_load_and_run(name, tmp_path):
     check_loads_and_runs(path, name, dtype=torch.float32)
 
 
+# The peak is read from VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across
+# execve, so a child of a large pytest process would report its parent's peak.
 _PEAK_RSS_SCRIPT = """
-import json, resource, sys
+import json, re, sys
 from llava_edge.presets import get_preset
 from llava_edge.trainer.init_checkpoint import build_checkpoint
 build_checkpoint(get_preset(sys.argv[1]), sys.argv[2])
-print(json.dumps({"peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+status = open("/proc/self/status").read()
+print(json.dumps({"peak_rss_kb": int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))}))
 """
 
 
@@ -167,7 +170,7 @@ def test_llava_7b_is_written_in_shards_without_the_whole_model_in_ram(tmp_path):
     index = json.loads((path / "model.safetensors.index.json").read_text())
     fp16_gb = index["metadata"]["total_size"] / 1024**3
     assert fp16_gb > 12
-    assert peak_gb < fp16_gb / 2, f"peak RSS {peak_gb:.1f} GB for {fp16_gb:.1f} GB of weights"
+    assert peak_gb < fp16_gb / 4, f"peak RSS {peak_gb:.1f} GB for {fp16_gb:.1f} GB of weights"
 
     config = LlavaConfig.from_pretrained(path)
     with torch.device("meta"):
