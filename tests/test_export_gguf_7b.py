@@ -1,0 +1,65 @@
+"""Converting a 7B language model streams: peak memory stays far below its fp16 size."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from llava_edge.runtimes.gguf_check import check_gguf
+
+# Runs in a fresh interpreter so that its peak RSS is the converter's alone. The peak is
+# VmHWM: ru_maxrss would carry over the (large) RSS of the pytest process it forked from.
+_CONVERT = """
+import json, sys, time
+start = time.time()
+from llava_edge.export.gguf_writer import write_llm_gguf
+written = write_llm_gguf(sys.argv[1], sys.argv[2], "F16")
+with open("/proc/self/status") as status:
+    hwm_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(json.dumps({"peak_rss_bytes": hwm_kb * 1024, "seconds": time.time() - start,
+                  "size_bytes": written.size_bytes}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_llava_1_5_7b_converts_in_a_fraction_of_its_size(tmp_path):
+    from llava_edge.export.gguf_tensors import SafetensorsCheckpoint, find_llm_prefixes
+    from llava_edge.presets import get_preset
+    from llava_edge.runtimes.llama_cpp_lm import LlamaCppLM
+    from llava_edge.trainer.init_checkpoint import build_checkpoint
+
+    ckpt = build_checkpoint(get_preset("llava-1.5-7b"), tmp_path / "ckpt").path
+    out = tmp_path / "llm-F16.gguf"
+    try:
+        weights = SafetensorsCheckpoint(ckpt)
+        decoder, head = find_llm_prefixes(weights.names())
+        llm_bytes = 0
+        for name in weights.names():
+            if name.startswith((decoder, head)):
+                shape, dtype = weights.info(name)
+                assert dtype == "F16"
+                n = 1
+                for d in shape:
+                    n *= d
+                llm_bytes += 2 * n
+        done = subprocess.run([sys.executable, "-c", _CONVERT, str(ckpt), str(out)],
+                              capture_output=True, text=True, check=True)
+        measured = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"\n7B F16 conversion: peak RSS {measured['peak_rss_bytes'] / 2**30:.2f} GiB for "
+              f"{llm_bytes / 2**30:.2f} GiB of fp16 weights, {measured['seconds']:.0f} s")
+        assert measured["peak_rss_bytes"] < 0.15 * llm_bytes  # measured: ~0.6 GiB of 12.6
+        info = check_gguf(out, architectures=("llama",))
+        assert info.n_tensors == 291 and info.metadata["llama.block_count"] == 32
+        assert abs(measured["size_bytes"] - llm_bytes) < 0.01 * llm_bytes
+        image_id = json.loads((ckpt / "config.json").read_text())["image_token_index"]
+        with LlamaCppLM(out, n_ctx=64) as lm:  # llama.cpp accepts the file (mmap, no decode)
+            assert (lm.n_vocab, lm.n_embd) == (32064, 4096)
+            assert lm.tokenize("<image>") == [lm.bos_token, image_id]
+    finally:
+        shutil.rmtree(ckpt, ignore_errors=True)
+        out.unlink(missing_ok=True)
