@@ -57,3 +57,42 @@ def tiny_qwen2_checkpoint(tmp_path_factory):
 
     return build_checkpoint(get_preset("tiny-qwen2"),
                             tmp_path_factory.mktemp("ckpt") / "tiny-qwen2").path
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_checkpoint, tmp_path_factory):
+    """`tiny` exported to GGUF (F16, Q8_0, Q4_K_M + mmproj), without parity figures."""
+    from llava_edge.export.gguf import export_gguf
+
+    return export_gguf(tiny_checkpoint, tmp_path_factory.mktemp("gguf") / "tiny",
+                       quants=("F16", "Q8_0", "Q4_K_M"), mmproj=True, parity=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_gguf(tiny_qwen2_checkpoint, tmp_path_factory):
+    """`tiny-qwen2` exported to GGUF (F16, Q8_0, Q4_K_M + mmproj), without parity figures."""
+    from llava_edge.export.gguf import export_gguf
+
+    return export_gguf(tiny_qwen2_checkpoint, tmp_path_factory.mktemp("gguf") / "tiny-qwen2",
+                       quants=("F16", "Q8_0", "Q4_K_M"), mmproj=True, parity=False)
+
+
+def _bundle(checkpoint, out):
+    from llava_edge.export.bundle_export import ExportOptions, export_bundle
+
+    options = ExportOptions(vision_precisions=("fp32", "int8"), llm_quants=("F16", "Q4_K_M"),
+                            parity=False)
+    export_bundle(checkpoint, out, options)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint, tmp_path_factory):
+    """`tiny` as a bundle: fp32 + int8 vision graphs, F16 + Q4_K_M GGUFs (no LLM parity)."""
+    return _bundle(tiny_checkpoint, tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_bundle(tiny_qwen2_checkpoint, tmp_path_factory):
+    """`tiny-qwen2` as a bundle, like ``tiny_bundle``."""
+    return _bundle(tiny_qwen2_checkpoint, tmp_path_factory.mktemp("bundle") / "tiny-qwen2")
