@@ -1,0 +1,312 @@
+"""Vision benchmark: PyTorch eager fp32 against every ONNX Runtime variant, on this CPU.
+
+    python benchmarks/vision_bench.py --preset tinyllava-1.1b
+    python benchmarks/vision_bench.py --checkpoint /tmp/ckpt/tinyllava-1.1b --repeats 3
+
+Exports the checkpoint's vision tower + projector with ``export_vision`` (fp32, fp16,
+int8 dynamic and static, int4; variants under their parity gate are benchmarked anyway
+and marked), then times batch 1 and batch 8 for PyTorch and each graph (warm-up runs,
+then repeats; the median is reported). In the same run it measures the machine's fp32
+GEMM throughput (large square matmuls, torch and numpy, the better of the two) and counts
+the graph's FLOPs from the config, so each time is also a fraction of that ceiling.
+
+Targets (reported, not asserted): int8 at most 0.25x PyTorch eager time while holding its
+parity gate; fp32 at 90% or more of the measured GEMM throughput.
+
+Presets are built locally with random weights: the numbers are latency only, never
+accuracy. Writes ``results.json`` and ``results.md`` into ``--out`` (default
+``benchmarks/results/vision-<preset>-<date>/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+VARIANTS = ("fp32", "fp16", "int8", "int4")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="build this preset (random weights) in --work-dir, "
+                                      "or reuse the one built there before")
+    src.add_argument("--checkpoint", type=Path, help="an existing LLaVA checkpoint folder")
+    p.add_argument("--out", type=Path, help="results folder (default: "
+                                            "benchmarks/results/vision-<preset>-<date>)")
+    p.add_argument("--work-dir", type=Path,
+                   default=Path(tempfile.gettempdir()) / "llava-edge-bench",
+                   help="where presets are built and graphs exported (reused between runs)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="intra-op threads for torch and ONNX Runtime (default: all cores)")
+    p.add_argument("--precisions", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--int8-methods", nargs="+", default=["dynamic", "static"],
+                   choices=["dynamic", "static"])
+    p.add_argument("--parity-images", type=int, default=4)
+    p.add_argument("--gemm-size", type=int, default=4096)
+    return p.parse_args(argv)
+
+
+def timed(fn, warmup: int, repeats: int) -> dict:
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; seconds per run."""
+    for _ in range(warmup):
+        fn()
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(runs), "min_s": min(runs), "max_s": max(runs),
+            "runs_s": runs}
+
+
+def gemm_throughput(n: int, repeats: int = 5) -> dict:
+    """fp32 GFLOP/s of n x n matmuls in torch and numpy (median of ``repeats``)."""
+    import torch
+
+    flops = 2 * n**3
+    out = {"size": n}
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out["torch_gflops"] = flops / timed(lambda: torch.matmul(a, b), 1, repeats)["median_s"] / 1e9
+    x, y = a.numpy(), b.numpy()
+    out["numpy_gflops"] = flops / timed(lambda: x @ y, 1, repeats)["median_s"] / 1e9
+    out["peak_gflops"] = max(out["torch_gflops"], out["numpy_gflops"])
+    return out
+
+
+def machine_info(threads: int) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "logical_cores": os.cpu_count(), "threads_used": threads,
+            "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        import psutil
+
+        info["physical_cores"] = psutil.cpu_count(logical=False)
+        info["ram_gb"] = round(psutil.virtual_memory().total / 1024**3, 1)
+        info["load_average"] = list(os.getloadavg())
+    except ImportError:
+        pass
+    return info
+
+
+def resolve_checkpoint(args) -> tuple[Path, str]:
+    """The checkpoint folder and its preset name; builds the preset once if asked."""
+    from llava_edge.checkpoint_info import read_json
+
+    if args.checkpoint:
+        config = read_json(args.checkpoint / "config.json", "config.json")
+        return args.checkpoint, (config.get("llava_edge") or {}).get("preset", args.checkpoint.name)
+    from llava_edge.presets import get_preset
+    from llava_edge.trainer.init_checkpoint import build_checkpoint
+
+    path = args.work_dir / "checkpoints" / args.preset
+    if not (path / "config.json").is_file():
+        print(f"building preset {args.preset} (random weights) in {path} ...", flush=True)
+        build_checkpoint(get_preset(args.preset), path)
+    return path, args.preset
+
+
+def export_variants(checkpoint: Path, work: Path, args) -> dict:
+    """Export every requested variant. Returns ``variants`` ({label: (graph path, variant
+    result)}, int8 labelled by method) and ``exports`` (timing and result per export)."""
+    from llava_edge.export.vision import export_vision
+
+    variants, exports = {}, {}
+    methods = args.int8_methods if "int8" in args.precisions else args.int8_methods[:1]
+    for i, method in enumerate(methods):
+        # The first export makes every precision; later ones only the other int8 method.
+        precisions = args.precisions if i == 0 else ["int8"]
+        out = work / f"graphs-{method}"
+        start = time.perf_counter()
+        result = export_vision(
+            checkpoint, out, precisions=precisions, int8_method=method, allow_degraded=True,
+            n_parity_images=args.parity_images, overwrite=True,
+            progress=lambda step, done, total: print(f"  [{done}/{total}] {step}", flush=True))
+        exports[method] = {"seconds": time.perf_counter() - start, "result": result}
+        for v in result.variants:
+            label = f"int8-{method}" if v.precision == "int8" else v.precision
+            variants[label] = (out / v.files[0], v)
+    return {"variants": variants, "exports": exports}
+
+
+def file_mb(path: Path) -> float:
+    size = path.stat().st_size
+    data = path.with_name(path.name + ".data")
+    return round((size + (data.stat().st_size if data.exists() else 0)) / 1024**2, 1)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from llava_edge.export import vision_onnx
+    from llava_edge.export.vision import tool_versions
+    from llava_edge.export.vision_graph import load_vision, vision_flops
+
+    torch.set_num_threads(args.threads)
+    checkpoint, preset = resolve_checkpoint(args)
+    date = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M")
+    out = args.out or ROOT / "results" / f"vision-{preset}-{date}"
+    work = args.work_dir / f"vision-{preset}"
+
+    print(f"exporting {checkpoint} ...", flush=True)
+    exported = export_variants(checkpoint, work, args)
+    loaded = load_vision(checkpoint)
+    encoder, spec = loaded.encoder(), loaded.spec
+    flops = vision_flops(spec)
+
+    rows = []
+    rng = np.random.default_rng(0)
+    for batch in args.batches:
+        shape = (batch, 3, spec.image_size, spec.image_size)
+        pixels = rng.standard_normal(shape).astype(np.float32)
+        tensor = torch.from_numpy(pixels)
+        print(f"batch {batch}: torch eager fp32 ...", flush=True)
+        with torch.inference_mode():
+            t = timed(lambda: encoder(tensor), args.warmup, args.repeats)
+        torch_s = t["median_s"]
+        rows.append({"backend": "torch eager", "variant": "fp32", "batch": batch, **t})
+        for label, (path, result) in exported["variants"].items():
+            print(f"batch {batch}: onnxruntime {label} ...", flush=True)
+            start = time.perf_counter()
+            session = vision_onnx.make_session(path, threads=args.threads)
+            load_s = time.perf_counter() - start
+            t = timed(lambda: session.run(None, {"pixel_values": pixels}),
+                      args.warmup, args.repeats)
+            rows.append({"backend": "onnxruntime", "variant": label, "batch": batch, **t,
+                         "session_load_s": load_s, "file_mb": file_mb(path),
+                         "parity_mean_cosine": result.parity["mean_cosine"],
+                         "parity_min_cosine": result.parity["min_cosine"],
+                         "parity_max_abs_err": result.parity["max_abs_err"],
+                         "gate": result.gate, "passed_gate": result.passed})
+            del session
+        for row in rows:
+            if row["batch"] == batch:
+                row["x_torch"] = row["median_s"] / torch_s
+                row["per_image_s"] = row["median_s"] / batch
+                row["gflops"] = flops["total"] * batch / row["median_s"] / 1e9
+
+    # Last: numpy's BLAS threads keep spinning after a matmul and would slow whatever ran
+    # right after them.
+    print("measuring fp32 GEMM throughput ...", flush=True)
+    gemm = gemm_throughput(args.gemm_size)
+    for row in rows:
+        row["fraction_of_gemm"] = row["gflops"] / gemm["peak_gflops"]
+
+    targets = {}
+    for batch in args.batches:
+        by = {r["variant"]: r for r in rows
+              if r["batch"] == batch and r["backend"] == "onnxruntime"}
+        int8 = [r for k, r in by.items() if k.startswith("int8") and r["passed_gate"]]
+        best = min(int8, key=lambda r: r["median_s"]) if int8 else None
+        targets[f"batch{batch}"] = {
+            "int8_x_torch": best and best["x_torch"], "int8_variant": best and best["variant"],
+            "int8_target_met": bool(best and best["x_torch"] <= 0.25),
+            "fp32_fraction_of_gemm": by.get("fp32", {}).get("fraction_of_gemm"),
+            "fp32_target_met": bool(by.get("fp32") and by["fp32"]["fraction_of_gemm"] >= 0.9),
+        }
+
+    report = {
+        "benchmark": "vision", "preset": preset, "checkpoint": str(checkpoint),
+        "weights": "random (llava-edge preset, seeded): latency only, not accuracy",
+        "date_utc": date, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine_info(args.threads), "versions": tool_versions(),
+        "settings": {"warmup": args.warmup, "repeats": args.repeats, "batches": args.batches,
+                     "threads": args.threads, "statistic": "median"},
+        "graph": spec.to_dict(), "flops_per_image": flops, "gemm": gemm,
+        "export": {m: {"seconds": e["seconds"], "exporter": e["result"].exporter,
+                       "fused_ops": e["result"].fused_ops}
+                   for m, e in exported["exports"].items()},
+        "results": rows, "targets": targets,
+    }
+    write_report(out, report)
+    print(f"wrote {out}/results.json and results.md")
+    return 0
+
+
+def write_report(out: Path, report: dict) -> None:
+    """results.json + results.md, moved into place together."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "results.md").write_text(markdown(report))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def markdown(report: dict) -> str:
+    m, g = report["machine"], report["gemm"]
+    lines = [
+        f"# Vision benchmark: {report['preset']} ({report['date_utc']} UTC)",
+        "",
+        f"Weights: {report['weights']}.",
+        f"Machine: {m['cpu']}, {m.get('physical_cores', '?')} physical / {m['logical_cores']} "
+        f"logical cores, {m['threads_used']} threads used"
+        + (f", load average at the end {m['load_average'][0]:.1f}"
+           if "load_average" in m else "") + ".",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
+        f"Command: `{report['command']}`",
+        "",
+        f"Graph: {report['graph']['kind']} {report['graph']['image_size']} px, "
+        f"{report['graph']['n_layers_run']} of {report['graph']['num_layers']} layers computed, "
+        f"{report['graph']['n_image_tokens']} tokens x {report['graph']['n_embd']}; "
+        f"{report['flops_per_image']['total'] / 1e9:.1f} GFLOP per image.",
+        f"fp32 GEMM ({g['size']}^2): torch {g['torch_gflops']:.0f} GFLOP/s, numpy "
+        f"{g['numpy_gflops']:.0f} GFLOP/s; ceiling used: {g['peak_gflops']:.0f} GFLOP/s.",
+        f"Timing: {report['settings']['warmup']} warm-up, {report['settings']['repeats']} "
+        "repeats, median.",
+        "",
+        "| batch | backend | variant | median ms | ms / image | x torch | GFLOP/s | % GEMM | "
+        "mean cos | min cos | gate | MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["results"]:
+        gate = "" if "gate" not in r else f"{r['gate']} {'ok' if r['passed_gate'] else 'MISSED'}"
+        cos = (f"{r['parity_mean_cosine']:.6f} | {r['parity_min_cosine']:.6f}"
+               if "parity_mean_cosine" in r else "- | -")
+        lines.append(
+            f"| {r['batch']} | {r['backend']} | {r['variant']} | {1000 * r['median_s']:.1f} | "
+            f"{1000 * r['per_image_s']:.1f} | {r['x_torch']:.2f} | {r['gflops']:.0f} | "
+            f"{100 * r['fraction_of_gemm']:.0f}% | {cos} | {gate} | {r.get('file_mb', '')} |")
+    lines += ["", "Targets (reported, not asserted):", ""]
+    for batch, t in report["targets"].items():
+        int8 = ("no int8 variant holds its gate" if t["int8_x_torch"] is None else
+                f"{t['int8_variant']} at {t['int8_x_torch']:.2f}x torch "
+                f"({'met' if t['int8_target_met'] else 'not met'}, target <= 0.25x)")
+        fp32 = ("no fp32 variant" if t["fp32_fraction_of_gemm"] is None else
+                f"fp32 at {100 * t['fp32_fraction_of_gemm']:.0f}% of GEMM "
+                f"({'met' if t['fp32_target_met'] else 'not met'}, target >= 90%)")
+        lines.append(f"- {batch}: {int8}; {fp32}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
