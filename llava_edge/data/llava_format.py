@@ -157,6 +157,24 @@ def validate_samples(
             first_index_of_id[key] = index
 
 
+def check_sample(
+    sample: object,
+    index: int,
+    source: str = "<data>",
+    image_folder: Path | None = None,
+    check_images: bool = False,
+) -> None:
+    """Raise :class:`LlavaFormatError` unless sample number ``index`` of ``source`` is valid.
+
+    The one-sample form of :func:`validate_samples`, for loaders that check each sample
+    when they read it.
+    """
+    if check_images and image_folder is None:
+        raise ValueError("check_images=True needs an image_folder")
+    folder = Path(image_folder) if image_folder is not None else None
+    _check_sample(sample, _where(source, index, sample), folder, check_images)
+
+
 def load_llava_json(
     path: str | Path,
     image_folder: Path | None = None,

@@ -727,17 +727,15 @@ def _sample(rng: np.random.Generator, items: Sequence[str], k: int) -> list[str]
     return [items[int(i)] for i in rng.choice(len(items), size=k, replace=False)]
 
 
-def eval_scene_and_sample(index: int, kind: str, rng: np.random.Generator) -> tuple[Scene, dict]:
-    """Draw an eval scene and a multiple-choice question of ``kind`` about it.
-
-    Redraws the scene in the rare case the question cannot be asked unambiguously (two
-    identical shapes make "Where is the red circle?" ambiguous), so the kinds stay balanced.
-    """
-    while True:
-        scene = sample_scene(rng)
-        mc = _mc_question(scene, kind, rng)
-        if mc is not None:
-            break
+def mc_sample(
+    scene: Scene, kind: str, rng: np.random.Generator, sample_id: str, image: str
+) -> dict | None:
+    """A multiple-choice question of ``kind`` about ``scene`` in the eval format (ScienceQA
+    prompt, four lettered options, the letter as the answer), or None if it cannot be asked
+    unambiguously. ``image`` is the image path relative to the image folder."""
+    mc = _mc_question(scene, kind, rng)
+    if mc is None:
+        return None
     question, correct, wrong = mc
     choices = [str(c) for c in rng.permutation([correct, *wrong])]
     letters = "ABCD"
@@ -746,16 +744,34 @@ def eval_scene_and_sample(index: int, kind: str, rng: np.random.Generator) -> tu
         f"{letter}. {choice}" for letter, choice in zip(letters, choices, strict=True)
     )
     prompt = f"{IMAGE_MARKER}\n{question}\n{options}\n{MC_INSTRUCTION}"
-    sample = {
-        "id": f"eval-{index:06d}",
-        "image": f"eval/{index:06d}.png",
+    return {
+        "id": sample_id,
+        "image": image,
         "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}],
         "answer": answer,
         "choices": choices,
         "question": question,
         "kind": kind,
     }
-    return scene, sample
+
+
+def eval_scene_and_sample(index: int, kind: str, rng: np.random.Generator) -> tuple[Scene, dict]:
+    """Draw an eval scene and a multiple-choice question of ``kind`` about it.
+
+    Redraws the scene in the rare case the question cannot be asked unambiguously (two
+    identical shapes make "Where is the red circle?" ambiguous), so the kinds stay balanced.
+    """
+    while True:
+        scene = sample_scene(rng)
+        sample = mc_sample(scene, kind, rng, f"eval-{index:06d}", f"eval/{index:06d}.png")
+        if sample is not None:
+            return scene, sample
+
+
+def train_scene(seed: int, index: int) -> Scene:
+    """The scene of train image ``index`` in the dataset generated with ``seed`` (what its
+    caption, instructions and pixels all describe)."""
+    return sample_scene(_rng(seed, _STREAM_TRAIN_SCENE, index))
 
 
 def eval_kinds(n_eval: int, rng: np.random.Generator) -> list[str]:
