@@ -6,3 +6,12 @@ device installs. Training and export live in ``llava_edge.trainer`` and
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Imported on first use, so `import llava_edge` (and the CLI) stay light.
+    if name == "LlavaEdge":
+        from llava_edge.runtimes.pipeline import LlavaEdge
+
+        return LlavaEdge
+    raise AttributeError(f"module 'llava_edge' has no attribute {name!r}")

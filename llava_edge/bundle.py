@@ -53,6 +53,7 @@ def write_manifest(bundle_dir: str | Path, manifest: dict) -> dict:
     with os.fdopen(fd, "w") as f:
         json.dump(full, f, indent=2)
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the bundle's other files are not
     os.replace(tmp, bundle_dir / MANIFEST_NAME)
     return full
 

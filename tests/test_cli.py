@@ -103,7 +103,7 @@ def test_init_then_info_json(tmp_path, capsys):
 
 def test_info_rejects_what_is_not_a_checkpoint(tmp_path, capsys):
     assert run(["info", str(tmp_path)]) == 1
-    assert "not a LLaVA checkpoint (no config.json)" in capsys.readouterr().err
+    assert "neither a LLaVA checkpoint (no config.json) nor a bundle" in capsys.readouterr().err
     (tmp_path / "config.json").write_text("{not json")
     assert run(["info", str(tmp_path)]) == 1
     assert "config.json is not valid JSON" in capsys.readouterr().err

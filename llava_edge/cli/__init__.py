@@ -23,7 +23,8 @@ EXIT_OK, EXIT_USER, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="llava-edge")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details (INFO) to stderr.")
+def cli(verbose: bool) -> None:
     """Train LLaVA, export it to ONNX + GGUF, and run it fast on small machines.
 
     \b
@@ -32,14 +33,27 @@ def cli() -> None:
       llava-edge data shapes data/               # synthetic LLaVA data
       llava-edge info ckpt/                      # what a checkpoint (or bundle) is
     """
+    # Configure the root logger before any library does: some (onnxruntime's quantizer)
+    # call logging.basicConfig(level=INFO) on import, which is a no-op once we have.
+    import logging
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
 
 
 def _register_commands() -> None:
-    from llava_edge.cli import data_cmd, info_cmd, init_cmd
+    from llava_edge.cli import (data_cmd, eval_cmd, export_cmd, info_cmd, init_cmd, run_cmd,
+                                train_cmd, verify_cmd)
 
     cli.add_command(init_cmd.init)
     cli.add_command(data_cmd.data)
     cli.add_command(info_cmd.info)
+    cli.add_command(train_cmd.train)
+    cli.add_command(eval_cmd.eval_)
+    cli.add_command(export_cmd.export)
+    cli.add_command(run_cmd.run)
+    cli.add_command(run_cmd.embed)
+    cli.add_command(verify_cmd.verify)
 
 
 _register_commands()

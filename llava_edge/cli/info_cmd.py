@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from llava_edge.bundle import MANIFEST_NAME, open_bundle
 from llava_edge.checkpoint_info import CheckpointInfo, describe_checkpoint
 from llava_edge.cli.common import emit_json, human_bytes, human_count, json_option
 from llava_edge.errors import LlavaEdgeError
@@ -15,12 +16,21 @@ from llava_edge.errors import LlavaEdgeError
 @click.argument("path", type=click.Path())
 @json_option
 def info(path: str, as_json: bool) -> None:
-    """Describe a LLaVA checkpoint directory: architecture, sizes, tokenizer, files."""
+    """Describe a LLaVA checkpoint directory (architecture, sizes, tokenizer, files) or a
+    bundle (its parts, precisions, parity figures), checking the bundle's files."""
     p = Path(path)
     if not p.exists():
         raise LlavaEdgeError(f"{path}: no such file or directory")
+    if (p / MANIFEST_NAME).exists():
+        bundle = open_bundle(p, verify="size")
+        if as_json:
+            emit_json(bundle.manifest)
+        else:
+            _print_bundle(bundle.manifest, p)
+        return
     if not (p / "config.json").exists():
-        raise LlavaEdgeError(f"{path}: not a LLaVA checkpoint (no config.json)")
+        raise LlavaEdgeError(f"{path}: neither a LLaVA checkpoint (no config.json) nor a "
+                             f"bundle (no {MANIFEST_NAME})")
     described = describe_checkpoint(p)
     if as_json:
         emit_json(described.to_dict())
@@ -50,6 +60,41 @@ def _print_checkpoint(c: CheckpointInfo) -> None:
         ("tokenizer", f"{c.tokenizer.get('kind')}, {c.tokenizer.get('n_tokens', '?')} tokens"),
         ("files", ", ".join(f"{n} ({human_bytes(s)})" for n, s in c.files.items())),
     ]
+    width = max(len(k) for k, _ in rows)
+    for k, val in rows:
+        click.echo(f"{k:>{width}}  {val}")
+
+
+def _print_bundle(m: dict, path: Path) -> None:
+    src, img, pre = m["source"], m["image"], m["preprocess"]
+    size = (f"shortest edge {pre['resize_shortest_edge']}, crop {pre['crop_height']}"
+            if pre.get("resize_shortest_edge") else f"{pre['resize_height']}x{pre['resize_width']}")
+    rows = [
+        ("path", str(path)),
+        ("kind", f"llava-edge bundle (schema {m['schema_version']}, created {m.get('created')})"),
+        ("weights", "RANDOM (untrained, random init)" if src.get("random_init")
+         else "trained / imported"),
+        ("source", f"{src.get('checkpoint')} (preset {src.get('preset') or '-'}; "
+                   f"{src.get('vision')} + {src.get('text')})"),
+        ("image", f"{img['n_tokens']} tokens x {img['n_embd']} per image, {size}"
+                  + (", pad to square" if pre.get("pad_to_square") else "")),
+        ("prompt", f"{m['prompt']['template']}, n_ctx {m['prompt'].get('n_ctx')}"),
+    ]
+    for v in m["vision"]:
+        p = v.get("parity") or {}
+        rows.append((f"vision {v['precision']}",
+                     f"{v['file']} ({human_bytes(m['files'][v['file']]['size'])}), mean cosine "
+                     f"{p.get('mean_cosine', float('nan')):.6f} (gate {v.get('gate')})"
+                     + (f", instead of {v['fallback']}" if v.get("fallback") else "")))
+    logits = (m.get("parity", {}).get("llm") or {}).get("logits", {})
+    for e in m["llm"]:
+        fig = logits.get(e["quant"], {})
+        rows.append((f"llm {e['quant']}",
+                     f"{e['file']} ({human_bytes(e['size'])})"
+                     + (f", top-1 {fig['top1_agreement']:.1%} vs PyTorch" if fig else "")))
+    if m.get("mmproj"):
+        rows.append(("mmproj", m["mmproj"]["file"]))
+    rows.append(("defaults", f"vision {m['defaults']['vision']}, llm {m['defaults']['llm']}"))
     width = max(len(k) for k, _ in rows)
     for k, val in rows:
         click.echo(f"{k:>{width}}  {val}")

@@ -1,0 +1,89 @@
+"""``llava-edge run`` and ``llava-edge embed``: use a bundle."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import click
+
+from llava_edge.cli.common import emit_json, json_option
+
+threads_option = click.option("--threads", "n_threads", type=int, default=None,
+                              help="CPU threads (default: all cores).")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--image", "images", multiple=True, type=click.Path(),
+              help="Image file (repeat for several; fills <image> markers in order).")
+@click.option("--prompt", required=True, help="The question.")
+@click.option("--max-new-tokens", default=128, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", default=0, show_default=True)
+@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--repeat-penalty", default=1.0, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--system", default=None, help="Replace the template's system prompt.")
+@click.option("--vision-precision", default=None, help="Which vision graph of the bundle.")
+@click.option("--llm-quant", default=None, help="Which GGUF of the bundle.")
+@click.option("--n-ctx", type=int, default=None, help="Context length (default: bundle's).")
+@click.option("--stream", "streaming", is_flag=True, help="Print the answer as it is decoded.")
+@threads_option
+@json_option
+def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
+        seed, system, vision_precision, llm_quant, n_ctx, streaming, n_threads, as_json):
+    """Answer PROMPT about the image(s) with BUNDLE."""
+    from llava_edge.runtimes.pipeline import LlavaEdge
+
+    with LlavaEdge.load(bundle, vision_precision=vision_precision, llm_quant=llm_quant,
+                        n_ctx=n_ctx, n_threads=n_threads) as model:
+        stream = model.stream(list(images), prompt, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_k=top_k, top_p=top_p,
+                              repeat_penalty=repeat_penalty, seed=seed, system=system)
+        for piece in stream:
+            if streaming and not as_json:
+                click.echo(piece, nl=False)
+        answer = stream.answer
+        if streaming and not as_json:
+            click.echo()
+        elif as_json:
+            emit_json({"text": answer.text, "n_tokens": answer.n_tokens,
+                       "n_prompt_tokens": answer.n_prompt_tokens,
+                       "stop_reason": answer.stop_reason, "timings_ms": asdict(answer.timings),
+                       "vision_precision": model.vision_precision,
+                       "llm_quant": model.llm_quant})
+        else:
+            click.echo(answer.text)
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--image", required=True, type=click.Path())
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
+              help="Where to save the embeddings (.npy).")
+@click.option("--vision-precision", default=None)
+@threads_option
+@json_option
+def embed(bundle, image, out_file, vision_precision, n_threads, as_json):
+    """Save the image embeddings [n_image_tokens, n_embd] that BUNDLE's vision graph gives
+    IMAGE, as the LLM sees them (for debugging and comparing backends)."""
+    import numpy as np
+
+    from llava_edge.bundle import open_bundle
+    from llava_edge.runtimes.images import load_image
+    from llava_edge.runtimes.preprocess import PreprocessRecipe, preprocess
+    from llava_edge.runtimes.vision_onnx import OnnxVisionEncoder
+
+    b = open_bundle(bundle)
+    entry = b.vision_entry(vision_precision)
+    encoder = OnnxVisionEncoder(b.file(entry["file"]), n_threads=n_threads)
+    pixels = preprocess(load_image(image), PreprocessRecipe.from_dict(b.manifest["preprocess"]))
+    embeds = encoder.encode(pixels[None])[0]
+    np.save(out_file, embeds)
+    result = {"file": out_file, "shape": list(embeds.shape), "vision_precision": entry["precision"],
+              "mean": float(embeds.mean()), "std": float(embeds.std())}
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"wrote {out_file}: {embeds.shape[0]} x {embeds.shape[1]} "
+                   f"({entry['precision']} vision graph)")
