@@ -21,18 +21,26 @@ from llava_edge.errors import LlavaEdgeError, require_extra
 @click.option("--limit", type=int, help="Only the first N samples.")
 @click.option("--predictions", type=click.Path(dir_okay=False),
               help="Also write every reply and its score to this JSON file.")
+@click.option("--vision-precision", default=None, help="Bundles: which vision graph.")
+@click.option("--llm-quant", default=None, help="Bundles: which GGUF.")
+@click.option("--threads", "n_threads", type=int, default=None, help="Bundles: CPU threads.")
 @json_option
 def eval_(model: str, data: str, image_folder: str | None, template: str, max_new_tokens: int,
-          limit: int | None, predictions: str | None, as_json: bool) -> None:
-    """Score MODEL on DATA: multiple-choice accuracy (ScienceQA-style prompts, the option
+          limit: int | None, predictions: str | None, vision_precision: str | None,
+          llm_quant: str | None, n_threads: int | None, as_json: bool) -> None:
+    """Score MODEL (a checkpoint, or a bundle run by the runtime) on DATA: multiple-choice accuracy (ScienceQA-style prompts, the option
     letter parsed from the greedy reply) and exact match for short answers."""
     import json
     from pathlib import Path
 
     from llava_edge.data.llava_format import LlavaFormatError, load_llava_json
 
-    require_extra("train", "llava-edge eval", "torch", "transformers")
-    from llava_edge.trainer.evaluate import TorchAnswerer, evaluate
+    from llava_edge.bundle import MANIFEST_NAME
+
+    is_bundle = (Path(model) / MANIFEST_NAME).exists()
+    if not is_bundle:
+        require_extra("train", "llava-edge eval", "torch", "transformers")
+    from llava_edge.trainer.evaluate import evaluate
 
     try:
         samples = load_llava_json(data, Path(image_folder) if image_folder else None,
@@ -41,7 +49,17 @@ def eval_(model: str, data: str, image_folder: str | None, template: str, max_ne
         raise LlavaEdgeError(str(e)) from None
     if limit is not None:
         samples = samples[:limit]
-    answerer = TorchAnswerer(model, template=template, max_new_tokens=max_new_tokens)
+    if is_bundle:  # the exported bundle through the runtime: no torch
+        from llava_edge.export.verify import bundle_answerer
+        from llava_edge.runtimes.pipeline import LlavaEdge
+
+        runtime = LlavaEdge.load(model, vision_precision=vision_precision, llm_quant=llm_quant,
+                                 n_threads=n_threads)
+        answerer = bundle_answerer(runtime, max_new_tokens=max_new_tokens)
+    else:
+        from llava_edge.trainer.evaluate import TorchAnswerer
+
+        answerer = TorchAnswerer(model, template=template, max_new_tokens=max_new_tokens)
     with progress_bar("evaluating", enabled=not as_json) as update:
         report = evaluate(samples, answerer, image_folder, progress=update)
     if predictions:
