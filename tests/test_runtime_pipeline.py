@@ -194,3 +194,23 @@ def test_stream_pieces_join_to_the_answer_and_break_leaves_model_usable(tiny_mod
     for _ in partial:
         break  # the client stops listening after the first piece
     assert tiny_model.ask(image, prompt, max_new_tokens=20).tokens == full.tokens
+
+
+def test_eval_runs_on_a_bundle_without_torch(tiny_bundle, tmp_path):
+    from llava_edge.data.shapes import ShapesConfig, generate_shapes
+
+    ds = generate_shapes(tmp_path / "shapes", ShapesConfig(n_train=1, n_eval=6, seed=3))
+    script = textwrap.dedent(f"""
+        import json, sys
+        from llava_edge.cli import run
+        code = run(["eval", {str(tiny_bundle)!r}, "--data", {str(ds.eval)!r},
+                    "--image-folder", {str(ds.image_folder)!r}, "--threads", "1", "--json"])
+        print(json.dumps({{"code": code, "torch": "torch" in sys.modules}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    lines = out.stdout.strip().splitlines()
+    status = json.loads(lines[-1])
+    report = json.loads("\n".join(lines[:-1]))
+    assert status == {"code": 0, "torch": False}, out.stderr
+    assert report["multiple_choice"]["n"] == 6
+    assert 0 <= report["multiple_choice"]["accuracy"] <= 1
