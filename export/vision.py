@@ -200,8 +200,8 @@ def export_vision(
         (f"calib/{name}", image) for name, image in calib_images]
     pixels = vision_parity.preprocess(loaded.processor, [image for _, image in named])
     reference = vision_parity.torch_embeds(encoder, pixels, PARITY_BATCH)
-    needs_calibration = ("int8" in engines or int8_method == "static" and (
-        "int8" in precisions or int4_fallback and "int4" in precisions))
+    may_build_int8 = "int8" in precisions or (int4_fallback and "int4" in precisions)
+    needs_calibration = "int8" in engines or (int8_method == "static" and may_build_int8)
     calibration = (_calibration_pixels(loaded.processor, calib_images, n_parity_images)
                    if needs_calibration else None)
     parity_batch = min(PARITY_BATCH, max_batch)
@@ -238,8 +238,8 @@ def export_vision(
         def build(precision: str) -> VariantResult:
             steps(f"building {precision}")
             path = staging / graph_name(precision)
-            method = _build_variant(precision, plain, fused_fp32, path, int8_method,
-                                    calibration, int4, spec, external_data)
+            method = _build_variant(precision, fused_fp32, path, int8_method, calibration,
+                                    int4, external_data)
             return judge(precision, path, method)
 
         results = {p: build(p) for p in precisions}
@@ -370,11 +370,11 @@ class _Steps:
             self.progress("done", self.total, self.total)
 
 
-def _build_variant(precision: str, plain: Path, fused_fp32: Path, out: Path, int8_method: str,
+def _build_variant(precision: str, fused_fp32: Path, out: Path, int8_method: str,
                    calibration: list[np.ndarray] | None, int4: vision_quantize.Int4Config,
-                   spec, external_data: bool | None) -> dict:
-    """Write the ``precision`` graph (the fused fp32 graph already exists); return how it
-    was made."""
+                   external_data: bool | None) -> dict:
+    """Write the ``precision`` graph derived from the fused fp32 graph; return how it was
+    made."""
     if precision == "fp32":
         return {"method": "ONNX Runtime transformer optimizer", "model_type":
                 vision_onnx.OPTIMIZER_MODEL_TYPE}
@@ -385,16 +385,7 @@ def _build_variant(precision: str, plain: Path, fused_fp32: Path, out: Path, int
             return vision_quantize.quantize_int8_static(fused_fp32, out, calibration,
                                                         external_data)
         return vision_quantize.quantize_int8_dynamic(fused_fp32, out, external_data)
-    # int4 starts from the plain graph: in the fused one, q/k/v live inside Attention as one
-    # packed fp32 weight that MatMulNBits cannot touch, which left a CLIP ViT-L int4 graph
-    # at 418 MB (bigger than int8's 288 MB). Quantized first, then fused (LayerNorm, GELU;
-    # attention stays unfused around 4-bit q/k/v), it is 186 MB at the same speed and a
-    # mean cosine of 0.9900 instead of 0.9905.
-    unfused = out.with_name(out.stem + "_unfused.onnx")
-    method = vision_quantize.quantize_int4(plain, unfused, int4, external_data)
-    vision_onnx.optimize_onnx(unfused, out, spec.num_heads, spec.hidden_size,
-                              external_data=external_data)
-    return method | {"fused_after_quantization": True}
+    return vision_quantize.quantize_int4(fused_fp32, out, int4, external_data)
 
 
 def _fall_back_to_int8(results: dict[str, VariantResult],

@@ -102,9 +102,8 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
     checkpoint = _prepare_run_dir(run_dir, resume, force, accelerator)
     set_seed(config.seed)
 
-    # Model, processor, data.
+    # Data first (its errors are quick to find), then the weights.
     source_config = _read_llava_config(Path(config.model))
-    model = LlavaForConditionalGeneration.from_pretrained(config.model, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(config.model)
     tokenizer = processor.tokenizer
     chat_format = make_chat_format(config.template, tokenizer, source_config)
@@ -116,6 +115,7 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
     plan = StepPlan(len(dataset), config.global_batch_size, config.micro_batch_size,
                     accelerator.num_processes, accelerator.process_index, config.seed)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * plan.steps_per_epoch))
+    model = LlavaForConditionalGeneration.from_pretrained(config.model, dtype=torch.float32)
 
     # What learns, and how.
     model = configure_trainable(model, config)
@@ -191,6 +191,7 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
+            # Bookkeeping: totals, metrics, progress, checkpoint.
             seconds = time.perf_counter() - step_start
             totals["samples"] += n_samples
             totals["tokens"] += n_tokens
@@ -217,8 +218,6 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
     # The model.
     accelerator.wait_for_everyone()
     if main:
-        template = (source_config.get("llava_edge") or {}).get("template") \
-            or auto_template_name(tokenizer, source_config)
         training = {
             "stage": config.stage, "recipe": config.recipe, "data": config.data,
             "image_folder": config.image_folder, "template": chat_format.name,
@@ -231,11 +230,8 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
             "started_from": config.model, "final_loss": loss,
             "config_file": CONFIG_FILE, "created_by": f"llava-edge {__version__}",
         }
-        save_trained_model(accelerator.unwrap_model(model), processor, run_dir, training,
-                           dtype=_source_dtype(source_config, torch), template=template,
-                           save_adapter=config.save_adapter)
-        plot_loss_curve(read_metrics(run_dir / METRICS_FILE), run_dir / LOSS_CURVE_FILE,
-                        title=f"stage {config.stage} loss ({config.recipe})")
+        _write_model(accelerator.unwrap_model(model), processor, run_dir, config, training,
+                     source_config, torch)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(run_dir, config.stage, total_steps, totals["samples"], totals["skipped"],
@@ -354,6 +350,18 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool, accelerator) -> P
         checkpoint_root(run_dir).parent.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     return checkpoint if resume else None
+
+
+def _write_model(model, processor, run_dir: Path, config: TrainConfig, training: dict,
+                 source_config: dict, torch) -> None:
+    """The trained checkpoint (in the source's dtype and answer template), and the plot."""
+    template = (source_config.get("llava_edge") or {}).get("template") \
+        or auto_template_name(processor.tokenizer, source_config)
+    save_trained_model(model, processor, run_dir, training,
+                       dtype=_source_dtype(source_config, torch), template=template,
+                       save_adapter=config.save_adapter)
+    plot_loss_curve(read_metrics(run_dir / METRICS_FILE), run_dir / LOSS_CURVE_FILE,
+                    title=f"stage {config.stage} loss ({config.recipe})")
 
 
 def _read_llava_config(path: Path) -> dict:
