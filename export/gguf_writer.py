@@ -151,21 +151,7 @@ def write_llm_gguf(checkpoint_dir: str | Path, out_path: str | Path, out_type: s
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_hparams(writer, cfg, n_vocab)
         add_vocab_metadata(writer, vocab)
-        for plan in plans:
-            dtype = np.float16 if plan.dtype == "F16" else np.float32
-            writer.add_tensor_info(plan.name, plan.shape, np.dtype(dtype), plan.nbytes)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        total = sum(p.nbytes for p in plans)
-        done = 0
-        for plan, array in iter_converted(ckpt, plans):
-            writer.write_tensor_data(array)
-            done += plan.nbytes
-            del array
-            if progress:
-                progress(done, total)
-        writer.close()
+        write_planned_tensors(writer, ckpt, plans, progress)
         os.replace(tmp, out_path)
     except BaseException:
         writer.close()
@@ -173,3 +159,22 @@ def write_llm_gguf(checkpoint_dir: str | Path, out_path: str | Path, out_type: s
         raise
     return WrittenGGUF(out_path, cfg.arch, out_type, len(plans), out_path.stat().st_size,
                        n_vocab, vocab.n_tokenizer)
+
+
+def write_planned_tensors(writer, ckpt, plans, progress=None) -> None:
+    """Declare ``plans``' tensors, write the header, then stream each converted tensor
+    from ``ckpt`` into ``writer`` (one tensor in memory at a time) and close it."""
+    for plan in plans:
+        dtype = np.float16 if plan.dtype == "F16" else np.float32
+        writer.add_tensor_info(plan.name, plan.shape, np.dtype(dtype), plan.nbytes)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    total, done = sum(p.nbytes for p in plans), 0
+    for plan, array in iter_converted(ckpt, plans):
+        writer.write_tensor_data(array)
+        done += plan.nbytes
+        del array
+        if progress:
+            progress(done, total)
+    writer.close()

@@ -33,12 +33,11 @@ import re
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.export.checkpoint import UnsupportedModelError, check_supported
-from llava_edge.export.gguf_tensors import SafetensorsCheckpoint, TensorPlan, iter_converted
-from llava_edge.export.gguf_writer import FILE_TYPES, WrittenGGUF
+from llava_edge.export.gguf_tensors import SafetensorsCheckpoint, TensorPlan
+from llava_edge.export.gguf_writer import FILE_TYPES, WrittenGGUF, write_planned_tensors
 
 # llava-hf files name the tower `vision_tower.vision_model.*`; transformers 5 saves the
 # bare vision transformer (`vision_tower.*`). Longer prefixes first.
@@ -186,19 +185,7 @@ def write_mmproj(checkpoint_dir: str | Path, out_path: str | Path, out_type: str
         writer.add_array(FEATURE_LAYER_KEY, [n_keep])
         # quick_gelu is the graph's default; anything tanh-GELU-like needs the flag
         writer.add_vision_use_gelu(v.hidden_act != "quick_gelu")
-        for plan in plans:
-            dtype = np.float16 if plan.dtype == "F16" else np.float32
-            writer.add_tensor_info(plan.name, plan.shape, np.dtype(dtype), plan.nbytes)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        total, done = sum(p.nbytes for p in plans), 0
-        for plan, array in iter_converted(ckpt, plans):
-            writer.write_tensor_data(array)
-            done += plan.nbytes
-            if progress:
-                progress(done, total)
-        writer.close()
+        write_planned_tensors(writer, ckpt, plans, progress)
         os.replace(tmp, out_path)
     except BaseException:
         writer.close()

@@ -12,13 +12,12 @@ counts and skips it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from llava_edge.data.llava_format import LlavaFormatError, check_sample
+from llava_edge.data.llava_format import LlavaFormatError, check_sample, read_llava_json
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.templates import IMAGE_TOKEN
 
@@ -50,14 +49,7 @@ class BadSample:
 def read_samples(path: str | Path) -> list:
     """Parse a LLaVA JSON file into its list of samples (the samples are checked later)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise LlavaFormatError(f"{path}: cannot read: {e}") from e
-    try:
-        samples = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LlavaFormatError(f"{path}: not valid JSON: {e}") from e
+    samples = read_llava_json(path)
     if not isinstance(samples, list):
         raise LlavaFormatError(
             f"{path}: the top level must be a list of samples, got {type(samples).__name__}")

@@ -184,14 +184,7 @@ def load_llava_json(
 ) -> list[dict]:
     """Read a LLaVA JSON file, validate it with :func:`validate_samples`, and return it."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise LlavaFormatError(f"{path}: cannot read: {e}") from e
-    try:
-        samples = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LlavaFormatError(f"{path}: not valid JSON: {e}") from e
+    samples = read_llava_json(path)
     validate_samples(
         samples,
         source=str(path),
@@ -200,3 +193,16 @@ def load_llava_json(
         unique_ids=unique_ids,
     )
     return samples
+
+
+def read_llava_json(path: str | Path):
+    """Parse a LLaVA JSON file without checking its samples; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise LlavaFormatError(f"{path}: cannot read: {e}") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LlavaFormatError(f"{path}: not valid JSON: {e}") from e
