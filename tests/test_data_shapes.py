@@ -20,6 +20,7 @@ from llava_edge.data.llava_format import LlavaFormatError, load_llava_json, vali
 from llava_edge.data.shapes import (
     BACKGROUND,
     COLORS,
+    KINDS,
     MC_INSTRUCTION,
     ShapesConfig,
     ShapesDataset,
@@ -240,6 +241,7 @@ def test_files_validate_and_counts_match(dataset: ShapesDataset) -> None:
         "n_eval": N_EVAL,
         "seed": 0,
         "image_size": IMAGE_SIZE,
+        "mc_options": "fixed",
     }
     assert info["counts"] == dataset.counts
     readme = (dataset.root / "README.txt").read_text()
@@ -353,6 +355,25 @@ def test_reasoning_answers_match_pixels(bigger_dataset: ShapesDataset) -> None:
     assert seen == {"count", "relative", "relative yes/no", "larger"}
 
 
+def _check_mc_samples(samples: list[dict], image_folder: Path) -> None:
+    """The prompt is the ScienceQA format, the letter names an option, and that option is
+    the answer read back from the pixels."""
+    for s in samples:
+        letters = "ABCDEFGHI"[: len(s["choices"])]
+        assert s["answer"] in letters and len(s["answer"]) == 1
+        assert len(set(s["choices"])) == len(s["choices"])
+        options = "\n".join(
+            f"{letter}. {c}" for letter, c in zip(letters, s["choices"], strict=True)
+        )
+        expected_prompt = f"<image>\n{s['question']}\n{options}\n{MC_INSTRUCTION}"
+        assert s["conversations"] == [
+            {"from": "human", "value": expected_prompt},
+            {"from": "gpt", "value": s["answer"]},
+        ]
+        drawn = decode_image(image_folder / s["image"])
+        assert s["choices"][ord(s["answer"]) - 65] == answer_from_pixels(s["question"], drawn)
+
+
 def test_eval_answers_match_pixels(bigger_dataset: ShapesDataset) -> None:
     samples = _load(bigger_dataset.eval)
     kinds = [s["kind"] for s in samples]
@@ -362,21 +383,30 @@ def test_eval_answers_match_pixels(bigger_dataset: ShapesDataset) -> None:
         "count": 20,
         "position": 20,
     }
+    _check_mc_samples(samples, bigger_dataset.image_folder)
+    # Fixed options: every possible answer of the kind, always in the same order.
+    fixed = {"color": list(COLORS), "shape": [*KINDS, "star"],
+             "position": [name for row in CELL_NAMES for name in row]}
     for s in samples:
-        assert s["answer"] in "ABCD" and len(s["answer"]) == 1
-        assert len(s["choices"]) == 4 and len(set(s["choices"])) == 4
-        options = "\n".join(
-            f"{letter}. {c}" for letter, c in zip("ABCD", s["choices"], strict=True)
-        )
-        expected_prompt = f"<image>\n{s['question']}\n{options}\n{MC_INSTRUCTION}"
-        assert s["conversations"] == [
-            {"from": "human", "value": expected_prompt},
-            {"from": "gpt", "value": s["answer"]},
-        ]
-        drawn = decode_image(bigger_dataset.image_folder / s["image"])
-        assert s["choices"][ord(s["answer"]) - 65] == answer_from_pixels(s["question"], drawn)
-    # Shuffled: the correct letter is not always the same.
+        if s["kind"] in fixed:
+            assert s["choices"] == fixed[s["kind"]]
+        else:  # counts: four consecutive numbers, ascending
+            assert s["choices"] == [str(v) for v in range(int(s["choices"][0]), int(s["choices"][0]) + 4)]
+    assert len({s["answer"] for s in samples}) >= 4
+
+
+def test_shuffled_eval_options(tmp_path: Path) -> None:
+    ds = generate_shapes(tmp_path / "ds", ShapesConfig(n_train=2, n_eval=40, seed=5,
+                                                       image_size=IMAGE_SIZE,
+                                                       mc_options="shuffled"))
+    samples = _load(ds.eval)
+    _check_mc_samples(samples, ds.image_folder)
+    assert all(len(s["choices"]) == 4 for s in samples)
+    # Shuffled: the correct letter is not always the same, nor the option order.
     assert len({s["answer"] for s in samples}) == 4
+    assert len({tuple(s["choices"]) for s in samples if s["kind"] == "color"}) > 1
+    with pytest.raises(ValueError, match="mc_options"):
+        ShapesConfig(mc_options="sorted")
 
 
 # --------------------------------------------------------------------------------------

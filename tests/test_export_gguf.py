@@ -43,19 +43,19 @@ def test_llama_gguf_round_trip(tiny_checkpoint, tiny_gguf):
             meta["llama.attention.head_count_kv"]) == (4, 4, 2)
     assert meta["llama.rope.freq_base"] == 10000.0 and meta["llama.rope.dimension_count"] == 64
     assert meta["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(1e-5)
-    assert meta["llama.vocab_size"] == config["vocab_size"] == 1408
+    assert meta["llama.vocab_size"] == config["vocab_size"] == 1472
 
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
     assert meta["tokenizer.ggml.model"] == "llama"
-    assert len(tokens) == len(types) == len(meta["tokenizer.ggml.scores"]) == 1408
+    assert len(tokens) == len(types) == len(meta["tokenizer.ggml.scores"]) == 1472
     assert sum(t == BYTE for t in types) == 256 and tokens[3] == "<0x00>"
-    assert (tokens[1402], types[1402]) == ("<image>", CONTROL)
-    assert (tokens[1403], types[1403]) == ("<pad>", CONTROL)
-    assert [(tokens[i], types[i]) for i in range(1404, 1408)] == [
-        (f"[PAD{i}]", UNUSED) for i in range(1404, 1408)]
+    assert (tokens[1430], types[1430]) == ("<image>", CONTROL)
+    assert (tokens[1431], types[1431]) == ("<pad>", CONTROL)
+    assert [(tokens[i], types[i]) for i in range(1432, 1472)] == [
+        (f"[PAD{i}]", UNUSED) for i in range(1432, 1472)]
     assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"],
             meta["tokenizer.ggml.unknown_token_id"],
-            meta["tokenizer.ggml.padding_token_id"]) == (1, 2, 0, 1403)
+            meta["tokenizer.ggml.padding_token_id"]) == (1, 2, 0, 1431)
     assert meta["tokenizer.ggml.add_bos_token"] and not meta["tokenizer.ggml.add_eos_token"]
     # Hugging Face adds the SentencePiece space only at the start of the text
     assert meta["tokenizer.ggml.add_space_prefix"] is False
@@ -92,11 +92,15 @@ def test_qwen2_gguf_round_trip(tiny_qwen2_checkpoint, tiny_qwen2_gguf):
     assert len(meta["tokenizer.ggml.merges"]) == len(tokenizer["model"]["merges"])
     assert meta["tokenizer.ggml.merges"][0] == " ".join(tokenizer["model"]["merges"][0])
     tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
-    assert len(tokens) == 896 and tokens[886] == "<image>" and types[886] == CONTROL
-    assert tokens[887:] == [f"[PAD{i}]" for i in range(887, 896)]
+    # The vocabulary, then <|im_end|>, <|endoftext|>, <|im_start|>, <image>, then padding
+    # up to the config's vocab_size (a multiple of 64).
+    image = tokens.index("<image>")
+    assert len(tokens) % 64 == 0 and types[image] == CONTROL
+    assert tokens[image + 1:] == [f"[PAD{i}]" for i in range(image + 1, len(tokens))]
     assert "tokenizer.ggml.scores" not in meta
-    assert meta["tokenizer.ggml.eos_token_id"] == 883  # <|im_end|>
-    assert meta["tokenizer.ggml.bos_token_id"] == 884  # no BOS: <|endoftext|> stands in
+    assert tokens[meta["tokenizer.ggml.eos_token_id"]] == "<|im_end|>"
+    # no BOS: <|endoftext|> stands in
+    assert tokens[meta["tokenizer.ggml.bos_token_id"]] == "<|endoftext|>"
     assert meta["tokenizer.ggml.add_bos_token"] is False
     assert meta["llava_edge.tokenizer.normalizer"] == "NFC"
     assert "output.weight" not in tensors  # tied embeddings: llama.cpp reads token_embd
@@ -239,7 +243,7 @@ def test_export_result(tiny_gguf):
     sizes = {f.quant: f.size_bytes for f in result.files if f.role == "llm"}
     assert sizes["Q4_K_M"] < sizes["Q8_0"] < sizes["F16"]
     data = json.loads(json.dumps(result.to_dict()))
-    assert data["arch"] == "llama" and data["n_vocab"] == 1408 and data["parity"] is None
+    assert data["arch"] == "llama" and data["n_vocab"] == 1472 and data["parity"] is None
     assert any("random weights" in n for n in data["notes"])
     assert any("CLS" in n for n in data["notes"])
     assert {f["name"] for f in data["files"]} >= {"mmproj-F16.gguf"}

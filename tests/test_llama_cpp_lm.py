@@ -31,7 +31,7 @@ def test_model_facts_and_tokens(lm, tiny_checkpoint):
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(tiny_checkpoint)
-    assert (lm.n_embd, lm.n_vocab) == (256, 1408)
+    assert (lm.n_embd, lm.n_vocab) == (256, 1472)
     assert lm.add_bos and lm.bos_token == hf.bos_token_id and lm.eos_token == hf.eos_token_id
     assert lm.is_eog(hf.eos_token_id) and not lm.is_eog(hf.bos_token_id)
     text = "USER: <image>\nWhat is it? ASSISTANT:"
@@ -140,7 +140,7 @@ def test_check_accepts_exported_files(tiny_gguf):
     assert info.version == 3 and info.architecture == "llama"
     assert info.required_size <= info.file_size
     assert {t.type_name for t in info.tensors} >= {"Q4_K", "F32"}
-    assert info.metadata["tokenizer.ggml.tokens"].count == 1408  # long arrays summarised
+    assert info.metadata["tokenizer.ggml.tokens"].count == 1472  # long arrays summarised
     with pytest.raises(GGUFFormatError, match="architecture 'llama' is not one of clip"):
         check_gguf(tiny_gguf.llm_file("F16"), architectures=("clip",))
 

@@ -29,11 +29,13 @@ MC_TRAIN_FILE = "stage2_mc.json"
 _STREAM = 1001  # a random stream of its own, apart from the generator's
 
 
-def shapes_mc_samples(seed: int, n_train: int, per_image: int = 4) -> list[dict]:
+def shapes_mc_samples(seed: int, n_train: int, per_image: int = 4,
+                      options: str = "fixed") -> list[dict]:
     """One conversation per train image: ``per_image`` multiple-choice questions of
     different kinds, in random order. The first turn (with the image) is exactly the eval
     format; later turns ask about the same image. Several questions per sample share the
-    system prompt and image tokens, so each answer costs fewer tokens to train on."""
+    system prompt and image tokens, so each answer costs fewer tokens to train on.
+    ``options`` lists the choices as the eval does (see ``MC_OPTION_ORDERS``)."""
     if not 1 <= per_image <= len(EVAL_KINDS):
         raise LlavaEdgeError(f"per_image must be between 1 and {len(EVAL_KINDS)}")
     samples = []
@@ -43,7 +45,7 @@ def shapes_mc_samples(seed: int, n_train: int, per_image: int = 4) -> list[dict]
         turns, kinds = [], []
         for k in rng.permutation(len(EVAL_KINDS)):
             kind = EVAL_KINDS[int(k)]
-            mc = mc_sample(scene, kind, rng, "", "")
+            mc = mc_sample(scene, kind, rng, "", "", options)
             if mc is None:
                 continue
             question, answer = mc["conversations"]
@@ -65,10 +67,12 @@ def write_shapes_mc(dataset_dir: str | Path, per_image: int = 4) -> Path:
     try:
         info = json.loads(info_path.read_text())
         seed, n_train = info["config"]["seed"], info["config"]["n_train"]
+        # Datasets of generator version 1 had no choice: their options were shuffled.
+        options = info["config"].get("mc_options", "shuffled")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise LlavaEdgeError(f"{root} is not a dataset written by `llava-edge data shapes` "
                              f"({info_path.name}: {e})") from None
-    samples = shapes_mc_samples(seed, n_train, per_image)
+    samples = shapes_mc_samples(seed, n_train, per_image, options)
     out = root / MC_TRAIN_FILE
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(samples, indent=2) + "\n", encoding="utf-8")

@@ -1,7 +1,9 @@
 """A small text corpus, generated on the fly, to train preset tokenizers offline.
 
 It mixes the words of the synthetic shapes data (so answer words like "red" or
-"triangle" become single tokens, which the tiny models learn far more easily), the
+"triangle" become single tokens, which the tiny models learn far more easily),
+multiple-choice option lines (so every option letter " A" .. " I" is one token, as in
+real LLaMA vocabularies, rather than a space plus a byte token), the
 system prompts of the templates, plain English, digits, punctuation and a little code.
 Nothing is downloaded; the same seed gives the same corpus.
 """
@@ -17,6 +19,7 @@ SHAPES = ["circle", "square", "triangle", "rectangle", "star", "shape", "shapes"
           "squares", "triangles"]
 PLACES = ["left", "right", "top", "bottom", "center", "middle", "corner", "above", "below",
           "next to", "top left", "bottom right"]
+LETTERS = list("ABCDEFGHI")  # the shapes eval lists up to nine options
 SIZES = ["small", "large", "big", "tiny", "larger", "smaller", "largest", "smallest"]
 
 _ENGLISH = """\
@@ -28,6 +31,7 @@ There are two shapes: a red circle on the left and a blue square on the right.
 A robot arm picks up the cup from the table and places it next to the plate.
 The camera looks at a kitchen counter with a bowl, a knife and three apples.
 Please answer with the letter of the correct option. Options: A, B, C, D.
+Answer with the option's letter from the given choices directly.
 Hello! How can I help you today? Thank you very much, that is very helpful.
 The quick brown fox jumps over the lazy dog. She sells sea shells by the sea shore.
 Machine learning models learn patterns from data; vision language models also see images.
@@ -54,6 +58,8 @@ def corpus_lines(seed: int = 0, n_generated: int = 4000) -> list[str]:
         lambda: f"USER: <image>\nWhere is the {pick(COLOURS)} {pick(SHAPES)}? ASSISTANT: {pick(PLACES)}",
         lambda: f"Is the {pick(SHAPES)} {pick(SIZES)}? Yes, it is {pick(SIZES)} and {pick(COLOURS)}.",
         lambda: " ".join(str(int(x)) for x in rng.integers(0, 1000, size=6)),
+        lambda: "\n".join(f"{letter}. {pick(COLOURS)} {pick(SHAPES)}" for letter in LETTERS)
+        + f"\nAnswer with the option's letter. ASSISTANT: {pick(LETTERS)}",
     ]
     for _ in range(n_generated):
         lines.append(patterns[int(rng.integers(len(patterns)))]())

@@ -19,16 +19,22 @@ def data() -> None:
 @click.option("--n-eval", default=200, show_default=True, help="Held-out eval questions.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--image-size", default=64, show_default=True, metavar="PX")
+@click.option("--mc-options", type=click.Choice(["fixed", "shuffled"]), default="fixed",
+              show_default=True,
+              help="Multiple-choice options: every answer in a fixed order per question kind "
+                   "(the letter names the answer), or the answer and 3 distractors shuffled "
+                   "(the model must also read the options).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists.")
 @json_option
-def shapes(out_dir: str, n_train: int, n_eval: int, seed: int, image_size: int, force: bool,
-           as_json: bool) -> None:
+def shapes(out_dir: str, n_train: int, n_eval: int, seed: int, image_size: int,
+           mc_options: str, force: bool, as_json: bool) -> None:
     """Write a synthetic shapes dataset: images, stage-1 captions, stage-2 instructions
     and a multiple-choice eval set. The same seed gives the same files."""
     from llava_edge.data.shapes import ShapesConfig, generate_shapes
 
     try:
-        config = ShapesConfig(n_train=n_train, n_eval=n_eval, seed=seed, image_size=image_size)
+        config = ShapesConfig(n_train=n_train, n_eval=n_eval, seed=seed, image_size=image_size,
+                              mc_options=mc_options)
         with progress_bar("drawing images", enabled=not as_json) as update:
             ds = generate_shapes(out_dir, config, progress=update, overwrite=force)
     except (ValueError, FileExistsError) as e:

@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 
 from llava_edge.errors import LlavaEdgeError
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: multiple-choice options in a fixed order by default
 
 #: Named colours with fixed RGB values, far from each other and from the background.
 COLORS: Mapping[str, tuple[int, int, int]] = MappingProxyType(
@@ -72,6 +72,15 @@ EVAL_FILE = "eval_mc.json"
 IMAGE_MARKER = "<image>"
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 EVAL_KINDS: tuple[str, ...] = ("color", "shape", "count", "position")
+#: How multiple-choice options are listed. ``fixed``: every value the question can have, in
+#: one fixed order per kind (colours in palette order, cells row by row, counts ascending),
+#: so the letter names the answer and the eval measures what the model sees. ``shuffled``:
+#: the answer and three random distractors in random order, so the model must also read the
+#: options and point at the matching one; a 4-layer model trained from scratch for minutes
+#: on a CPU stays at chance on that pointer step (measured; see the README's demo recipe).
+MC_OPTION_ORDERS: tuple[str, ...] = ("fixed", "shuffled")
+#: The shape option that never appears in an image (only three kinds are drawn).
+ABSENT_SHAPE = "star"
 
 # Independent random streams, so that e.g. changing a caption template never moves a pixel.
 _STREAM_TRAIN_SCENE = 1
@@ -115,6 +124,7 @@ class ShapesConfig:
     n_eval: int = 200
     seed: int = 0
     image_size: int = 64
+    mc_options: str = "fixed"  # one of MC_OPTION_ORDERS
 
     def __post_init__(self) -> None:
         self.validate()
@@ -125,6 +135,9 @@ class ShapesConfig:
         _check_int("n_eval", self.n_eval, minimum=0)
         _check_int("seed", self.seed, minimum=0)
         _check_int("image_size", self.image_size, minimum=32, maximum=1024)
+        if self.mc_options not in MC_OPTION_ORDERS:
+            raise ShapesConfigError(f"ShapesConfig.mc_options must be one of "
+                                    f"{', '.join(MC_OPTION_ORDERS)}, got {self.mc_options!r}")
 
 
 def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
@@ -695,32 +708,38 @@ def mix_text_only(
 
 
 def _mc_question(
-    scene: Scene, kind: str, rng: np.random.Generator
+    scene: Scene, kind: str, rng: np.random.Generator, options: str
 ) -> tuple[str, str, list[str]] | None:
-    """(question, correct option, three wrong options) of ``kind`` about ``scene``, or None."""
+    """(question, correct option, all options in order) of ``kind`` about ``scene``, or None
+    if it cannot be asked unambiguously. ``options`` is one of :data:`MC_OPTION_ORDERS`."""
     target = _pick(rng, scene.shapes)
     if kind == "color":
         ref = refer(scene, target, rng, exclude="color")
-        wrong = [c for c in COLORS if c != target.color]
-        return f"What color is the {ref}?", target.color, _sample(rng, wrong, 3)
-    if kind == "shape":
+        question, correct, every = f"What color is the {ref}?", target.color, list(COLORS)
+    elif kind == "shape":
         ref = refer(scene, target, rng, exclude="kind", generic="object")
-        # Only three kinds are drawn; the fourth option is a shape that never appears.
-        wrong = [k for k in KINDS if k != target.kind] + [_pick(rng, ("star", "hexagon", "heart"))]
-        return f"What shape is the {ref}?", target.kind, wrong
-    if kind == "count":
-        question, answer = _question_count(scene, rng)
+        question, correct, every = f"What shape is the {ref}?", target.kind, [*KINDS, ABSENT_SHAPE]
+    elif kind == "count":
+        question, correct = _question_count(scene, rng)
         # Totals are 1-3, conditional counts 0-3: four consecutive options either way.
         low = 1 if question.startswith("How many shapes") else 0
-        options = [str(v) for v in range(low, low + 4)]
-        return question, answer, [o for o in options if o != answer]
-    if kind == "position":
+        every = [str(v) for v in range(low, low + 4)]
+    elif kind == "position":
         ref = refer(scene, target, rng, exclude="position")
         if ref is None:
             return None
-        others = [name for row in CELL_NAMES for name in row if name != target.position]
-        return f"Where is the {ref}?", target.position, _sample(rng, others, 3)
-    raise ValueError(f"unknown eval question kind {kind!r}")
+        question, correct = f"Where is the {ref}?", target.position
+        every = [name for row in CELL_NAMES for name in row]
+    else:
+        raise ValueError(f"unknown eval question kind {kind!r}")
+    if options == "fixed":
+        return question, correct, every
+    if kind == "shape":  # the absent option is drawn from a few, as in generator version 1
+        wrong = [k for k in KINDS if k != correct] + [_pick(rng, ("star", "hexagon", "heart"))]
+    else:
+        wrong = [v for v in every if v != correct]
+        wrong = wrong if len(wrong) == 3 else _sample(rng, wrong, 3)
+    return question, correct, [str(c) for c in rng.permutation([correct, *wrong])]
 
 
 def _sample(rng: np.random.Generator, items: Sequence[str], k: int) -> list[str]:
@@ -728,22 +747,23 @@ def _sample(rng: np.random.Generator, items: Sequence[str], k: int) -> list[str]
 
 
 def mc_sample(
-    scene: Scene, kind: str, rng: np.random.Generator, sample_id: str, image: str
+    scene: Scene, kind: str, rng: np.random.Generator, sample_id: str, image: str,
+    options: str = "fixed",
 ) -> dict | None:
     """A multiple-choice question of ``kind`` about ``scene`` in the eval format (ScienceQA
-    prompt, four lettered options, the letter as the answer), or None if it cannot be asked
-    unambiguously. ``image`` is the image path relative to the image folder."""
-    mc = _mc_question(scene, kind, rng)
+    prompt, lettered options, the letter as the answer), or None if it cannot be asked
+    unambiguously. ``image`` is the image path relative to the image folder; ``options``
+    is one of :data:`MC_OPTION_ORDERS`."""
+    mc = _mc_question(scene, kind, rng, options)
     if mc is None:
         return None
-    question, correct, wrong = mc
-    choices = [str(c) for c in rng.permutation([correct, *wrong])]
-    letters = "ABCD"
+    question, correct, choices = mc
+    letters = "ABCDEFGHI"[: len(choices)]
     answer = letters[choices.index(correct)]
-    options = "\n".join(
+    option_lines = "\n".join(
         f"{letter}. {choice}" for letter, choice in zip(letters, choices, strict=True)
     )
-    prompt = f"{IMAGE_MARKER}\n{question}\n{options}\n{MC_INSTRUCTION}"
+    prompt = f"{IMAGE_MARKER}\n{question}\n{option_lines}\n{MC_INSTRUCTION}"
     return {
         "id": sample_id,
         "image": image,
@@ -755,7 +775,8 @@ def mc_sample(
     }
 
 
-def eval_scene_and_sample(index: int, kind: str, rng: np.random.Generator) -> tuple[Scene, dict]:
+def eval_scene_and_sample(index: int, kind: str, rng: np.random.Generator,
+                          options: str = "fixed") -> tuple[Scene, dict]:
     """Draw an eval scene and a multiple-choice question of ``kind`` about it.
 
     Redraws the scene in the rare case the question cannot be asked unambiguously (two
@@ -763,7 +784,8 @@ def eval_scene_and_sample(index: int, kind: str, rng: np.random.Generator) -> tu
     """
     while True:
         scene = sample_scene(rng)
-        sample = mc_sample(scene, kind, rng, f"eval-{index:06d}", f"eval/{index:06d}.png")
+        sample = mc_sample(scene, kind, rng, f"eval-{index:06d}", f"eval/{index:06d}.png",
+                           options)
         if sample is not None:
             return scene, sample
 
@@ -794,6 +816,10 @@ def _write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+_OPTIONS_README = {"fixed": "every possible answer, in one fixed order per question kind",
+                   "shuffled": "the answer and 3 distractors, shuffled"}
+
+
 def _readme(config: ShapesConfig, counts: Mapping[str, int]) -> str:
     return (
         "Synthetic shapes dataset in the LLaVA JSON format (generated by llava-edge).\n"
@@ -811,7 +837,8 @@ def _readme(config: ShapesConfig, counts: Mapping[str, int]) -> str:
         f"{STAGE1_FILE}: {counts['stage1']} caption samples (LLaVA pretrain format)\n"
         f"{STAGE2_FILE}: {counts['stage2']} instruction samples (conversation, detailed\n"
         "  description, complex reasoning, and about 5% text-only)\n"
-        f"{EVAL_FILE}: {counts['eval']} multiple-choice questions (ScienceQA prompt style)\n"
+        f"{EVAL_FILE}: {counts['eval']} multiple-choice questions (ScienceQA prompt style,\n"
+        f"  options {config.mc_options}: {_OPTIONS_README[config.mc_options]})\n"
         "images/: image paths in the JSON files are relative to this folder\n"
     )
 
@@ -849,7 +876,8 @@ def _build(
 
     eval_samples: list[dict] = []
     for i, kind in enumerate(eval_kinds(config.n_eval, _rng(seed, _STREAM_EVAL_KINDS))):
-        scene, sample = eval_scene_and_sample(i, kind, _rng(seed, _STREAM_EVAL, i))
+        scene, sample = eval_scene_and_sample(i, kind, _rng(seed, _STREAM_EVAL, i),
+                                              config.mc_options)
         render_scene(scene, config.image_size).save(tmp / "images" / "eval" / f"{i:06d}.png")
         image_written()
         eval_samples.append(sample)
