@@ -19,7 +19,6 @@ from typing import Callable
 from llava_edge.bundle import write_manifest
 from llava_edge.checkpoint_info import read_json
 from llava_edge.errors import LlavaEdgeError
-from llava_edge.runtimes.preprocess import PreprocessRecipe
 from llava_edge.templates import IMAGE_TOKEN, TEMPLATES
 
 from llava_edge.export.checkpoint import check_supported
@@ -91,9 +90,6 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, options: ExportOp
 def _manifest(checkpoint: Path, config: dict, options: ExportOptions, vision, llm) -> dict:
     ours = config.get("llava_edge") or {}
     text = config.get("text_config") or {}
-    processor = read_json(checkpoint / "processor_config.json", "processor_config.json")
-    recipe = PreprocessRecipe.from_hf(processor["image_processor"],
-                                      pad_to_square=ours.get("image_aspect_ratio") == "pad")
     n_embd = vision.n_embd
     vision_entries = []
     for v in vision.variants:
@@ -129,7 +125,7 @@ def _manifest(checkpoint: Path, config: dict, options: ExportOptions, vision, ll
             "vision": vision.vision_kind,
             "text": text.get("model_type", "llama"),
         },
-        "preprocess": recipe.to_dict(),
+        "preprocess": vision.preprocess,
         "image": {"n_tokens": vision.n_image_tokens, "n_embd": n_embd, "token": IMAGE_TOKEN,
                   "token_id": config.get("image_token_index", 32000),
                   "image_size": vision.image_size},

@@ -94,7 +94,7 @@ class VisionExportResult:
     n_image_tokens: int
     n_embd: int
     graph: dict  # VisionGraphSpec.to_dict()
-    preprocess: dict  # the HF image processor's recipe
+    preprocess: dict  # PreprocessRecipe.to_dict(): what the runtime does to an image
     exporter: str
     opset: int
     fused_ops: dict
@@ -281,7 +281,7 @@ def export_vision(
     return VisionExportResult(
         checkpoint=str(checkpoint_dir), out_dir=str(out_dir), vision_kind=spec.kind,
         image_size=spec.image_size, n_image_tokens=spec.n_image_tokens, n_embd=spec.n_embd,
-        graph=spec.to_dict(), preprocess=preprocess_recipe(loaded.processor), exporter=exporter,
+        graph=spec.to_dict(), preprocess=preprocess_recipe(loaded.processor, checkpoint_dir), exporter=exporter,
         opset=vision_onnx.OPSET, fused_ops=fused_ops, parity_images=[name for name, _ in named],
         variants=variants, engines=engine_results, versions=tool_versions(), plain=plain_result,
     )
@@ -488,24 +488,17 @@ def _graph_metadata(spec) -> dict[str, str]:
     }
 
 
-_RECIPE_KEYS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
-                "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb")
-
-
-def preprocess_recipe(processor) -> dict:
-    """The image preprocessing the checkpoint's HF processor applies, JSON-ready."""
-    from PIL import Image
+def preprocess_recipe(processor, checkpoint_dir: str | Path) -> dict:
+    """The image preprocessing of the checkpoint as the runtime applies it
+    (:class:`~llava_edge.runtimes.preprocess.PreprocessRecipe`, JSON-ready): its HF image
+    processor, after a pad to square when the checkpoint was trained with one."""
+    from llava_edge.checkpoint_info import image_aspect_ratio, read_json
+    from llava_edge.runtimes.preprocess import PreprocessRecipe
 
     image_processor = getattr(processor, "image_processor", processor)
-    config = image_processor.to_dict()
-    recipe = {"processor": config.get("image_processor_type", type(image_processor).__name__)}
-    for key in _RECIPE_KEYS:
-        if key in config and config[key] is not None:
-            value = config[key]
-            recipe[key] = list(value) if isinstance(value, tuple) else value
-    if isinstance(recipe.get("resample"), int):
-        recipe["resample_name"] = Image.Resampling(recipe["resample"]).name.lower()
-    return recipe
+    config = read_json(Path(checkpoint_dir) / "config.json", "config.json")
+    return PreprocessRecipe.from_hf(
+        image_processor.to_dict(), pad_to_square=image_aspect_ratio(config) == "pad").to_dict()
 
 
 def tool_versions() -> dict[str, str]:

@@ -67,6 +67,16 @@ def _sub(config: dict, key: str) -> dict:
     return {**_DEFAULTS.get(model_type, {}), **sub}
 
 
+def image_aspect_ratio(config: dict) -> str:
+    """How a checkpoint's images are fitted, from its ``config.json`` dict: ``"pad"`` (to a
+    square in the processor's mean colour, LLaVA-1.5's training recipe) when llava-edge
+    trained it so, else ``"square"`` (the HF processor's own resize and crop, which is
+    what a foreign or untrained checkpoint's processor does)."""
+    ours = config.get("llava_edge") or {}
+    training = ours.get("training") or {}
+    return training.get("image_aspect_ratio") or ours.get("image_aspect_ratio") or "square"
+
+
 def read_json(path: Path, what: str) -> dict:
     """Parse a JSON file, raising a :class:`LlavaEdgeError` that names it on failure."""
     try:

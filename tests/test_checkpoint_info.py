@@ -68,3 +68,13 @@ def test_tiny_qwen2_described(tiny_qwen2_checkpoint):
     assert info.tokenizer["kind"] == "byte-level BPE"
     assert info.image_tokens_per_image == 16  # SigLIP has no CLS token to drop or keep
     assert info.projector["vision_feature_select_strategy"] == "full"
+
+
+def test_image_aspect_ratio_follows_training():
+    from llava_edge.checkpoint_info import image_aspect_ratio
+
+    assert image_aspect_ratio({}) == "square"  # a foreign or untrained checkpoint
+    trained = {"llava_edge": {"training": {"image_aspect_ratio": "pad"}}}
+    assert image_aspect_ratio(trained) == "pad"  # what the bundle and the eval must apply
+    assert image_aspect_ratio({"llava_edge": {"training": {"image_aspect_ratio": "square"}}}) \
+        == "square"

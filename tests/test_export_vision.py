@@ -24,6 +24,7 @@ from llava_edge.export import vision as vision_mod
 from llava_edge.export import vision_onnx, vision_parity, vision_quantize
 from llava_edge.export.vision import DEFAULT_GATES, VisionExportError, export_vision
 from llava_edge.export.vision_graph import load_vision
+from llava_edge.runtimes.preprocess import PreprocessRecipe
 
 ALL = ("fp32", "fp16", "int8", "int4")
 
@@ -107,12 +108,13 @@ def test_result_describes_the_graph_for_the_manifest(exported):
     data = json.loads(json.dumps(result.to_dict()))  # JSON-serialisable as is
     assert data["image_size"] == 64 and data["n_image_tokens"] == 16 and data["n_embd"] == 256
     assert data["exporter"] in ("dynamo", "torchscript") and data["opset"] >= 17
-    pre = data["preprocess"]
-    assert pre["image_mean"] and pre["image_std"] and pre["do_normalize"] is True
+    pre = PreprocessRecipe.from_dict(data["preprocess"])  # the runtime's own recipe
+    assert pre.resample == 3 and pre.pad_to_square is False  # bicubic; an untrained checkpoint
     if data["vision_kind"] == "clip":
-        assert pre["crop_size"] == {"height": 64, "width": 64} and pre["resample_name"] == "bicubic"
+        assert (pre.resize_shortest_edge, pre.crop_height, pre.crop_width) == (64, 64, 64)
     else:
-        assert pre["image_mean"] == [0.5, 0.5, 0.5] and pre["size"] == {"height": 64, "width": 64}
+        assert pre.image_mean == (0.5, 0.5, 0.5)
+        assert (pre.resize_height, pre.resize_width) == (64, 64)
     assert len(data["parity_images"]) == 8 and data["versions"]["onnxruntime"]
 
 

@@ -166,7 +166,7 @@ class TorchAnswerer:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
         from transformers.utils import logging as hf_logging
 
-        from llava_edge.checkpoint_info import read_json
+        from llava_edge.checkpoint_info import image_aspect_ratio, read_json
         from llava_edge.trainer.conversation import make_chat_format
         from llava_edge.trainer.dataset import mean_color
 
@@ -182,8 +182,7 @@ class TorchAnswerer:
         self.model.to(self.device).eval()
         self.processor = AutoProcessor.from_pretrained(path)
         self.format = make_chat_format(template, self.processor.tokenizer, config)
-        training = (config.get("llava_edge") or {}).get("training") or {}
-        self.pad = training.get("image_aspect_ratio", "pad") == "pad"
+        self.pad = image_aspect_ratio(config) == "pad"
         self.fill = mean_color(self.processor.image_processor)
         self.max_new_tokens = max_new_tokens
         tokenizer = self.processor.tokenizer
