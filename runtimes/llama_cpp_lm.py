@@ -277,6 +277,32 @@ class LlamaCppLM:
         self.n_past = 0
         self._has_logits = False
 
+    def truncate(self, n: int) -> bool:
+        """Keep the first ``n`` positions of the sequence and forget the rest, so the next
+        input goes to position ``n``. Returns False (and changes nothing) where llama.cpp's
+        memory cannot drop part of a sequence (recurrent models); callers then ``reset``.
+
+        The logits of position ``n - 1`` are not kept: evaluate at least one more input
+        before reading :meth:`logits`.
+        """
+        self._check_open()
+        if not 0 <= n <= self.n_ctx:
+            raise LlamaCppError(f"cannot truncate to {n} positions (n_ctx={self.n_ctx})")
+        if n == 0:
+            self.reset()
+            return True
+        # Always from n to the end, even when n >= n_past: a decode interrupted between
+        # llama_decode and the n_past update leaves positions we do not count.
+        if hasattr(llama_cpp, "llama_memory_seq_rm"):
+            ok = llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self._ctx), 0, n, -1)
+        else:  # llama.cpp before the memory API
+            ok = llama_cpp.llama_kv_self_seq_rm(self._ctx, 0, n, -1)
+        if not ok:
+            return False
+        self.n_past = min(self.n_past, n)
+        self._has_logits = False
+        return True
+
     # -- lifetime -------------------------------------------------------------------
 
     def _check_open(self) -> None:

@@ -11,24 +11,39 @@ stands -> tokens. The vision and language backends are small interfaces
 (``encode(pixel_values)``; ``tokenize / eval_tokens / eval_embeddings / logits``), so a
 TensorRT engine or a PyTorch reference can stand in for either.
 
-One instance is not thread-safe: use one per thread, or guard calls with a lock.
+Reuse (on by default, token-identical under greedy decoding): what the KV cache already
+holds is kept where the next request starts the same way (:mod:`.kv_reuse`) -- the
+system prompt, an image and the text before it, a chat's history -- and image
+embeddings are cached by pixel hash (:mod:`.embed_cache`). ``Answer.timings`` says what
+was reused. ``load(..., reuse_prefix=False, embed_cache_size=0)`` turns both off.
+
+Thread safety: one instance may be shared by threads. Requests run one at a time under
+an internal lock, held from a request's first evaluation to its end (a stream holds it
+until it is exhausted, broken out of or closed). A request started by a thread whose own
+earlier stream of this instance is still open ends that stream first.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from llava_edge.bundle import Bundle, open_bundle
 from llava_edge.errors import PromptError
+from llava_edge.runtimes.embed_cache import EmbeddingCache, pixel_key
 from llava_edge.runtimes.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
+from llava_edge.runtimes.kv_reuse import KVPrefix, position_keys, remaining
 from llava_edge.runtimes.preprocess import PreprocessRecipe, preprocess
 from llava_edge.runtimes.prompt import Segment, render, split_at_images, user_message
 from llava_edge.runtimes.sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from llava_edge.runtimes.chat import ChatSession
 
 
 class VisionBackend(Protocol):
@@ -47,11 +62,13 @@ class LanguageBackend(Protocol):
     def eval_embeddings(self, embeds: np.ndarray) -> None: ...
     def logits(self) -> np.ndarray: ...
     def reset(self) -> None: ...
+    # Optional: ``truncate(n) -> bool`` keeps the first n positions (prefix reuse);
+    # a backend without it is reset before every request.
 
 
 @dataclass
 class Timings:
-    """Milliseconds per stage of one request."""
+    """Milliseconds per stage of one request, and what it reused."""
 
     preprocess_ms: float = 0.0
     vision_ms: float = 0.0
@@ -59,6 +76,10 @@ class Timings:
     decode_ms: float = 0.0
     first_token_ms: float = 0.0  # from the start of the request to the first new token
     total_ms: float = 0.0
+    prefill_tokens: int = 0  # prompt positions evaluated by this request
+    reused_tokens: int = 0  # prompt positions taken from the KV cache as they were
+    images_encoded: int = 0  # images run through the vision graph
+    embedding_cache_hits: int = 0  # images whose embeddings came from the cache
 
 
 @dataclass
@@ -78,7 +99,8 @@ class LlavaEdge:
     """A loaded bundle: vision backend + language backend + the bundle's recipe."""
 
     def __init__(self, bundle: Bundle, vision: VisionBackend, llm: LanguageBackend,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, reuse_prefix: bool = True,
+                 embed_cache_size: int = 16):
         self.bundle = bundle
         self.vision = vision
         self.llm = llm
@@ -90,6 +112,13 @@ class LlavaEdge:
         self.template = m["prompt"]["chat_template"]
         self.special_tokens = m["prompt"].get("special_tokens", {})
         self.stop = tuple(m["prompt"].get("stop", ()))
+        # Reuse (module docstring); both may be changed between requests.
+        self.reuse_prefix = reuse_prefix
+        self.embed_cache = EmbeddingCache(embed_cache_size)
+        self._kv = KVPrefix()
+        self._lock = threading.Lock()
+        self._holder: _Holder | None = None  # the request holding the lock
+        self._holder_thread: int | None = None
 
     @classmethod
     def load(cls, bundle: str | Path, vision_precision: str | None = None,
@@ -97,8 +126,13 @@ class LlavaEdge:
              n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
              n_gpu_layers: int = 0, flash_attn: bool = False, providers: str | None = "auto",
              verify: str = "hash", max_pixels: int = DEFAULT_MAX_PIXELS,
-             verbose: bool = False) -> "LlavaEdge":
-        """Open and check ``bundle``, then load its vision graph and language model."""
+             verbose: bool = False, reuse_prefix: bool = True,
+             embed_cache_size: int = 16) -> "LlavaEdge":
+        """Open and check ``bundle``, then load its vision graph and language model.
+
+        ``reuse_prefix``: keep the KV cache's common prefix between requests;
+        ``embed_cache_size``: images whose embeddings are kept (0: none).
+        """
         from llava_edge.runtimes.llama_cpp_lm import LlamaCppLM
         from llava_edge.runtimes.vision_onnx import OnnxVisionEncoder
 
@@ -109,7 +143,8 @@ class LlavaEdge:
         llm = LlamaCppLM(b.file(lm["file"]), n_ctx=n_ctx or b.manifest["prompt"].get("n_ctx", 2048),
                          n_threads=n_threads, n_batch=n_batch, n_ubatch=n_ubatch,
                          n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, verbose=verbose)
-        model = cls(b, vision, llm, max_pixels=max_pixels)
+        model = cls(b, vision, llm, max_pixels=max_pixels, reuse_prefix=reuse_prefix,
+                    embed_cache_size=embed_cache_size)
         model.vision_precision, model.llm_quant = v["precision"], lm["quant"]
         return model
 
@@ -142,6 +177,21 @@ class LlavaEdge:
         found = ids.count(self.image_token_id)
         if found != n_images:
             raise PromptError(f"the tokenized prompt has {found} image token(s) for "
+                              f"{n_images} image(s)")
+        return ids
+
+    def messages_ids(self, messages: list[dict], n_images: int) -> list[int]:
+        """Token ids of a whole chat (Hugging Face message shape, see
+        :mod:`llava_edge.templates`) rendered with a generation prompt."""
+        if not messages or not all(isinstance(m, dict) and "role" in m and "content" in m
+                                   for m in messages):
+            raise PromptError("messages must be a non-empty list of {'role', 'content'} "
+                              "dicts")
+        text = render(self.template, messages, self.special_tokens, add_generation_prompt=True)
+        ids = self.llm.tokenize(text)
+        found = ids.count(self.image_token_id)
+        if found != n_images:
+            raise PromptError(f"the tokenized chat has {found} image token(s) for "
                               f"{n_images} image(s)")
         return ids
 
@@ -181,6 +231,11 @@ class LlavaEdge:
         t0 = time.perf_counter()
         images = _as_list(image)
         ids = self.prompt_ids(prompt, len(images), system)
+        return self._start(ids, images, max_new_tokens, temperature, top_k, top_p,
+                           repeat_penalty, seed, stop, bgr, t0)
+
+    def _start(self, ids, images, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
+               seed, stop, bgr, t0) -> "_Run":
         n_prompt = len(ids) - len(images) + len(images) * self.n_image_tokens
         if n_prompt >= self.llm.n_ctx:
             raise PromptError(f"the prompt needs {n_prompt} positions ({len(images)} image(s) "
@@ -193,17 +248,92 @@ class LlavaEdge:
         return _Run(self, images, bgr, split_at_images(ids, self.image_token_id), n_prompt,
                     sampler, max_new_tokens, tuple(stop) + self.stop, t0)
 
-    def _prefill(self, segments: list[Segment], embeds: np.ndarray | None) -> None:
-        for seg in segments:
-            if seg.image_index is None:
-                self.llm.eval_tokens(list(seg.tokens))
-            else:
-                self.llm.eval_embeddings(embeds[seg.image_index])
+    def ask_messages(self, messages: list[dict],
+                     images: ImageInput | Sequence[ImageInput] | None = None,
+                     max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
+                     top_p: float = 1.0, repeat_penalty: float = 1.0, seed: int | None = None,
+                     stop: Sequence[str] = (), bgr: bool = False) -> Answer:
+        """Answer a whole chat: ``messages`` in the Hugging Face shape (system, user and
+        assistant turns; user content with ``{"type": "image"}`` parts or ``<image>``
+        markers), ``images`` in the order they appear. Stateless: the same call gives the
+        same answer whatever came before (reuse only saves time)."""
+        stream = self.stream_messages(messages, images, max_new_tokens, temperature, top_k,
+                                      top_p, repeat_penalty, seed, stop, bgr)
+        for _ in stream:
+            pass
+        return stream.answer
+
+    def stream_messages(self, messages: list[dict],
+                        images: ImageInput | Sequence[ImageInput] | None = None,
+                        max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
+                        top_p: float = 1.0, repeat_penalty: float = 1.0,
+                        seed: int | None = None, stop: Sequence[str] = (), bgr: bool = False,
+                        on_done=None) -> "Stream":
+        """:meth:`ask_messages`, streamed (see :meth:`stream`). ``on_done(answer,
+        completed)`` is called when the stream ends, ``completed`` False if it was
+        stopped early."""
+        t0 = time.perf_counter()
+        images = _as_list(images)
+        ids = self.messages_ids(messages, len(images))
+        return Stream(self._start(ids, images, max_new_tokens, temperature, top_k, top_p,
+                                  repeat_penalty, seed, stop, bgr, t0), on_done=on_done)
+
+    def chat(self, system: str | None = None, **defaults) -> "ChatSession":
+        """A multi-turn :class:`~llava_edge.runtimes.chat.ChatSession` on this model;
+        ``defaults`` are sampling keyword arguments for every turn (max_new_tokens, ...)."""
+        from llava_edge.runtimes.chat import ChatSession
+
+        return ChatSession(self, system=system, **defaults)
+
+    # -- reuse and locking --------------------------------------------------------------
+
+    def _keep_prefix(self, keys: list) -> int:
+        """Drop what the next request (``keys``, one per position) cannot reuse from the
+        KV cache; return how many positions stay."""
+        truncate = getattr(self.llm, "truncate", None)
+        keep = self._kv.reusable(keys, self.llm.n_past) if self.reuse_prefix else 0
+        if not (keep and truncate and truncate(keep)):
+            self.llm.reset()
+            keep = 0
+        self._kv.truncate(keep)
+        return keep
+
+    def clear_cache(self) -> None:
+        """Forget the KV cache and the cached image embeddings (answers do not change;
+        the next request is evaluated from scratch)."""
+        holder = _Holder()
+        self._acquire(holder)
+        try:
+            self.llm.reset()
+            self._kv.clear()
+            self.embed_cache.clear()
+        finally:
+            self._release(holder)
+
+    def _acquire(self, run: "_Holder") -> None:
+        me = threading.get_ident()
+        holder = self._holder
+        if holder is not None and self._holder_thread == me:
+            # This thread's own stream is suspended between two pieces: waiting for it
+            # would deadlock. It is ended (it stops at its next resume without touching the
+            # model) and the lock passes to the new request.
+            holder.superseded = True
+            self._holder = run
+            return
+        self._lock.acquire()
+        self._holder, self._holder_thread = run, me
+
+    def _release(self, run: "_Holder") -> None:
+        if self._holder is run:
+            self._holder = self._holder_thread = None
+            self._lock.release()
 
     def close(self) -> None:
         close = getattr(self.llm, "close", None)
         if close:
             close()
+        self._kv.clear()
+        self.embed_cache.clear()
 
     def __enter__(self) -> "LlavaEdge":
         return self
@@ -212,7 +342,13 @@ class LlavaEdge:
         self.close()
 
 
-class _Run:
+class _Holder:
+    """Something that holds the model's lock; ``superseded`` once another took it over."""
+
+    superseded = False
+
+
+class _Run(_Holder):
     """One request's generation: images -> prefill -> tokens, with its timings."""
 
     def __init__(self, model: LlavaEdge, images: list, bgr: bool, segments: list[Segment],
@@ -225,42 +361,93 @@ class _Run:
         self.timings = Timings()
         self.generated: list[int] = []
         self.reason = "length"
+        self.superseded = False  # set when a later request of the same thread took over
 
     def tokens(self) -> Iterator[int]:
         """Evaluate the prompt, then yield each new token as it is chosen."""
         m, t = self.model, self.timings
         start = time.perf_counter()
-        pixels = m.pixel_values(self.images, self.bgr) if self.images else None
+        rgb = [load_image(img, m.max_pixels, bgr=self.bgr) for img in self.images]
+        image_keys = [pixel_key(img) for img in rgb]
         t.preprocess_ms = _ms(start)
-        start = time.perf_counter()
-        embeds = m._encode(pixels) if self.images else None
-        t.vision_ms = _ms(start)
-        start = time.perf_counter()
-        m.llm.reset()
-        m._prefill(self.segments, embeds)
-        t.prefill_ms = _ms(start)
+        m._acquire(self)
         start = time.perf_counter()
         try:
-            while True:
-                token = self.sampler(m.llm.logits(), self.generated)
-                if not self.generated:
-                    t.first_token_ms = _ms(self.t0)
-                if m.llm.is_eog(token):
-                    self.reason = "eos"
-                    return
-                self.generated.append(token)
-                if self.stop and any(s in m.llm.detokenize(self.generated) for s in self.stop):
-                    self.reason = "stop"
-                    return
-                yield token
-                if (len(self.generated) >= self.max_new_tokens
-                        or m.llm.n_past >= m.llm.n_ctx):
-                    self.reason = "length"
-                    return
-                m.llm.eval_tokens([token])
+            keys = position_keys(self.segments, image_keys, m.n_image_tokens)
+            keep = m._keep_prefix(keys)
+            todo = remaining(self.segments, m.n_image_tokens, keep)
+            embeds = self._embeddings(rgb, image_keys, {s.image_index for s, _ in todo
+                                                        if s.image_index is not None})
+            start = time.perf_counter()
+            for seg, skip in todo:
+                if seg.image_index is None:
+                    m.llm.eval_tokens(list(seg.tokens[skip:]))
+                    m._kv.extend(seg.tokens[skip:])
+                else:
+                    m.llm.eval_embeddings(embeds[seg.image_index][skip:])
+                    key = image_keys[seg.image_index]
+                    m._kv.extend([(key, r) for r in range(skip, m.n_image_tokens)])
+            t.prefill_ms = _ms(start)
+            t.reused_tokens, t.prefill_tokens = keep, len(keys) - keep
+            start = time.perf_counter()
+            yield from self._decode()
         finally:
+            m._release(self)
             t.decode_ms = _ms(start)
             t.total_ms = _ms(self.t0)
+
+    def _embeddings(self, rgb: list, image_keys: list[bytes],
+                    needed: set[int]) -> dict[int, np.ndarray]:
+        """Embeddings of the images ``needed`` (indices): from the cache, else encoded
+        in one batch (and cached)."""
+        m, t = self.model, self.timings
+        out: dict[int, np.ndarray] = {}
+        todo: dict[bytes, list[int]] = {}  # the same picture twice is encoded once
+        for i in sorted(needed):
+            cached = m.embed_cache.get(image_keys[i])
+            if cached is not None:
+                out[i] = cached
+                t.embedding_cache_hits += 1
+            else:
+                todo.setdefault(image_keys[i], []).append(i)
+        if todo:
+            start = time.perf_counter()
+            pixels = np.stack([preprocess(rgb[idx[0]], m.recipe) for idx in todo.values()])
+            t.preprocess_ms += _ms(start)
+            start = time.perf_counter()
+            encoded = m._encode(pixels)
+            t.vision_ms = _ms(start)
+            t.images_encoded = len(todo)
+            for (key, idx), embeds in zip(todo.items(), encoded):
+                m.embed_cache.put(key, embeds)
+                for i in idx:
+                    out[i] = embeds
+        return out
+
+    def _decode(self) -> Iterator[int]:
+        """Choose tokens from the logits, yield each, evaluate it, until a stop."""
+        m, t = self.model, self.timings
+        while True:
+            token = self.sampler(m.llm.logits(), self.generated)
+            if not self.generated:
+                t.first_token_ms = _ms(self.t0)
+            if m.llm.is_eog(token):
+                self.reason = "eos"
+                return
+            self.generated.append(token)
+            if self.stop and any(s in m.llm.detokenize(self.generated) for s in self.stop):
+                self.reason = "stop"
+                return
+            yield token
+            if self.superseded:
+                return
+            m._holder_thread = threading.get_ident()  # a stream may resume elsewhere
+            if (len(self.generated) >= self.max_new_tokens
+                    or m.llm.n_past >= m.llm.n_ctx):
+                self.reason = "length"
+                return
+            m.llm.eval_tokens([token])
+            m._kv.extend([token])
 
     def text(self) -> str:
         text = self.model.llm.detokenize(self.generated)
@@ -276,16 +463,23 @@ class _Run:
 
 
 class Stream:
-    """Iterates over an answer's text pieces; ``answer`` holds the result afterwards."""
+    """Iterates over an answer's text pieces; ``answer`` holds the result afterwards.
 
-    def __init__(self, run: _Run):
+    Stopping early (``break``, ``close()`` on the iterator, an exception) ends decoding
+    and frees the model at once; what was evaluated stays reusable.
+    """
+
+    def __init__(self, run: _Run, on_done=None):
         self._run = run
+        self._on_done = on_done  # on_done(answer, completed), once the iteration ends
         self.answer: Answer | None = None
 
     def __iter__(self) -> Iterator[str]:
         sent = ""
+        tokens = self._run.tokens()
+        completed = False
         try:
-            for _ in self._run.tokens():
+            for _ in tokens:
                 text = self._run.text()
                 # Hold back a piece that ends inside a multi-byte character, or that could
                 # be the start of a stop string.
@@ -295,11 +489,15 @@ class Stream:
                 if len(text) > len(sent) and text.startswith(sent):
                     yield text[len(sent):]
                     sent = text
+            completed = not self._run.superseded
             text = self._run.text()
             if len(text) > len(sent) and text.startswith(sent):
                 yield text[len(sent):]
         finally:
+            tokens.close()  # stopped early: release the model now, not at garbage collection
             self.answer = self._run.answer()
+            if self._on_done is not None:
+                self._on_done(self.answer, completed)
 
 
 def _as_list(image) -> list:
