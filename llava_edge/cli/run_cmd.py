@@ -10,6 +10,27 @@ from llava_edge.cli.common import emit_json, json_option
 
 threads_option = click.option("--threads", "n_threads", type=int, default=None,
                               help="CPU threads (default: all cores).")
+# PyTorch reference backends (runtimes/torch_reference.py): run the checkpoint in
+# transformers in place of a half of the bundle, to compare.
+reference_option = click.option(
+    "--reference-checkpoint", type=click.Path(exists=True, file_okay=False), default=None,
+    help="PyTorch checkpoint for the torch backends (needs the [export] extra).")
+vision_backend_option = click.option(
+    "--vision-backend", type=click.Choice(["onnx", "torch"]), default="onnx",
+    show_default=True, help="torch: the checkpoint's vision tower instead of the ONNX graph.")
+llm_backend_option = click.option(
+    "--llm-backend", type=click.Choice(["llama.cpp", "torch"]), default="llama.cpp",
+    show_default=True, help="torch: the checkpoint's LLM instead of the GGUF.")
+
+
+def _check_reference(reference_checkpoint, **backends) -> None:
+    """A torch backend needs --reference-checkpoint: say so on one line (exit 1)."""
+    from llava_edge.errors import LlavaEdgeError
+
+    for option, choice in backends.items():
+        if choice == "torch" and reference_checkpoint is None:
+            raise LlavaEdgeError(f"--{option.replace('_', '-')} torch needs "
+                                 "--reference-checkpoint DIR (the PyTorch checkpoint)")
 
 
 @click.command()
@@ -29,14 +50,29 @@ threads_option = click.option("--threads", "n_threads", type=int, default=None,
 @click.option("--n-ctx", type=int, default=None, help="Context length (default: bundle's).")
 @click.option("--stream", "streaming", is_flag=True, help="Print the answer as it is decoded.")
 @threads_option
+@reference_option
+@vision_backend_option
+@llm_backend_option
 @json_option
 def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
-        seed, system, vision_precision, llm_quant, n_ctx, streaming, n_threads, as_json):
+        seed, system, vision_precision, llm_quant, n_ctx, streaming, n_threads,
+        reference_checkpoint, vision_backend, llm_backend, as_json):
     """Answer PROMPT about the image(s) with BUNDLE."""
     from llava_edge.runtimes.pipeline import LlavaEdge
 
-    with LlavaEdge.load(bundle, vision_precision=vision_precision, llm_quant=llm_quant,
-                        n_ctx=n_ctx, n_threads=n_threads) as model:
+    _check_reference(reference_checkpoint, vision_backend=vision_backend,
+                     llm_backend=llm_backend)
+    if "torch" in (vision_backend, llm_backend):
+        from llava_edge.runtimes.torch_reference import load_reference
+
+        loaded = load_reference(bundle, reference_checkpoint, vision=vision_backend,
+                                llm=llm_backend, n_threads=n_threads,
+                                vision_precision=vision_precision, llm_quant=llm_quant,
+                                n_ctx=n_ctx)
+    else:
+        loaded = LlavaEdge.load(bundle, vision_precision=vision_precision,
+                                llm_quant=llm_quant, n_ctx=n_ctx, n_threads=n_threads)
+    with loaded as model:
         stream = model.stream(list(images), prompt, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_k=top_k, top_p=top_p,
                               repeat_penalty=repeat_penalty, seed=seed, system=system)
@@ -63,8 +99,12 @@ def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repea
               help="Where to save the embeddings (.npy).")
 @click.option("--vision-precision", default=None)
 @threads_option
+@reference_option
+@vision_backend_option
+@llm_backend_option
 @json_option
-def embed(bundle, image, out_file, vision_precision, n_threads, as_json):
+def embed(bundle, image, out_file, vision_precision, n_threads, reference_checkpoint,
+          vision_backend, llm_backend, as_json):
     """Save the image embeddings [n_image_tokens, n_embd] that BUNDLE's vision graph gives
     IMAGE, as the LLM sees them (for debugging and comparing backends)."""
     import numpy as np
@@ -74,9 +114,22 @@ def embed(bundle, image, out_file, vision_precision, n_threads, as_json):
     from llava_edge.runtimes.preprocess import PreprocessRecipe, preprocess
     from llava_edge.runtimes.vision_onnx import OnnxVisionEncoder
 
+    # --llm-backend is accepted for symmetry with `run`; embed uses no language model.
+    _check_reference(reference_checkpoint, vision_backend=vision_backend,
+                     llm_backend=llm_backend)
     b = open_bundle(bundle)
-    entry = b.vision_entry(vision_precision)
-    encoder = OnnxVisionEncoder(b.file(entry["file"]), n_threads=n_threads)
+    if vision_backend == "torch":
+        from llava_edge.runtimes.torch_reference import TorchVisionBackend, check_fits
+
+        encoder, entry = TorchVisionBackend(reference_checkpoint), {"precision": "torch"}
+        check_fits(b, encoder.model.config, reference_checkpoint)
+        if n_threads:
+            import torch  # installed: the backend checked
+
+            torch.set_num_threads(n_threads)
+    else:
+        entry = b.vision_entry(vision_precision)
+        encoder = OnnxVisionEncoder(b.file(entry["file"]), n_threads=n_threads)
     pixels = preprocess(load_image(image), PreprocessRecipe.from_dict(b.manifest["preprocess"]))
     embeds = encoder.encode(pixels[None])[0]
     np.save(out_file, embeds)
