@@ -183,8 +183,9 @@ RECIPES: dict[str, Recipe] = {
         "A `tiny` preset model trained FROM SCRATCH on `llava-edge data shapes` in minutes "
         "of CPU. Not LLaVA's recipe: a random-init LLM cannot stay frozen.",
         stages={
-            1: dict(tune_llm=True, learning_rate=1e-3, global_batch_size=8,
-                    micro_batch_size=8, epochs=4.0, model_max_length=256, save_steps=0),
+            1: dict(tune_llm=True, learning_rate=3e-4, projector_lr=3e-3,
+                    global_batch_size=16, micro_batch_size=16, epochs=4.0,
+                    model_max_length=256, save_steps=0),
             2: dict(learning_rate=1e-3, global_batch_size=8, micro_batch_size=8,
                     epochs=1.0, model_max_length=512, save_steps=0),
         },
@@ -194,9 +195,13 @@ RECIPES: dict[str, Recipe] = {
             "the vision tower stays frozen in both stages, as in LLaVA, even though it is "
             "random here: its random patch features are informative enough, and training it "
             "from scratch at these learning rates slowed learning several-fold (measured)",
-            "learning rate 1e-3 in both stages, global batch 8 and several stage-1 epochs: "
-            "many small steps for a few-MB model on 2,000 images, instead of 558k / 665k "
-            "samples in batches of 256 / 128 on 8 GPUs",
+            "stage 1: LLM lr 3e-4 with a 10x projector lr (3e-3), batch 16, 4 epochs: at an "
+            "LLM lr of 1e-3 the random LLM learns the captions' language and never reads "
+            "the image (caption loss equal with the right and with shuffled images after "
+            "1,000 steps); at 3e-4 / 3e-3 the image pathway opens after ~200 steps and "
+            "caption loss falls from 0.68 to 0.29 (shuffled images: 1.37) (measured)",
+            "stage 2: lr 1e-3, global batch 8: many small steps for a few-MB model on "
+            "2,000 images, instead of 558k / 665k samples in batches of 256 / 128 on 8 GPUs",
             "stage 2 also trains on stage2_mc.json (python -m llava_edge.trainer.shapes_mc): "
             "multiple-choice questions about the train images in the eval's format, which "
             "stage2_instruct.json never shows (LLaVA-1.5's mix has A-OKVQA for this)",
