@@ -44,7 +44,7 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
-	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/demo.sh $(DEMO_DIR)
+	$(VENV)/bin/llava-edge demo --workdir $(DEMO_DIR) --force
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

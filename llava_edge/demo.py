@@ -1,0 +1,226 @@
+"""The main job, end to end on a CPU: ``llava-edge demo`` (and ``make demo``).
+
+    tiny checkpoint (random init) -> synthetic shapes data -> stage 1 -> stage 2
+    -> eval (PyTorch) -> export --int4 (+ the exact fp32 / F16 pair) -> eval (bundle)
+    -> one answered image -> a short latency table
+
+Each phase is timed; :func:`run_demo` returns a :class:`DemoSummary` whose JSON form has
+the accuracies (PyTorch, each bundle pair, chance), the fidelity of the bundle against
+PyTorch (greedy answers equal on the eval), seconds per phase and the latency figures.
+The bars the demo is held to (issues #3 and #6) are listed in :data:`BARS` and checked
+in :meth:`DemoSummary.bars`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from llava_edge.errors import LlavaEdgeError
+
+#: What the demo is held to: PyTorch accuracy on the held-out multiple-choice eval, the
+#: exact bundle pair's greedy answers against PyTorch's, the default (int4) pair's accuracy
+#: against PyTorch's (either way), and the training time on a 2-core CPU.
+BARS = {
+    "torch_accuracy_min": 0.90,
+    "exact_pair_agreement_min": 1.0,
+    "int4_accuracy_drop_max": 0.02,
+    "training_seconds_max": 360.0,
+}
+
+#: The default pair that ``export --int4`` writes, and the exact pair kept beside it.
+DEFAULT_PAIR = ("int4", "Q4_K_M")
+EXACT_PAIR = ("fp32", "F16")
+
+
+@dataclass
+class DemoConfig:
+    """Where the demo works and how big it is (defaults: the documented demo)."""
+
+    workdir: Path
+    n_train: int = 2000
+    n_eval: int = 200
+    seed: int = 0
+    recipe: str = "tiny-demo"
+    threads: int = 1  # llama.cpp / ONNX Runtime threads at inference (tiny models: 1)
+    latency_repeats: int = 5
+    max_new_tokens: int = 8  # the eval's answers are one letter
+    force: bool = False
+
+
+@dataclass
+class DemoSummary:
+    """Everything the demo measured; ``to_dict()`` is its ``--json`` output."""
+
+    workdir: str
+    random_init: str
+    chance: float
+    torch_accuracy: float
+    bundle_accuracy: float  # the default (--int4) pair
+    bundle_accuracies: dict[str, float]
+    exact_pair_agreement: float  # greedy answers of fp32+F16 equal to PyTorch's, fraction
+    by_kind: dict[str, float]
+    seconds: dict[str, float]
+    training_seconds: float
+    answer: dict
+    latency: list[dict]
+    bars: dict[str, bool] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pair_name(pair: tuple[str, str]) -> str:
+    return f"{pair[0]}+{pair[1]}"
+
+
+def chance_accuracy(samples: list[dict]) -> float:
+    """Expected accuracy of guessing a letter uniformly: the mean of 1 / options."""
+    n = [len(s["choices"]) for s in samples if s.get("choices")]
+    return sum(1 / k for k in n) / len(n) if n else 0.0
+
+
+def check_bars(summary: DemoSummary) -> dict[str, bool]:
+    """Which of :data:`BARS` the run met."""
+    return {
+        "torch_accuracy": summary.torch_accuracy >= BARS["torch_accuracy_min"],
+        "exact_pair_agreement": summary.exact_pair_agreement >= BARS["exact_pair_agreement_min"],
+        "int4_within_2_points": (abs(summary.torch_accuracy - summary.bundle_accuracy)
+                                 <= BARS["int4_accuracy_drop_max"] + 1e-9),
+        "training_time": summary.training_seconds <= BARS["training_seconds_max"],
+    }
+
+
+def run_demo(config: DemoConfig, say: Callable[[str], None] = lambda line: None) -> DemoSummary:
+    """Run every phase in ``config.workdir``; ``say`` gets one line per phase."""
+    from llava_edge.data.shapes import ShapesConfig, generate_shapes
+    from llava_edge.export.bundle_export import ExportOptions, export_bundle
+    from llava_edge.presets import get_preset
+    from llava_edge.trainer.evaluate import TorchAnswerer, evaluate
+    from llava_edge.trainer.init_checkpoint import build_checkpoint
+    from llava_edge.trainer.loop import train
+    from llava_edge.trainer.shapes_mc import write_shapes_mc
+    from llava_edge.trainer.train_config import resolve_config
+
+    work = Path(config.workdir)
+    if work.exists() and any(work.iterdir()) and not config.force:
+        raise LlavaEdgeError(f"{work} exists and is not empty (use --force to start over)")
+    work.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+
+    def phase(name: str, what: str):
+        say(f"== {name}: {what}")
+        return _Timer(seconds, name)
+
+    with phase("init", "tiny LLaVA checkpoint, random weights"):
+        init = build_checkpoint(get_preset("tiny"), work / "tiny-init", seed=config.seed,
+                                overwrite=True).path
+    with phase("data", f"synthetic shapes, {config.n_train} train / {config.n_eval} eval"):
+        data = generate_shapes(work / "shapes", ShapesConfig(
+            n_train=config.n_train, n_eval=config.n_eval, seed=config.seed), overwrite=True)
+        mc = write_shapes_mc(data.root)
+    common = {"recipe": config.recipe, "image_folder": str(data.image_folder),
+              "seed": config.seed}
+    with phase("train_stage1", "projector + LLM on the captions (recipe tiny-demo)"):
+        one = train(resolve_config({**common, "stage": 1, "model": str(init),
+                                    "data": [str(data.stage1)],
+                                    "output_dir": str(work / "stage1")})[0],
+                    force=True, show_progress=False)
+    with phase("train_stage2", "projector + LLM on the instructions"):
+        two = train(resolve_config({**common, "stage": 2, "model": str(one.output_dir),
+                                    "data": [str(data.stage2), str(mc)],
+                                    "output_dir": str(work / "stage2")})[0],
+                    force=True, show_progress=False)
+    samples = json.loads(data.eval.read_text())
+    with phase("eval_torch", "PyTorch (transformers) on the held-out eval"):
+        torch_report = evaluate(samples, TorchAnswerer(two.output_dir,
+                                                       max_new_tokens=config.max_new_tokens),
+                                data.image_folder)
+    say(f"   PyTorch accuracy {torch_report.accuracy:.1%}")
+    bundle = work / "bundle"
+    with phase("export", "--int4 bundle (int4 vision + Q4_K_M) with the fp32 + F16 pair"):
+        export_bundle(two.output_dir, bundle,
+                      ExportOptions.from_quality("int4", extra_vision=(EXACT_PAIR[0],),
+                                                 extra_llm=(EXACT_PAIR[1],)),
+                      overwrite=True)
+    accuracies, outputs = {}, {}
+    with phase("eval_bundle", "the bundle's pairs through the runtime (no torch)"):
+        for pair in (DEFAULT_PAIR, EXACT_PAIR):
+            report = _eval_bundle(bundle, pair, samples, data.image_folder, config)
+            accuracies[_pair_name(pair)] = report.accuracy
+            outputs[pair] = [p.output for p in report.predictions]
+            say(f"   bundle {_pair_name(pair)} accuracy {report.accuracy:.1%}")
+    torch_outputs = [p.output for p in torch_report.predictions]
+    agreement = sum(a == b for a, b in zip(outputs[EXACT_PAIR], torch_outputs,
+                                           strict=True)) / len(samples)
+    with phase("answer", "one eval image, the default pair"):
+        answer = _answer_one(bundle, samples[0], data.image_folder, config)
+    say(f"   Q: {answer['question']!r} -> {answer['answer']!r} (expected {answer['expected']!r})")
+    with phase("latency", "every pair of the bundle, one image"):
+        latency = _latency(bundle, samples[0], data.image_folder, config)
+
+    summary = DemoSummary(
+        workdir=str(work),
+        random_init="the tiny model starts from random weights and is trained here",
+        chance=round(chance_accuracy(samples), 4),
+        torch_accuracy=torch_report.accuracy,
+        bundle_accuracy=accuracies[_pair_name(DEFAULT_PAIR)],
+        bundle_accuracies=accuracies,
+        exact_pair_agreement=agreement,
+        by_kind={k: v["accuracy"] for k, v in torch_report.by_kind.items()},
+        seconds={k: round(v, 1) for k, v in seconds.items()},
+        training_seconds=round(seconds["train_stage1"] + seconds["train_stage2"], 1),
+        answer=answer,
+        latency=latency,
+    )
+    summary.bars = check_bars(summary)
+    (work / "demo_summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    return summary
+
+
+class _Timer:
+    """Adds the wall time of a ``with`` block to ``seconds[name]``."""
+
+    def __init__(self, seconds: dict[str, float], name: str):
+        self.seconds, self.name = seconds, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.seconds[self.name] = time.perf_counter() - self.start
+
+
+def _load(bundle: Path, pair: tuple[str, str], config: DemoConfig):
+    from llava_edge.runtimes.pipeline import LlavaEdge
+
+    return LlavaEdge.load(bundle, vision_precision=pair[0], llm_quant=pair[1],
+                          n_threads=config.threads)
+
+
+def _eval_bundle(bundle: Path, pair: tuple[str, str], samples: list[dict], image_folder: Path,
+                 config: DemoConfig):
+    from llava_edge.export.verify import bundle_answerer
+    from llava_edge.trainer.evaluate import evaluate
+
+    with _load(bundle, pair, config) as model:
+        return evaluate(samples, bundle_answerer(model, config.max_new_tokens), image_folder)
+
+
+def _answer_one(bundle: Path, sample: dict, image_folder: Path, config: DemoConfig) -> dict:
+    question = sample["conversations"][0]["value"]
+    with _load(bundle, DEFAULT_PAIR, config) as model:
+        answer = model.ask(image_folder / sample["image"], question,
+                           max_new_tokens=config.max_new_tokens)
+    return {"image": sample["image"], "question": question, "answer": answer.text,
+            "expected": sample["answer"], "timings_ms": asdict(answer.timings)}
+
+
+def _latency(bundle: Path, sample: dict, image_folder: Path, config: DemoConfig) -> list[dict]:
+    from llava_edge.benchmarks.quick_latency import measure
+
+    return measure(str(bundle), str(image_folder / sample["image"]), "Describe the image.",
+                   repeats=config.latency_repeats, n_threads=config.threads, max_new_tokens=16)
