@@ -54,6 +54,18 @@ def _register_commands() -> None:
     cli.add_command(run_cmd.run)
     cli.add_command(run_cmd.embed)
     cli.add_command(verify_cmd.verify)
+    from llava_edge.cli import chat_cmd
+
+    cli.add_command(chat_cmd.chat)
+    from llava_edge.cli import serve_cmd
+
+    cli.add_command(serve_cmd.serve)
+    from llava_edge.cli import bench_cmd
+
+    cli.add_command(bench_cmd.bench)
+    from llava_edge.cli import demo_cmd
+
+    cli.add_command(demo_cmd.demo)
 
 
 _register_commands()
