@@ -11,10 +11,9 @@ bandwidth bound). The folder appears complete or not at all.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from llava_edge.atomic_dir import write_dir
 
 SCHEMA = "llava-edge-bench/1"
 TOP_KEYS = ("schema", "preset", "weights", "date_utc", "command", "machine", "versions",
@@ -55,21 +54,14 @@ def check_report(report: dict) -> None:
 
 
 def write_report(out: Path, report: dict) -> Path:
-    """Write the four files into ``out`` (replacing it); returns ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    """Write the four files into ``out`` (replacing it, all or nothing); returns ``out``."""
+    def fill(tmp: Path) -> None:
         (tmp / "results.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         (tmp / "results.md").write_text(markdown(report))
         latency_chart(report, tmp / "latency.png")
         roofline_chart(report, tmp / "roofline.png")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_dir(out, fill)
 
 
 def _med(r: dict, key: str):

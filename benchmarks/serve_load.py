@@ -30,7 +30,6 @@ import http.client
 import io
 import json
 import os
-import platform
 import random
 import shlex
 import socket
@@ -46,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from llava_edge.benchmarks.vision_bench import machine_info
 
 ROOT = Path(__file__).resolve().parent
 MEMORY_FLAT_MB = 20.0  # RSS growth (last fifth vs early fifth) allowed before "not flat"
@@ -276,23 +277,6 @@ def timeline(outcomes: list[Outcome], elapsed_s: float, step_s: float = 5.0) -> 
     return rows
 
 
-def machine_info() -> dict:
-    import psutil
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "logical_cpus": os.cpu_count(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "load_average": list(os.getloadavg())}
-
-
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -347,7 +331,7 @@ def markdown(result: dict) -> str:
         f"- clients {c['clients']}, duration {c['duration_s']} s, max_tokens "
         f"{c['max_tokens']}, streamed fraction {c['stream_fraction']}, max queue "
         f"{c['max_queue']}, 429 back-off {c['backoff_s']} s, server threads {c['threads']}",
-        f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gb']} GB; "
+        f"- machine: {m['cpu']}, {m['logical_cores']} logical CPUs, {m.get('ram_gb')} GB; "
         f"{m['platform']}; load average at start {m['load_average']}, at end "
         f"{result['load_average_end']} (the machine was shared with other jobs: figures are "
         "indicative)",
@@ -386,7 +370,7 @@ def main() -> None:
                       str(args.max_queue), "--model-name", preset, "--timeout",
                       str(args.request_timeout)]
         env = {**os.environ, "LLAVA_EDGE_API_KEY": key, "OMP_NUM_THREADS": str(args.threads)}
-        machine = machine_info()
+        machine = machine_info(args.threads)  # the server's threads
         proc = subprocess.Popen(server_cmd, env=env)
         try:
             wait_ready(proc, port)

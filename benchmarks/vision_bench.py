@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from llava_edge.atomic_dir import write_dir
 
 ROOT = Path(__file__).resolve().parent
 VARIANTS = ("fp32", "fp16", "int8", "int4")
@@ -249,17 +250,11 @@ def main(argv=None) -> int:
 
 def write_report(out: Path, report: dict) -> None:
     """results.json + results.md, moved into place together."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    def fill(tmp: Path) -> None:
         (tmp / "results.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "results.md").write_text(markdown(report))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_dir(out, fill)
 
 
 def markdown(report: dict) -> str:

@@ -172,13 +172,7 @@ class LlavaEdge:
         """Token ids of the rendered chat prompt, one ``<image>`` id per image."""
         messages = ([{"role": "system", "content": system}] if system else []) + \
             [user_message(prompt, n_images)]
-        text = render(self.template, messages, self.special_tokens, add_generation_prompt=True)
-        ids = self.llm.tokenize(text)
-        found = ids.count(self.image_token_id)
-        if found != n_images:
-            raise PromptError(f"the tokenized prompt has {found} image token(s) for "
-                              f"{n_images} image(s)")
-        return ids
+        return self.messages_ids(messages, n_images)
 
     def messages_ids(self, messages: list[dict], n_images: int) -> list[int]:
         """Token ids of a whole chat (Hugging Face message shape, see
