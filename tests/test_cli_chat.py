@@ -91,29 +91,47 @@ def test_sigint_stops_each_answer_and_the_session_goes_on(tiny_bundle):
     import os
     import re
     import signal
-    import time
 
     proc = subprocess.Popen([sys.executable, "-m", "llava_edge", "chat", str(tiny_bundle),
                              "--threads", "1", "--max-new-tokens", "1500", "--n-ctx", "2048",
                              "--stats"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, bufsize=0)
+    out_fd = proc.stdout.fileno()  # read raw bytes: a text wrapper would buffer ahead
+
+    def drain_stdout():
+        os.set_blocking(out_fd, False)
+        try:
+            while os.read(out_fd, 65536):
+                pass
+        except BlockingIOError:
+            pass
+        finally:
+            os.set_blocking(out_fd, True)
+
     try:
         proc.stdin.write("Write a very long story.\n")
-        proc.stdout.read(1)  # the answer is streaming (1500 tokens take seconds)
+        os.read(out_fd, 1)  # the answer is streaming (1500 tokens take a while)
         os.kill(proc.pid, signal.SIGINT)
         assert proc.stderr.readline().strip() == "(stopped)"
         first = proc.stderr.readline()
+        # The first answer's text (and its closing newline) came before "(stopped)";
+        # drop it so the next byte read belongs to the second answer.
+        drain_stdout()
         proc.stdin.write("Write another one.\n")
-        time.sleep(1.0)  # the model is loaded and warm: well inside the second answer
+        os.read(out_fd, 1)  # the second answer is streaming: stop it now, not after a sleep
         os.kill(proc.pid, signal.SIGINT)
         proc.stdin.write("/exit\n")
-        _, err = proc.communicate(timeout=300)
+        proc.stdin.close()
+        # Read stderr through its own text wrapper to the end: communicate() would read
+        # the pipe underneath and miss lines the wrapper had already buffered.
+        err = proc.stderr.read()
+        proc.wait(timeout=300)
     finally:
         proc.kill()
     assert proc.returncode == 0, err
     stats = [first] + [line for line in err.splitlines() if "tokens; prefill" in line]
-    assert "(stopped)" in err and len(stats) == 2
+    assert err.startswith("(stopped)") and len(stats) == 2, err
     n_tokens = [int(re.match(r"\((\d+) tokens", line).group(1)) for line in stats]
     assert all(n < 1500 for n in n_tokens), n_tokens
     assert int(re.search(r"(\d+) reused", stats[1]).group(1)) > 0  # turn 1 stayed cached
