@@ -14,6 +14,9 @@ in :meth:`DemoSummary.bars`.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,6 +49,10 @@ class DemoConfig:
     seed: int = 0
     recipe: str = "tiny-demo"
     threads: int = 1  # llama.cpp / ONNX Runtime threads at inference (tiny models: 1)
+    #: Training processes (data parallel over gloo, one thread each); 0: one per core, up
+    #: to 2. The tiny model's small matrices do not speed up with a second torch thread,
+    #: a second process on the other core nearly halves each stage (measured).
+    train_processes: int = 0
     latency_repeats: int = 5
     max_new_tokens: int = 8  # the eval's answers are one letter
     force: bool = False
@@ -101,9 +108,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = lambda line: None)
     from llava_edge.presets import get_preset
     from llava_edge.trainer.evaluate import TorchAnswerer, evaluate
     from llava_edge.trainer.init_checkpoint import build_checkpoint
-    from llava_edge.trainer.loop import train
     from llava_edge.trainer.shapes_mc import write_shapes_mc
-    from llava_edge.trainer.train_config import resolve_config
 
     work = Path(config.workdir)
     if work.exists() and any(work.iterdir()) and not config.force:
@@ -124,25 +129,25 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = lambda line: None)
         mc = write_shapes_mc(data.root)
     common = {"recipe": config.recipe, "image_folder": str(data.image_folder),
               "seed": config.seed}
-    with phase("train_stage1", "projector + LLM on the captions (recipe tiny-demo)"):
-        one = train(resolve_config({**common, "stage": 1, "model": str(init),
-                                    "data": [str(data.stage1)],
-                                    "output_dir": str(work / "stage1")})[0],
-                    force=True, show_progress=False)
+    processes = config.train_processes or min(2, os.cpu_count() or 1)
+    with phase("train_stage1", f"projector + LLM on the captions (recipe {config.recipe}, "
+                               f"{processes} process(es))"):
+        stage1 = train_stage({**common, "stage": 1, "model": str(init),
+                              "data": [str(data.stage1)], "output_dir": str(work / "stage1")},
+                             processes)
     with phase("train_stage2", "projector + LLM on the instructions"):
-        two = train(resolve_config({**common, "stage": 2, "model": str(one.output_dir),
-                                    "data": [str(data.stage2), str(mc)],
-                                    "output_dir": str(work / "stage2")})[0],
-                    force=True, show_progress=False)
+        stage2 = train_stage({**common, "stage": 2, "model": str(stage1),
+                              "data": [str(data.stage2), str(mc)],
+                              "output_dir": str(work / "stage2")}, processes)
     samples = json.loads(data.eval.read_text())
     with phase("eval_torch", "PyTorch (transformers) on the held-out eval"):
-        torch_report = evaluate(samples, TorchAnswerer(two.output_dir,
+        torch_report = evaluate(samples, TorchAnswerer(stage2,
                                                        max_new_tokens=config.max_new_tokens),
                                 data.image_folder)
     say(f"   PyTorch accuracy {torch_report.accuracy:.1%}")
     bundle = work / "bundle"
     with phase("export", "--int4 bundle (int4 vision + Q4_K_M) with the fp32 + F16 pair"):
-        export_bundle(two.output_dir, bundle,
+        export_bundle(stage2, bundle,
                       ExportOptions.from_quality("int4", extra_vision=(EXACT_PAIR[0],),
                                                  extra_llm=(EXACT_PAIR[1],)),
                       overwrite=True)
@@ -179,6 +184,42 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = lambda line: None)
     summary.bars = check_bars(summary)
     (work / "demo_summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
+
+
+def train_stage(settings: dict, processes: int) -> Path:
+    """Train one stage with ``settings`` (TrainConfig fields) and return its output folder.
+
+    One process trains here; several are started by torchrun (DDP over gloo, one thread
+    each) from the same settings, written as a config file. Either way the result is the
+    same run at the same global batch (tests/test_trainer_train.py holds the two equal).
+    """
+    from llava_edge.trainer.train_config import resolve_config
+
+    if processes <= 1:
+        from llava_edge.trainer.loop import train
+
+        return train(resolve_config(settings)[0], force=True, show_progress=False).output_dir
+    # Split the recipe's micro batch over the processes: the global batch stays the same.
+    resolved = resolve_config(settings)[0]
+    micro = min(resolved.micro_batch_size, max(1, resolved.global_batch_size // processes))
+    settings = {**settings, "micro_batch_size": micro}
+    out = Path(settings["output_dir"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config_file = out.parent / f"{out.name}_config.json"
+    config_file.write_text(json.dumps(settings, indent=2) + "\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node", str(processes), "-m", "llava_edge", "train",
+           "--config", str(config_file), "--force", "--json"]
+    run = subprocess.run(cmd, capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if run.returncode != 0:
+        # The trainer's own "Error: ..." line says what went wrong; torchrun's report
+        # around it only says that a process failed.
+        errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+        detail = errors[0].removeprefix("Error: ") if errors else run.stderr[-3000:]
+        raise LlavaEdgeError(f"stage {settings['stage']} training ({processes} processes) "
+                             f"failed: {detail}")
+    return Path(json.loads(run.stdout)["output_dir"])
 
 
 class _Timer:

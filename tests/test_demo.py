@@ -30,6 +30,18 @@ def test_demo_refuses_a_used_workdir(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_a_failed_multi_process_stage_names_the_stage(tmp_path):
+    from llava_edge.demo import train_stage
+    from llava_edge.errors import LlavaEdgeError
+
+    settings = {"stage": 1, "recipe": "tiny-demo", "model": str(tmp_path / "no-such-model"),
+                "data": [str(tmp_path / "none.json")], "output_dir": str(tmp_path / "stage1")}
+    with pytest.raises(LlavaEdgeError, match=r"stage 1 training \(2 processes\) failed"):
+        train_stage(settings, processes=2)
+    assert not (tmp_path / "stage1").exists()
+
+
+@pytest.mark.slow
 def test_small_demo_runs_every_phase(tmp_path):
     """A small run (40 train images): every phase, the summary's schema, the JSON file, and
     the exact pair reproducing PyTorch's greedy answers whatever the accuracy."""

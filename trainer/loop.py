@@ -116,6 +116,10 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
                     accelerator.num_processes, accelerator.process_index, config.seed)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * plan.steps_per_epoch))
     model = LlavaForConditionalGeneration.from_pretrained(config.model, dtype=torch.float32)
+    # The output folder only now: a run that fails on its data or model leaves none behind.
+    if main:
+        checkpoint_root(run_dir).parent.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
 
     # What learns, and how.
     model = configure_trainable(model, config)
@@ -346,9 +350,6 @@ def _prepare_run_dir(run_dir: Path, resume: bool, force: bool, accelerator) -> P
                                  "--resume to continue it or --force to start over")
         if not ours:
             raise LlavaEdgeError(f"output folder {run_dir} exists and is not empty")
-    if accelerator.is_main_process:
-        checkpoint_root(run_dir).parent.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
     return checkpoint if resume else None
 
 

@@ -29,8 +29,8 @@ def demo(workdir: str, n_train: int, n_eval: int, seed: int, threads: int, force
     export --int4, eval of the bundle, one answered image and a latency table.
 
     \b
-    Takes about 10 minutes on 2 CPU cores. The summary (also written to
-    WORKDIR/demo_summary.json) has the accuracies of PyTorch and of the bundle, chance,
+    Takes about 5 minutes on 2 CPU cores (each training stage runs as two processes).
+    The summary (also written to WORKDIR/demo_summary.json) has the accuracies of PyTorch and of the bundle, chance,
     the bundle's agreement with PyTorch, seconds per phase and the latency figures.
     """
     require_extra("train", "llava-edge demo", "torch", "transformers", "accelerate")
