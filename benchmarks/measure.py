@@ -45,6 +45,7 @@ class Job:
     n_batch: int = 512
     n_ubatch: int | None = None
     flash_attn: bool = False
+    repack: bool = True  # llama.cpp weight repacking at load (llava-edge rows only)
     context_tokens: int | None = None  # llama.cpp-raw: prompt positions to match
     reuse: bool = False  # llava-edge: keep its KV prefix / embedding cache between requests
 
@@ -112,7 +113,7 @@ class LlavaEdgeRunner:
         lm = bundle.llm_entry(quant)
         self.files = {lm["file"]: bundle.file(lm["file"]).stat().st_size}
         llm_kwargs = dict(n_threads=job.threads, n_batch=job.n_batch, n_ubatch=job.n_ubatch,
-                          flash_attn=job.flash_attn)
+                          flash_attn=job.flash_attn, repack=job.repack)
         reuse = _reuse_kwargs(LlavaEdge, job.reuse)
         self.notes.append("cold requests: KV prefix reuse and the embedding cache off"
                           if not job.reuse else "KV prefix reuse and embedding cache on "

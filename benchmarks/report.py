@@ -135,7 +135,9 @@ def markdown(report: dict) -> str:
         f"{s['repeats']} repeats per configuration, each configuration in a fresh process; "
         f"median (p90 in brackets). llama.cpp: n_ctx {s['n_ctx']}, n_batch {s['n_batch']}, "
         f"n_ubatch {s['n_ubatch'] or 'default'}, flash attention "
-        f"{'on' if s['flash_attn'] else 'off'}. Matrix: {s['matrix']}.",
+        f"{'on' if s['flash_attn'] else 'off'}, weight repacking "
+        f"{'on' if s.get('repack', True) else 'off (llava-edge rows)'}. "
+        f"Matrix: {s['matrix']}.",
         f"Limits measured in this run: memory bandwidth {_f(bw.get('gb_s'), 1)} GB/s "
         f"({bw.get('threads', '?')} threads, numpy copy), fp32 GEMM "
         f"{_f(gemm.get('peak_gflops'), 1)} GFLOP/s ({gemm.get('size', '?')}^2); vision "

@@ -10,12 +10,11 @@ when complete: it is built in a temporary sibling and renamed into place.
 from __future__ import annotations
 
 import datetime as _dt
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from llava_edge.atomic_dir import write_dir
 from llava_edge.bundle import write_manifest
 from llava_edge.checkpoint_info import read_json
 from llava_edge.errors import LlavaEdgeError
@@ -67,9 +66,9 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, options: ExportOp
     config = check_supported(checkpoint)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise LlavaEdgeError(f"{out_dir} exists and is not empty (use --force to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    manifest: dict = {}
+
+    def fill(staging: Path) -> None:
         vision = export_vision(
             checkpoint, staging, precisions=options.vision_precisions,
             calib_dir=options.calib_dir, gates=options.gates or None,
@@ -77,13 +76,10 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, options: ExportOp
             tensorrt=options.tensorrt, progress=progress)
         llm = export_gguf(checkpoint, staging, quants=options.llm_quants,
                           mmproj=options.mmproj, parity=options.parity, progress=progress)
-        manifest = write_manifest(staging, _manifest(checkpoint, config, options, vision, llm))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        manifest.update(write_manifest(staging, _manifest(checkpoint, config, options,
+                                                          vision, llm)))
+
+    write_dir(out_dir, fill)  # the bundle appears complete or not at all
     return manifest
 
 

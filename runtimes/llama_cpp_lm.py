@@ -49,13 +49,17 @@ class LlamaCppLM:
 
     ``n_batch`` is the most positions handed to ``llama_decode`` at once (inputs are
     split into chunks of that size); ``n_ubatch`` the physical batch llama.cpp computes
-    in one go (default: ``min(n_batch, 512)``). llama.cpp's log is silenced unless
-    ``verbose`` (the log callback is process-wide).
+    in one go (default: ``min(n_batch, 512)``). ``repack``: let llama.cpp copy the weights
+    into its interleaved CPU layouts at load (its default; on this project's 2-core AVX-512
+    machine, with tinyllava-1.1b Q4_K_M, repacking decoded ~10% faster but prefilled 512
+    tokens ~35% slower and peaked ~450 MB higher, see benchmarks/results). llama.cpp's log
+    is silenced unless ``verbose`` (the log callback is process-wide).
     """
 
     def __init__(self, gguf_path: str | os.PathLike, n_ctx: int = 2048,
                  n_threads: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
-                 n_gpu_layers: int = 0, flash_attn: bool = False, verbose: bool = False):
+                 n_gpu_layers: int = 0, flash_attn: bool = False, repack: bool = True,
+                 verbose: bool = False):
         if n_ctx < 1 or n_batch < 1 or (n_ubatch is not None and n_ubatch < 1):
             raise LlamaCppError(f"n_ctx, n_batch and n_ubatch must be positive "
                                 f"(got {n_ctx}, {n_batch}, {n_ubatch})")
@@ -73,6 +77,7 @@ class LlamaCppLM:
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = n_gpu_layers
+        model_params.use_extra_bufts = repack
         with capture_llama_log(verbose=verbose) as log:
             self._model = llama_cpp.llama_model_load_from_file(
                 str(self.path).encode("utf-8"), model_params)

@@ -124,12 +124,15 @@ class LlavaEdge:
     def load(cls, bundle: str | Path, vision_precision: str | None = None,
              llm_quant: str | None = None, n_threads: int | None = None,
              n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
-             n_gpu_layers: int = 0, flash_attn: bool = False, providers: str | None = "auto",
+             n_gpu_layers: int = 0, flash_attn: bool = False, repack: bool = True,
+             providers: str | None = "auto",
              verify: str = "hash", max_pixels: int = DEFAULT_MAX_PIXELS,
              verbose: bool = False, reuse_prefix: bool = True,
              embed_cache_size: int = 16) -> "LlavaEdge":
         """Open and check ``bundle``, then load its vision graph and language model.
 
+        ``repack``: llama.cpp's load-time weight repacking (faster decode; slower prefill
+        and more memory on some CPUs, see :class:`LlamaCppLM`);
         ``reuse_prefix``: keep the KV cache's common prefix between requests;
         ``embed_cache_size``: images whose embeddings are kept (0: none).
         """
@@ -142,7 +145,8 @@ class LlavaEdge:
         vision = OnnxVisionEncoder(b.file(v["file"]), providers=providers, n_threads=n_threads)
         llm = LlamaCppLM(b.file(lm["file"]), n_ctx=n_ctx or b.manifest["prompt"].get("n_ctx", 2048),
                          n_threads=n_threads, n_batch=n_batch, n_ubatch=n_ubatch,
-                         n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, verbose=verbose)
+                         n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, repack=repack,
+                         verbose=verbose)
         model = cls(b, vision, llm, max_pixels=max_pixels, reuse_prefix=reuse_prefix,
                     embed_cache_size=embed_cache_size)
         model.vision_precision, model.llm_quant = v["precision"], lm["quant"]

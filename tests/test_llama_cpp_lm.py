@@ -180,3 +180,16 @@ def test_ggml_type_table_matches_the_gguf_package():
         quant = gguf.GGMLQuantizationType(type_id)
         assert quant.name == name
         assert gguf.GGML_QUANT_SIZES[quant] == (block, size), name
+
+
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_K_M"])
+def test_weight_repacking_off_gives_the_same_answer(tiny_gguf, quant):
+    """``repack=False`` keeps llama.cpp's weights as stored (less memory, a different
+    kernel): the next-token logits stay those of the repacked model, up to rounding."""
+    logits = []
+    for repack in (True, False):
+        with LlamaCppLM(tiny_gguf.llm_file(quant), n_ctx=64, repack=repack) as model:
+            model.eval_tokens(model.tokenize("USER: the red circle is at the top"))
+            logits.append(model.logits())
+    assert np.argmax(logits[0]) == np.argmax(logits[1])
+    assert np.abs(logits[0] - logits[1]).max() < 0.05 * np.abs(logits[0]).max()

@@ -15,14 +15,12 @@ time.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from llava_edge import __version__
+from llava_edge.atomic_dir import write_dir
 from llava_edge.presets import PresetSpec
 from llava_edge.templates import IMAGE_TOKEN, TEMPLATES
 
@@ -77,16 +75,13 @@ def build_checkpoint(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty (use --force to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        built = _write_checkpoint(spec, tmp, seed, progress)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    written: dict[str, BuiltCheckpoint] = {}
+
+    def fill(tmp: Path) -> None:
+        written["checkpoint"] = _write_checkpoint(spec, tmp, seed, progress)
+
+    write_dir(out_dir, fill)
+    built = written["checkpoint"]
     return BuiltCheckpoint(out_dir, built.preset, built.n_params, built.n_image_tokens,
                            built.vocab_size, built.files)
 

@@ -55,6 +55,9 @@ IMAGE_SIZE = 480  # the request's image; every pipeline resizes it to its tower'
 @click.option("--n-ubatch", default=None, type=click.IntRange(1),
               help="llama.cpp physical batch (default: min(n_batch, 512)).")
 @click.option("--flash-attn", is_flag=True, help="llama.cpp flash attention.")
+@click.option("--repack/--no-repack", default=True, show_default=True,
+              help="llama.cpp's load-time weight repacking for llava-edge's rows (the peers "
+                   "keep llama.cpp's default, on).")
 @click.option("--reuse/--no-reuse", default=False, show_default=True,
               help="Let llava-edge reuse its KV prefix and image embeddings between the "
                    "repeats (default: cold requests, as the peers run).")
@@ -71,7 +74,8 @@ IMAGE_SIZE = 480  # the request's image; every pipeline resizes it to its tower'
                                            "the machine was shared.")
 @json_option
 def bench(preset_name, bundle_dir, checkpoint, vision, llm, matrix, peers, repeats, warmup,
-          threads, max_new_tokens, prompt, n_batch, n_ubatch, flash_attn, reuse, gemm_size,
+          threads, max_new_tokens, prompt, n_batch, n_ubatch, flash_attn, repack, reuse,
+          gemm_size,
           bandwidth_mb, work_dir, out_dir, note, as_json):
     """Benchmark a bundle: load time, preprocess / vision / prefill, time to first token,
     decode tokens/s, end-to-end latency, peak RSS and size on disk per configuration,
@@ -141,7 +145,8 @@ def bench(preset_name, bundle_dir, checkpoint, vision, llm, matrix, peers, repea
     settings = {"warmup": warmup, "repeats": repeats, "threads": threads,
                 "max_new_tokens": max_new_tokens, "prompt": prompt,
                 "image_size": f"{IMAGE_SIZE}x{IMAGE_SIZE}", "n_ctx": n_ctx, "n_batch": n_batch,
-                "n_ubatch": n_ubatch, "flash_attn": flash_attn, "reuse": reuse,
+                "n_ubatch": n_ubatch, "flash_attn": flash_attn, "repack": repack,
+                "reuse": reuse,
                 "matrix": matrix, "vision": list(vision_sel or ["all"]),
                 "llm": list(llm_sel or ["all"]), "peers": peers,
                 "statistic": "median and p90 of the repeats"}
@@ -183,7 +188,8 @@ def bench(preset_name, bundle_dir, checkpoint, vision, llm, matrix, peers, repea
                       checkpoint=str(ckpt) if ckpt else None, image=str(image), prompt=prompt,
                       max_new_tokens=max_new_tokens, warmup=warmup, repeats=repeats,
                       threads=threads, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch,
-                      flash_attn=flash_attn, context_tokens=context, reuse=reuse)
+                      flash_attn=flash_attn, repack=repack, context_tokens=context,
+                      reuse=reuse)
             base = i * (warmup + repeats)
             result = measure_config(job, logs, lambda done, _t, b=base, n=c.name:
                                     advance(b + done, n))
