@@ -48,7 +48,8 @@ def test_llava_1_5_7b_converts_in_a_fraction_of_its_size(tmp_path):
                     n *= d
                 llm_bytes += 2 * n
         done = subprocess.run([sys.executable, "-c", _CONVERT, str(ckpt), str(out)],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]  # e.g. a full disk: ~25 GB needed
         measured = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"\n7B F16 conversion: peak RSS {measured['peak_rss_bytes'] / 2**30:.2f} GiB for "
               f"{llm_bytes / 2**30:.2f} GiB of fp16 weights, {measured['seconds']:.0f} s")
