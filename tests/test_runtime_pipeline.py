@@ -10,18 +10,10 @@ import textwrap
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from llava_edge.errors import ImageError, PromptError
 from llava_edge.runtimes.pipeline import LlavaEdge
-
-
-def _scene(seed=0, size=(80, 64)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    arr = np.full((size[1], size[0], 3), 235, np.uint8)
-    y, x = rng.integers(0, size[1] - 20), rng.integers(0, size[0] - 20)
-    arr[y:y + 20, x:x + 20] = rng.integers(0, 256, 3)
-    return Image.fromarray(arr)
+from scene_images import scene
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +37,7 @@ def _hf_inputs(checkpoint, image, prompt):
 def test_prompt_ids_equal_hf_processor_with_image_run_collapsed(ckpt, bundle, request):
     checkpoint, bundle_dir = request.getfixturevalue(ckpt), request.getfixturevalue(bundle)
     prompt = "What colour is the square?  Answer in one word: red, green 123 ok."
-    hf_ids = _hf_inputs(checkpoint, _scene(), prompt)["input_ids"][0].tolist()
+    hf_ids = _hf_inputs(checkpoint, scene(), prompt)["input_ids"][0].tolist()
     with LlavaEdge.load(bundle_dir, n_threads=1) as model:
         ids = model.prompt_ids(prompt, n_images=1)
         image_id = model.image_token_id
@@ -59,7 +51,7 @@ def test_greedy_answer_equals_pytorch_generate(tiny_checkpoint, tiny_model):
     import torch
     from transformers import LlavaForConditionalGeneration
 
-    image, prompt, n = _scene(3), "Describe the image.", 24
+    image, prompt, n = scene(3), "Describe the image.", 24
     hf = LlavaForConditionalGeneration.from_pretrained(tiny_checkpoint)
     inputs = _hf_inputs(tiny_checkpoint, image, prompt)
     with torch.no_grad():
@@ -77,7 +69,7 @@ def test_image_embeddings_match_pytorch(tiny_checkpoint, tiny_model):
     import torch
     from transformers import LlavaForConditionalGeneration
 
-    image = _scene(5)
+    image = scene(5)
     hf = LlavaForConditionalGeneration.from_pretrained(tiny_checkpoint)
     pixels = _hf_inputs(tiny_checkpoint, image, "x")["pixel_values"]
     with torch.no_grad():
@@ -90,7 +82,7 @@ def test_image_embeddings_match_pytorch(tiny_checkpoint, tiny_model):
 
 
 def test_inputs_of_every_kind_and_sampling(tiny_model, tmp_path):
-    img = _scene(7)
+    img = scene(7)
     path = tmp_path / "x.png"
     img.save(path)
     answers = {tiny_model.ask(x, "What is it?", max_new_tokens=6).text
@@ -103,7 +95,7 @@ def test_inputs_of_every_kind_and_sampling(tiny_model, tmp_path):
 
 def test_text_only_and_two_images(tiny_model):
     assert tiny_model.ask(None, "How many sides has a square?", max_new_tokens=4).n_tokens >= 1
-    two = tiny_model.ask([_scene(1), _scene(2)], "<image> or <image>?", max_new_tokens=4)
+    two = tiny_model.ask([scene(1), scene(2)], "<image> or <image>?", max_new_tokens=4)
     assert two.n_prompt_tokens > 32
 
 
@@ -113,20 +105,20 @@ def test_bad_requests_fail_clearly_and_the_next_one_works(tiny_model, tmp_path):
     with pytest.raises(ImageError, match="corrupt.jpg: not a readable image"):
         tiny_model.ask(corrupt, "What is it?")
     with pytest.raises(PromptError, match="prompt is empty"):
-        tiny_model.ask(_scene(), "   ")
+        tiny_model.ask(scene(), "   ")
     with pytest.raises(PromptError, match="2 <image> marker.*1 image"):
-        tiny_model.ask(_scene(), "<image> and <image>")
+        tiny_model.ask(scene(), "<image> and <image>")
     with pytest.raises(PromptError, match="more than the context"):
-        tiny_model.ask(_scene(), "word " * 2000)
+        tiny_model.ask(scene(), "word " * 2000)
     tiny_model.max_pixels = 1000
     with pytest.raises(ImageError, match="over the limit"):
-        tiny_model.ask(_scene(), "What is it?")
+        tiny_model.ask(scene(), "What is it?")
     tiny_model.max_pixels = 64_000_000
-    assert tiny_model.ask(_scene(), "What is it?", max_new_tokens=3).n_tokens >= 1
+    assert tiny_model.ask(scene(), "What is it?", max_new_tokens=3).n_tokens >= 1
 
 
 def test_ask_does_not_import_torch(tiny_bundle, tmp_path):
-    _scene().save(tmp_path / "img.png")
+    scene().save(tmp_path / "img.png")
     script = textwrap.dedent(f"""
         import json, sys
         from llava_edge import LlavaEdge
@@ -144,7 +136,7 @@ def test_ask_does_not_import_torch(tiny_bundle, tmp_path):
 
 
 def test_cli_run_and_embed(tiny_bundle, tmp_path):
-    _scene().save(tmp_path / "img.png")
+    scene().save(tmp_path / "img.png")
 
     def llava_edge(*args):
         return subprocess.run([sys.executable, "-m", "llava_edge", *args],
@@ -183,7 +175,7 @@ def test_altered_bundle_is_refused(tiny_bundle, tmp_path):
 
 
 def test_stream_pieces_join_to_the_answer_and_break_leaves_model_usable(tiny_model):
-    image, prompt = _scene(9), "Describe the image in detail."
+    image, prompt = scene(9), "Describe the image in detail."
     full = tiny_model.ask(image, prompt, max_new_tokens=20)
     stream = tiny_model.stream(image, prompt, max_new_tokens=20)
     pieces = list(stream)

@@ -7,23 +7,15 @@ import threading
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from llava_edge.errors import PromptError
 from llava_edge.runtimes.embed_cache import EmbeddingCache, pixel_key
 from llava_edge.runtimes.kv_reuse import KVPrefix, position_keys, remaining
 from llava_edge.runtimes.llama_cpp_lm import LlamaCppLM
 from llava_edge.runtimes.pipeline import LlavaEdge
+from scene_images import scene
 
 N = 12  # new tokens per answer
-
-
-def _scene(seed=0, size=(80, 64)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    arr = np.full((size[1], size[0], 3), 235, np.uint8)
-    y, x = rng.integers(0, size[1] - 20), rng.integers(0, size[0] - 20)
-    arr[y:y + 20, x:x + 20] = rng.integers(0, 256, 3)
-    return Image.fromarray(arr)
 
 
 def _load(bundle, **kw) -> LlavaEdge:
@@ -70,7 +62,7 @@ def test_second_question_on_the_same_image_evaluates_only_its_own_tokens(bundle,
     bundle_dir = request.getfixturevalue(bundle)
     with _load(bundle_dir) as model, _load(bundle_dir, reuse_prefix=False,
                                            embed_cache_size=0) as ref:
-        image = _scene(1)
+        image = scene(1)
         first = model.ask(image, "What is in the image?", max_new_tokens=N)
         _assert_same(model, first, ref, ref.ask(image, "What is in the image?",
                                                 max_new_tokens=N))
@@ -96,9 +88,9 @@ def test_system_prefix_is_reused_across_images(reuse, stateless):
         reuse.clear_cache()
         prefix = reuse.prompt_ids("What is it?", 1, system).index(reuse.image_token_id)
         for i, seed in enumerate((1, 2, 3)):
-            a = reuse.ask(_scene(seed), "What is it?", max_new_tokens=N, system=system)
+            a = reuse.ask(scene(seed), "What is it?", max_new_tokens=N, system=system)
             _assert_same(reuse, a, stateless,
-                         stateless.ask(_scene(seed), "What is it?", max_new_tokens=N,
+                         stateless.ask(scene(seed), "What is it?", max_new_tokens=N,
                                        system=system))
             assert a.timings.reused_tokens == (0 if i == 0 else prefix)
             assert a.timings.images_encoded == 1
@@ -117,17 +109,17 @@ def test_text_only_prompts_reuse_the_common_start(reuse, stateless):
 
 def test_reuse_can_be_turned_off(tiny_bundle):
     with _load(tiny_bundle, reuse_prefix=False) as model:
-        model.ask(_scene(1), "What is it?", max_new_tokens=2)
-        again = model.ask(_scene(1), "What is it?", max_new_tokens=2)
+        model.ask(scene(1), "What is it?", max_new_tokens=2)
+        again = model.ask(scene(1), "What is it?", max_new_tokens=2)
     assert again.timings.reused_tokens == 0
     assert again.timings.prefill_tokens == again.n_prompt_tokens
     assert again.timings.embedding_cache_hits == 1  # the embedding cache is separate
 
 
 def test_clear_cache_forgets_kv_and_embeddings(reuse):
-    reuse.ask(_scene(1), "What is it?", max_new_tokens=2)
+    reuse.ask(scene(1), "What is it?", max_new_tokens=2)
     reuse.clear_cache()
-    a = reuse.ask(_scene(1), "What is it?", max_new_tokens=2)
+    a = reuse.ask(scene(1), "What is it?", max_new_tokens=2)
     assert (a.timings.reused_tokens, a.timings.images_encoded) == (0, 1)
 
 
@@ -166,7 +158,7 @@ def test_prefix_bookkeeping_splits_text_and_image_runs():
 
 
 def test_embedding_cache_hit_when_the_kv_cache_moved_on(reuse, stateless):
-    a, b = _scene(1), _scene(2)
+    a, b = scene(1), scene(2)
     reuse.ask(a, "What is it?", max_new_tokens=2)
     reuse.ask(b, "What is it?", max_new_tokens=2)
     again = reuse.ask(a, "What is it?", max_new_tokens=N)
@@ -177,7 +169,7 @@ def test_embedding_cache_hit_when_the_kv_cache_moved_on(reuse, stateless):
 
 
 def test_same_pixels_same_key_whatever_the_input_kind(reuse, tmp_path):
-    img = _scene(4)
+    img = scene(4)
     img.save(tmp_path / "x.png")
     rgb = np.asarray(img)
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
@@ -187,7 +179,7 @@ def test_same_pixels_same_key_whatever_the_input_kind(reuse, tmp_path):
                                (bgr, True))]
     assert len({tuple(a.tokens) for a in answers}) == 1
     assert [a.timings.images_encoded for a in answers] == [1, 0, 0, 0, 0]
-    assert pixel_key(img) != pixel_key(_scene(5))
+    assert pixel_key(img) != pixel_key(scene(5))
 
 
 def test_embedding_cache_is_lru_and_read_only():
@@ -209,8 +201,8 @@ def test_embedding_cache_is_lru_and_read_only():
 
 def test_chat_turns_equal_stateless_calls_with_the_full_history(reuse, stateless):
     chat = reuse.chat(max_new_tokens=N)
-    turns = [("What is in the image?", _scene(1)), ("What colour is the square?", None),
-             ("And in this one?", _scene(2)), ("Compare them.", None)]
+    turns = [("What is in the image?", scene(1)), ("What colour is the square?", None),
+             ("And in this one?", scene(2)), ("Compare them.", None)]
     for i, (prompt, image) in enumerate(turns):
         history = chat.history()
         n_images = len(chat.images)
@@ -230,8 +222,8 @@ def test_chat_turns_equal_stateless_calls_with_the_full_history(reuse, stateless
 
 def test_chat_system_prompt_and_several_images_in_one_turn(reuse, stateless):
     chat = reuse.chat(system="You are terse.", max_new_tokens=N)
-    chat.add_image(_scene(1))
-    two = chat.ask("Left: <image> right: <image> -- which is brighter?", image=_scene(2))
+    chat.add_image(scene(1))
+    two = chat.ask("Left: <image> right: <image> -- which is brighter?", image=scene(2))
     assert len(chat.images) == 2 and two.timings.images_encoded == 2
     ref = stateless.ask_messages(chat.history()[:-1], chat.images, max_new_tokens=N)
     _assert_same(reuse, two, stateless, ref)
@@ -243,9 +235,9 @@ def test_chat_system_prompt_and_several_images_in_one_turn(reuse, stateless):
 
 def test_chat_reset_really_clears(reuse, tiny_bundle):
     chat = reuse.chat(max_new_tokens=N)
-    chat.ask("What is it?", image=_scene(1))
+    chat.ask("What is it?", image=scene(1))
     chat.ask("Tell me more.")
-    chat.add_image(_scene(2))
+    chat.add_image(scene(2))
     chat.reset()
     assert chat.messages == [] and chat.images == [] and chat.pending == []
     after = chat.ask("Tell me more.")
@@ -260,7 +252,7 @@ def test_chat_reset_really_clears(reuse, tiny_bundle):
 
 
 def test_multi_image_markers_are_filled_in_order(reuse, stateless):
-    a, b = _scene(1), _scene(2)
+    a, b = scene(1), scene(2)
     prompt = "First <image> then <image>: what changed?"
     ab = reuse.ask([a, b], prompt, max_new_tokens=N)
     ab_logits = reuse.llm.logits()
@@ -281,7 +273,7 @@ def test_multi_image_markers_are_filled_in_order(reuse, stateless):
 
 
 def test_breaking_out_of_a_stream_leaves_the_instance_usable(reuse, stateless):
-    image, prompt = _scene(3), "Describe the image in detail."
+    image, prompt = scene(3), "Describe the image in detail."
     stream = reuse.stream(image, prompt, max_new_tokens=N)
     for _ in stream:
         break
@@ -292,21 +284,21 @@ def test_breaking_out_of_a_stream_leaves_the_instance_usable(reuse, stateless):
 
 
 def test_a_new_request_ends_an_open_stream_of_the_same_thread(reuse, stateless):
-    pieces = iter(reuse.stream(_scene(1), "Describe the image.", max_new_tokens=N))
+    pieces = iter(reuse.stream(scene(1), "Describe the image.", max_new_tokens=N))
     next(pieces)  # suspended, holding the model; waiting for it here would deadlock
-    answer = reuse.ask(_scene(2), "What is it?", max_new_tokens=N)
-    _assert_same(reuse, answer, stateless, stateless.ask(_scene(2), "What is it?",
+    answer = reuse.ask(scene(2), "What is it?", max_new_tokens=N)
+    _assert_same(reuse, answer, stateless, stateless.ask(scene(2), "What is it?",
                                                          max_new_tokens=N))
     rest = list(pieces)  # the old stream stops without evaluating anything more
     assert len(rest) <= 1
-    again = reuse.ask(_scene(2), "What is it?", max_new_tokens=N)
-    _assert_same(reuse, again, stateless, stateless.ask(_scene(2), "What is it?",
+    again = reuse.ask(scene(2), "What is it?", max_new_tokens=N)
+    _assert_same(reuse, again, stateless, stateless.ask(scene(2), "What is it?",
                                                         max_new_tokens=N))
 
 
 def test_interrupted_chat_stream_keeps_the_partial_turn(reuse, stateless):
     chat = reuse.chat(max_new_tokens=N)
-    stream = chat.stream("Describe the image in detail.", image=_scene(5))
+    stream = chat.stream("Describe the image in detail.", image=scene(5))
     pieces = iter(stream)
     next(pieces)
     pieces.close()  # what Ctrl-C in `llava-edge chat` does
@@ -321,9 +313,9 @@ def test_interrupted_chat_stream_keeps_the_partial_turn(reuse, stateless):
 
 
 def test_two_threads_on_one_instance_get_the_sequential_answers(reuse, stateless):
-    jobs = {0: [(_scene(1), "What is it?"), (_scene(1), "What colour?"),
-                (_scene(2), "Describe it.")],
-            1: [(_scene(3), "What is it?"), (_scene(1), "Where is the square?"),
+    jobs = {0: [(scene(1), "What is it?"), (scene(1), "What colour?"),
+                (scene(2), "Describe it.")],
+            1: [(scene(3), "What is it?"), (scene(1), "Where is the square?"),
                 (None, "Count to three.")]}
     expected = {k: [stateless.ask(img, q, max_new_tokens=N).tokens for img, q in v]
                 for k, v in jobs.items()}
@@ -355,18 +347,18 @@ def test_two_threads_on_one_instance_get_the_sequential_answers(reuse, stateless
 
 
 def test_a_backend_used_behind_the_pipelines_back_is_not_reused(reuse, stateless):
-    reuse.ask(_scene(1), "What is it?", max_new_tokens=N)
+    reuse.ask(scene(1), "What is it?", max_new_tokens=N)
     reuse.llm.reset()
     reuse.llm.eval_tokens(reuse.llm.tokenize("something else entirely"))
-    answer = reuse.ask(_scene(1), "What is it?", max_new_tokens=N)
+    answer = reuse.ask(scene(1), "What is it?", max_new_tokens=N)
     assert answer.timings.reused_tokens == 0
-    _assert_same(reuse, answer, stateless, stateless.ask(_scene(1), "What is it?",
+    _assert_same(reuse, answer, stateless, stateless.ask(scene(1), "What is it?",
                                                          max_new_tokens=N))
 
 
 def test_clear_cache_with_an_open_stream_of_the_same_thread(reuse):
-    pieces = iter(reuse.stream(_scene(1), "Describe the image.", max_new_tokens=N))
+    pieces = iter(reuse.stream(scene(1), "Describe the image.", max_new_tokens=N))
     next(pieces)
     reuse.clear_cache()  # takes the model over instead of waiting for the stream
     assert len(list(pieces)) <= 1
-    assert reuse.ask(_scene(1), "What is it?", max_new_tokens=2).timings.reused_tokens == 0
+    assert reuse.ask(scene(1), "What is it?", max_new_tokens=2).timings.reused_tokens == 0

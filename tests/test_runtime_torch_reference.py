@@ -10,7 +10,6 @@ import textwrap
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from llava_edge.cli import run as cli_run
 from llava_edge.errors import LlavaEdgeError
@@ -18,16 +17,9 @@ from llava_edge.runtimes.pipeline import LlavaEdge
 from llava_edge.runtimes.prompt import split_at_images
 from llava_edge.runtimes.torch_reference import (TorchLanguageBackend, TorchReferenceError,
                                                  load_reference)
+from scene_images import scene
 
 PROMPTS = ("Describe the image.", "What shape is in the image?", "How many shapes are there?")
-
-
-def _scene(seed=0, size=(80, 64)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    arr = np.full((size[1], size[0], 3), 235, np.uint8)
-    y, x = rng.integers(0, size[1] - 20), rng.integers(0, size[0] - 20)
-    arr[y:y + 20, x:x + 20] = rng.integers(0, 256, 3)
-    return Image.fromarray(arr)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +51,7 @@ def _prefill(model, ids, image_token_id, embeds) -> np.ndarray:
 
 
 def test_vision_embeddings_equal_fp32_onnx(torch_model, bundle_model):
-    pixels = bundle_model.pixel_values([_scene(i) for i in range(4)])
+    pixels = bundle_model.pixel_values([scene(i) for i in range(4)])
     ref, got = torch_model.vision.encode(pixels), bundle_model.vision.encode(pixels)
     assert ref.shape == got.shape == (4, 16, 256)
     cosine = (ref * got).sum(-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1))
@@ -70,7 +62,7 @@ def test_vision_embeddings_equal_fp32_onnx(torch_model, bundle_model):
 
 
 def test_language_logits_match_llama_cpp_f16(torch_model, bundle_model):
-    embeds = bundle_model.embed(_scene(1))  # the same injected rows for both backends
+    embeds = bundle_model.embed(scene(1))  # the same injected rows for both backends
     for prompt in PROMPTS:
         ids = bundle_model.prompt_ids(prompt, 1)
         assert torch_model.prompt_ids(prompt, 1) == ids  # the HF tokenizer = the GGUF's
@@ -93,7 +85,7 @@ def test_greedy_answers_equal_bundle_and_transformers_generate(torch_model, bund
     loaded = load_llava(tiny_checkpoint)
     n = 16
     for i, prompt in enumerate(PROMPTS):
-        image = _scene(10 + i)
+        image = scene(10 + i)
         ours = torch_model.ask(image, prompt, max_new_tokens=n)
         theirs = bundle_model.ask(image, prompt, max_new_tokens=n)
         assert ours.tokens and ours.tokens == theirs.tokens and ours.text == theirs.text
@@ -112,7 +104,7 @@ def test_greedy_answers_equal_bundle_and_transformers_generate(torch_model, bund
 
 
 def test_reuse_truncate_and_reset_give_the_same_answer(torch_model):
-    image, prompt = _scene(20), "What shape is in the image?"
+    image, prompt = scene(20), "What shape is in the image?"
     first = torch_model.ask(image, prompt, max_new_tokens=12)
     again = torch_model.ask(image, prompt, max_new_tokens=12)
     assert again.tokens == first.tokens
@@ -182,7 +174,7 @@ def test_backend_errors_are_typed(torch_model):
 
 def test_mixed_pairs_and_a_checkpoint_that_does_not_fit(tiny_bundle, tiny_checkpoint,
                                                         bundle_model, tmp_path):
-    image, prompt = _scene(30), "Describe the image."
+    image, prompt = scene(30), "Describe the image."
     expected = bundle_model.ask(image, prompt, max_new_tokens=10).tokens
     for vision, llm in (("torch", "llama.cpp"), ("onnx", "torch")):
         with load_reference(tiny_bundle, tiny_checkpoint, vision=vision, llm=llm,
@@ -224,7 +216,7 @@ def test_constructing_without_torch_raises_missing_extra(tiny_checkpoint):
 def test_cli_run_and_embed_with_torch_backends(tiny_bundle, tiny_checkpoint, bundle_model,
                                                tmp_path, capsys):
     image = tmp_path / "img.png"
-    _scene(40).save(image)
+    scene(40).save(image)
     base = ["run", str(tiny_bundle), "--image", str(image), "--prompt", "Describe the image.",
             "--max-new-tokens", "8", "--threads", "1"]
 

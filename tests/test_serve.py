@@ -16,7 +16,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -29,20 +28,13 @@ from llava_edge.runtimes.prompt import render  # noqa: E402
 from llava_edge.runtimes.serve.app import ServeConfig, create_app  # noqa: E402
 from llava_edge.runtimes.serve.openai_schema import ApiError, parse_chat_request  # noqa: E402
 from llava_edge.runtimes.serve.worker import Worker  # noqa: E402
+from scene_images import scene  # noqa: E402
 
 API_KEY = "test-key"
 MODEL = "tiny"
 MAX_PIXELS = 1_000_000
 MAX_BODY = 1024 * 1024
 PROMPT = "What colour is the square?"
-
-
-def _scene(seed=0, size=(80, 64)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    arr = np.full((size[1], size[0], 3), 235, np.uint8)
-    y, x = rng.integers(0, size[1] - 20), rng.integers(0, size[0] - 20)
-    arr[y:y + 20, x:x + 20] = rng.integers(0, 256, 3)
-    return Image.fromarray(arr)
 
 
 def _png(img: Image.Image) -> bytes:
@@ -146,7 +138,7 @@ def reference(tiny_bundle):
 
 
 def test_openai_client_answers_about_an_image_like_the_pipeline(server, reference):
-    image = _scene(1)
+    image = scene(1)
     r = server.client().chat.completions.create(
         model=MODEL, messages=[_user(_data_url(_png(image)))], max_tokens=8, temperature=0)
     expected = reference.ask(image, PROMPT, max_new_tokens=8)
@@ -161,7 +153,7 @@ def test_openai_client_answers_about_an_image_like_the_pipeline(server, referenc
 
 
 def test_openai_client_streams_an_answer_about_an_image(server, reference):
-    image = _scene(2)
+    image = scene(2)
     stream = server.client().chat.completions.create(
         model=MODEL, messages=[_user(_data_url(_png(image)))], max_tokens=12, temperature=0,
         stream=True, stream_options={"include_usage": True})
@@ -180,7 +172,7 @@ def test_openai_client_streams_an_answer_about_an_image(server, reference):
 
 
 def test_sampling_options_are_applied(server, reference):
-    image, url = _scene(3), _data_url(_png(_scene(3)))
+    image, url = scene(3), _data_url(_png(scene(3)))
     kw = dict(model=MODEL, messages=[_user(url)], max_tokens=10, temperature=0.9, top_p=0.8,
               seed=1234)
     a = server.client().chat.completions.create(**kw).choices[0].message.content
@@ -199,7 +191,7 @@ def test_sampling_options_are_applied(server, reference):
 
 
 def test_system_prompt_and_earlier_turns_go_through_the_template(server, reference):
-    image = _scene(4)
+    image = scene(4)
     url = _data_url(_png(image))
     system = "You answer in one word."
     r = server.client().chat.completions.create(
@@ -269,7 +261,7 @@ def test_oversized_body_gets_413(server):
 def test_full_queue_gets_429_with_retry_after(server):
     """max_queue=1: with the worker paused, one request waits and the next is refused."""
     before = server.health()
-    body = {"model": MODEL, "messages": [_user(_data_url(_png(_scene(5))))], "max_tokens": 4,
+    body = {"model": MODEL, "messages": [_user(_data_url(_png(scene(5))))], "max_tokens": 4,
             "temperature": 0}
     results = {}
     server.worker.pause()
@@ -297,7 +289,7 @@ def test_client_disconnect_cancels_its_generation(server):
     """Close the connection after the first streamed piece: the job is cancelled, the
     worker is free, and the next request is answered."""
     before = server.health()
-    body = json.dumps({"model": MODEL, "messages": [_user(_data_url(_png(_scene(6))))],
+    body = json.dumps({"model": MODEL, "messages": [_user(_data_url(_png(scene(6))))],
                        "max_tokens": 500, "temperature": 0, "stream": True}).encode()
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             f"Authorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\n"
@@ -320,7 +312,7 @@ def test_client_disconnect_cancels_its_generation(server):
         server.worker.hold_tokens(False)
     assert after["completed"] == before["completed"] and after["queue_depth"] == 0
     r = server.client().chat.completions.create(
-        model=MODEL, messages=[_user(_data_url(_png(_scene(6))))], max_tokens=3)
+        model=MODEL, messages=[_user(_data_url(_png(scene(6))))], max_tokens=3)
     assert r.usage.completion_tokens >= 1
     assert server.health()["completed"] == before["completed"] + 1
 
@@ -331,7 +323,7 @@ def test_request_past_the_time_limit_gets_504_and_frees_the_worker(server):
     server.config.timeout_s = 1.0
     try:
         status, _, body = server.request("POST", "/v1/chat/completions", {
-            "model": MODEL, "messages": [_user(_data_url(_png(_scene(7))))], "max_tokens": 50})
+            "model": MODEL, "messages": [_user(_data_url(_png(scene(7))))], "max_tokens": 50})
     finally:
         server.config.timeout_s = 300.0
         server.worker.hold_tokens(False)
@@ -344,7 +336,7 @@ def test_request_past_the_time_limit_gets_504_and_frees_the_worker(server):
 
 # -- bad input ------------------------------------------------------------------------------
 
-_IMG = _data_url(_png(_scene(8)))
+_IMG = _data_url(_png(scene(8)))
 _HUGE = _data_url(_png(Image.new("RGB", (1200, 1000), (9, 9, 9))))  # 1.2 M pixels > 1 M
 _BASE = {"model": MODEL, "max_tokens": 4}
 
@@ -410,7 +402,7 @@ def test_server_answers_after_all_the_bad_input(server):
 
 
 def test_remote_images_are_fetched_only_when_allowed():
-    png = _png(_scene(9))
+    png = _png(scene(9))
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - http.server's naming
@@ -470,7 +462,7 @@ def test_llava_edge_serve_command_streams_to_the_openai_client(tiny_bundle):
             except OSError:
                 time.sleep(0.1)
         stream = served.client().chat.completions.create(
-            model=MODEL, messages=[_user(_data_url(_png(_scene(10))))], max_tokens=8,
+            model=MODEL, messages=[_user(_data_url(_png(scene(10))))], max_tokens=8,
             stream=True)
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         assert text.strip()
