@@ -63,10 +63,11 @@ def add_derived(results: list[dict], limits: dict, bundle, vision_flops: int | N
         n_prompt = (r["samples"][0].get("n_prompt_tokens") if r["samples"] else None) or 0
         context = int(n_prompt + max_new_tokens / 2)  # the average context while decoding
         quant = c["llm"]
-        gguf_quant = (default or r)["config"]["llm"] if quant == "torch" else quant
+        torch_bytes = {"torch": 4, "torch-bf16": 2}.get(quant)  # per weight, if PyTorch's
+        gguf_quant = (default or r)["config"]["llm"] if torch_bytes else quant
         try:
             gguf = bundle.file(bundle.llm_entry(gguf_quant)["file"])
-            b = decode_bytes_per_token(gguf, context, 4 if quant == "torch" else None)
+            b = decode_bytes_per_token(gguf, context, torch_bytes)
         except (LlavaEdgeError, OSError):  # a bundle without that GGUF: no roofline figure
             b = None
         tok_s = _median(r, "decode_tok_s")
@@ -105,13 +106,13 @@ def _target(name: str, value: float | None, op: str, bound: float, unit: str = "
 
 def targets(results: list[dict]) -> list[dict]:
     """The issue's targets for llava-edge's default configuration against its peers."""
-    def find(kind):
-        return next((r for r in results if r["config"]["kind"] == kind and "error" not in r),
-                    None)
+    def find(kind, llm=None):
+        return next((r for r in results if r["config"]["kind"] == kind and "error" not in r
+                     and llm in (None, r["config"]["llm"])), None)
 
     default = next((r for r in results if r["config"].get("default") and "error" not in r),
                    None)
-    hf, llava, raw = find("transformers"), find("llama.cpp-llava"), find("llama.cpp-raw")
+    hf, llava, raw = find("transformers", "torch"), find("llama.cpp-llava"), find("llama.cpp-raw")
 
     def ratio(key, a, b):
         x, y = a and _median(a, key), b and _median(b, key)

@@ -6,9 +6,10 @@ subprocess). Kinds:
 * ``llava-edge``: :class:`~llava_edge.runtimes.pipeline.LlavaEdge` with a vision backend
   (an ONNX graph of the bundle, a TensorRT-provider session, or the PyTorch eager fp32
   tower + projector) and a GGUF of the bundle in llama.cpp.
-* ``transformers``: ``LlavaForConditionalGeneration.generate`` in PyTorch eager fp32 on
-  the checkpoint: both the matrix's (PyTorch vision, PyTorch LLM) cell and the peer a
-  user would otherwise run.
+* ``transformers``: ``LlavaForConditionalGeneration.generate`` in PyTorch eager on the
+  checkpoint: fp32 (LLM choice ``torch``) is both the matrix's (PyTorch vision, PyTorch
+  LLM) cell and the peer a user would otherwise run; ``torch-bf16`` runs the whole model
+  in bfloat16 where the machine has native bf16 (a GPU, or a CPU with AVX512-BF16 / AMX).
 * ``llama.cpp-llava``: stock llama.cpp's LLaVA path, the bundle's mmproj through
   llama-cpp-python's ``Llava15ChatHandler`` (mtmd).
 * ``llama.cpp-raw``: llama-cpp-python ``Llama.generate`` from text tokens on the same
@@ -23,7 +24,9 @@ from typing import Literal
 from llava_edge.errors import LlavaEdgeError
 
 VISION_CHOICES = ("torch", "fp32", "fp16", "int8", "int4", "trt")
-LLM_CHOICES = ("torch", "F16", "Q8_0", "Q4_K_M", "Q4_0")
+TORCH_LLMS = ("torch", "torch-bf16")  # transformers end to end, fp32 / bf16
+GGUF_QUANTS = ("F16", "Q8_0", "Q4_K_M", "Q4_0")
+LLM_CHOICES = (*TORCH_LLMS, *GGUF_QUANTS)
 ONNX_PRECISIONS = ("fp32", "fp16", "int8", "int4")
 PEERS = ("transformers", "llama.cpp-llava", "llama.cpp-raw")
 # llava-edge's default configuration, what every ratio is taken against (`export --int4`).
@@ -86,9 +89,11 @@ def parse_list(value: str | None, choices: tuple[str, ...], what: str) -> tuple[
     return tuple(dict.fromkeys(out))
 
 
-def available(manifest: dict, has_checkpoint: bool, trt_provider: bool) -> dict[str, str]:
+def available(manifest: dict, has_checkpoint: bool, trt_provider: bool,
+              bf16: bool = False) -> dict[str, str]:
     """Why each vision / LLM choice cannot run with this bundle, keyed ``vision:X`` /
-    ``llm:X``; a choice that can run is absent."""
+    ``llm:X``; a choice that can run is absent. ``bf16``: the machine computes bfloat16
+    natively."""
     missing = {}
     onnx = {v["precision"] for v in manifest["vision"]}
     for p in ONNX_PRECISIONS:
@@ -96,11 +101,16 @@ def available(manifest: dict, has_checkpoint: bool, trt_provider: bool) -> dict[
             missing[f"vision:{p}"] = f"the bundle has no {p} vision graph"
     if not has_checkpoint:
         missing["vision:torch"] = missing["llm:torch"] = "no checkpoint to run in PyTorch"
+    missing["llm:torch-bf16"] = missing.get("llm:torch") or (
+        None if bf16 else "no native bf16 here (needs a GPU, or a CPU with AVX512-BF16 / "
+        "AMX): bf16 would be emulated, slower than fp32")
+    if missing["llm:torch-bf16"] is None:
+        del missing["llm:torch-bf16"]
     if not trt_provider:
         missing["vision:trt"] = ("TensorRT not available here (no GPU / "
                                  "TensorrtExecutionProvider in ONNX Runtime)")
     quants = {m["quant"] for m in manifest["llm"]}
-    for q in LLM_CHOICES[1:]:
+    for q in GGUF_QUANTS:
         if q not in quants:
             missing[f"llm:{q}"] = f"the bundle has no {q} GGUF"
     return missing
@@ -108,7 +118,8 @@ def available(manifest: dict, has_checkpoint: bool, trt_provider: bool) -> dict[
 
 def select(manifest: dict, vision: tuple[str, ...] | None, llm: tuple[str, ...] | None,
            peers: bool, mode: MatrixMode = "axes", has_checkpoint: bool = True,
-           trt_provider: bool = False) -> tuple[list[Config], list[Skipped]]:
+           trt_provider: bool = False, bf16: bool = False
+           ) -> tuple[list[Config], list[Skipped]]:
     """The configurations to measure (default first, then the peers, then the rest of the
     matrix) and those that cannot run.
 
@@ -116,9 +127,9 @@ def select(manifest: dict, vision: tuple[str, ...] | None, llm: tuple[str, ...] 
     every (vision, LLM) pair; ``"axes"`` (default) varies one half at a time around the
     default pair: each vision choice with the default LLM, each LLM with the default
     vision, which answers "what does this choice cost" in far fewer runs. PyTorch's LLM
-    runs only with PyTorch's vision (transformers end to end).
+    (fp32 or bf16) runs only with PyTorch's vision (transformers end to end).
     """
-    missing = available(manifest, has_checkpoint, trt_provider)
+    missing = available(manifest, has_checkpoint, trt_provider, bf16)
     vision = vision or VISION_CHOICES
     llm = llm or LLM_CHOICES
     default_v = manifest.get("defaults", {}).get("vision", DEFAULT_VISION)
@@ -133,12 +144,13 @@ def select(manifest: dict, vision: tuple[str, ...] | None, llm: tuple[str, ...] 
     configs: list[Config] = []
     skipped: list[Skipped] = []
     for v, m in dict.fromkeys(pairs):
-        if m == "torch" or (v, m) == ("torch", "torch"):
+        if m in TORCH_LLMS:
             if v != "torch" and mode == "full":
                 skipped.append(Skipped(Config("llava-edge", v, m), "the PyTorch LLM runs only "
                                        "end to end in transformers (vision torch)"))
                 continue
-            c = Config("transformers", "torch", "torch")
+            # transformers runs vision and LLM in one dtype: the cell is named by it.
+            c = Config("transformers", "torch" if m == "torch" else m, m)
         else:
             c = Config("llava-edge", v, m, default=(v, m) == (default_v, default_l))
         reason = missing.get(f"vision:{c.vision}") or missing.get(f"llm:{c.llm}")

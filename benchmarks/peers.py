@@ -1,7 +1,7 @@
 """The peers llava-edge is measured against, each a :class:`~.measure.Runner`.
 
 * :class:`TransformersRunner`: Hugging Face ``LlavaForConditionalGeneration.generate``,
-  PyTorch eager fp32 on the checkpoint (what a user would otherwise run).
+  PyTorch eager fp32 on the checkpoint (what a user would otherwise run), or bf16.
 * :class:`LlamaCppLlavaRunner`: stock llama.cpp's LLaVA path, the bundle's mmproj GGUF
   through llama-cpp-python's ``Llava15ChatHandler`` (mtmd) with the bundle's GGUF.
 * :class:`LlamaCppRawRunner`: llama-cpp-python ``Llama.generate`` from text tokens on the
@@ -27,7 +27,8 @@ def _weights_size(checkpoint: Path) -> dict[str, int]:
 
 
 class TransformersRunner:
-    """``LlavaForConditionalGeneration.generate`` in PyTorch eager fp32 (CPU)."""
+    """``LlavaForConditionalGeneration.generate`` in PyTorch eager (CPU): fp32, or bf16 for
+    the ``torch-bf16`` configuration."""
 
     def __init__(self, job: Job):
         import torch
@@ -38,16 +39,18 @@ class TransformersRunner:
 
         torch.set_num_threads(job.threads)
         self.job, self.torch, self.last_text = job, torch, None
-        loaded = load_llava(job.checkpoint, "float32")
+        bf16 = job.config["llm"] == "torch-bf16"
+        loaded = load_llava(job.checkpoint, "bfloat16" if bf16 else "float32")
         self.model, self.processor = loaded.model, loaded.processor
         self.image = Image.open(job.image).convert("RGB")
         messages = [{"role": "user", "content": [{"type": "image"},
                                                  {"type": "text", "text": job.prompt}]}]
         self.text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
         self.files = _weights_size(Path(job.checkpoint))
-        self.notes = ["PyTorch eager fp32 (checkpoint weights upcast on load); vision_ms is "
-                      "a separate get_image_features call, prefill_ms = first token - "
-                      "preprocess - vision"]
+        dtype = ("bf16 (weights cast on load)" if bf16
+                 else "fp32 (checkpoint weights upcast on load)")
+        self.notes = [f"PyTorch eager {dtype}; vision_ms is a separate get_image_features "
+                      "call, prefill_ms = first token - preprocess - vision"]
 
         class _Times(BaseStreamer):
             """Records when generate hands over the prompt (first put) and each token."""

@@ -10,6 +10,7 @@ import pytest
 
 from llava_edge.benchmarks import analysis, configs, report
 from llava_edge.benchmarks.measure import Sample, memory_status, summarize
+from llava_edge.cli.bench_cmd import _bf16_available
 from llava_edge.errors import LlavaEdgeError
 
 
@@ -35,7 +36,8 @@ def test_axes_matrix_varies_one_half_at_a_time_around_the_default():
         "llava-edge fp16+Q4_K_M", "llava-edge int8+Q4_K_M", "llava-edge int4+F16",
         "llava-edge int4+Q8_0", "llava-edge int4+Q4_0"]
     assert [(s.config.name, s.reason.split(" (")[0]) for s in skipped] == [
-        ("llava-edge trt+Q4_K_M", "TensorRT not available here")]
+        ("llava-edge trt+Q4_K_M", "TensorRT not available here"),
+        ("transformers torch-bf16+torch-bf16", "no native bf16 here")]
 
 
 def test_full_matrix_and_what_cannot_run():
@@ -49,6 +51,23 @@ def test_full_matrix_and_what_cannot_run():
     assert "runs only end to end" in reasons["llava-edge fp32+torch"]
     assert reasons["llama.cpp-llava mtmd+Q4_K_M"].startswith("the bundle has no mmproj")
     assert reasons["transformers torch+torch"] == "no checkpoint to run in PyTorch"
+
+
+def test_bf16_row_runs_only_where_the_machine_has_native_bf16():
+    manifest = _manifest()
+    chosen, skipped = configs.select(manifest, ("int4",), ("Q4_K_M", "torch", "torch-bf16"),
+                                     peers=False, bf16=True)
+    assert _names(chosen) == ["llava-edge int4+Q4_K_M", "transformers torch+torch",
+                              "transformers torch-bf16+torch-bf16"]
+    assert skipped == []
+    chosen, skipped = configs.select(manifest, ("int4",), ("Q4_K_M", "torch-bf16"),
+                                     peers=False, bf16=False)
+    assert _names(chosen) == ["llava-edge int4+Q4_K_M"]
+    assert skipped[0].config.name == "transformers torch-bf16+torch-bf16"
+    assert skipped[0].reason.startswith("no native bf16 here")
+    _, skipped = configs.select(manifest, ("int4",), ("torch-bf16",), peers=False,
+                                has_checkpoint=False, bf16=True)
+    assert skipped[0].reason == "no checkpoint to run in PyTorch"
 
 
 def test_parse_list_is_case_insensitive_and_rejects_unknown_names():
@@ -75,7 +94,8 @@ def test_peak_rss_is_read_from_proc():
 
 def _result(kind, first_ms, tok_s, rss=None, disk=None, default=False):
     samples = [{"first_token_ms": first_ms, "decode_tok_s": tok_s, "total_ms": 2 * first_ms}]
-    return {"config": {"kind": kind, "vision": "x", "llm": "y", "name": kind,
+    llm = "torch" if kind == "transformers" else "y"
+    return {"config": {"kind": kind, "vision": "x", "llm": llm, "name": kind,
                        "default": default}, "samples": samples,
             "summary": summarize(samples), "peak_rss_mb": rss, "disk_mb": disk}
 
@@ -93,6 +113,17 @@ def test_targets_say_by_how_much_they_are_missed():
     assert by["decode tokens/s vs transformers fp32"]["met"] is True  # 5x
     rss = by["peak RSS <= 1.2x loaded files + 300 MB (MB)"]
     assert rss["met"] is True and rss["bound"] == "<= 1020.0"
+
+
+def test_targets_compare_with_the_fp32_transformers_peer_not_its_bf16_row():
+    bf16 = _result("transformers", 100, 40)
+    bf16["config"]["llm"] = "torch-bf16"
+    fp32 = _result("transformers", 400, 10)
+    fp32["config"]["llm"] = "torch"
+    results = [_result("llava-edge", 100, 50, rss=1000, disk=600, default=True), bf16, fp32]
+    by = {t["target"]: t for t in analysis.targets(results)}
+    assert by["time to first token vs transformers"]["value"] == pytest.approx(0.25)
+    assert by["decode tokens/s vs transformers fp32"]["value"] == pytest.approx(5.0)
 
 
 def test_targets_without_peers_are_not_measured():
@@ -151,6 +182,12 @@ def test_bench_on_tiny_writes_every_configuration(tmp_path):
     assert {("int4", "Q4_K_M"), ("torch", "Q4_K_M"), ("fp32", "Q4_K_M"), ("fp16", "Q4_K_M"),
             ("int8", "Q4_K_M"), ("int4", "F16"), ("int4", "Q8_0"), ("int4", "Q4_0"),
             ("torch", "torch")} <= cells
+    bf16 = ("torch-bf16", "torch-bf16")
+    if _bf16_available():  # a bf16 transformers row where the CPU has native bf16
+        assert bf16 in cells
+    else:
+        assert any(s["llm"] == "torch-bf16" and s["reason"].startswith("no native bf16")
+                   for s in data["skipped"])
     for r in data["results"]:
         name, s = r["config"]["name"], r["summary"]
         assert len(r["samples"]) == 5 and len(r["warmup_samples"]) == 1, name

@@ -37,7 +37,9 @@ IMAGE_SIZE = 480  # the request's image; every pipeline resizes it to its tower'
 @click.option("--vision", default="all", show_default=True,
               help="Vision backends: torch,fp32,fp16,int8,int4,trt (comma-separated) or all.")
 @click.option("--llm", default="all", show_default=True,
-              help="Language models: torch,F16,Q8_0,Q4_K_M,Q4_0 or all.")
+              help="Language models: torch,torch-bf16,F16,Q8_0,Q4_K_M,Q4_0 or all (torch: "
+                   "transformers fp32; torch-bf16: transformers in bf16, where the machine "
+                   "has native bf16).")
 @click.option("--matrix", type=click.Choice(["axes", "full"]), default="axes",
               show_default=True, help="axes: vary vision, then the LLM, around the default "
                                       "pair; full: every (vision, LLM) pair.")
@@ -115,10 +117,10 @@ def bench(preset_name, bundle_dir, checkpoint, vision, llm, matrix, peers, repea
     has_torch = ckpt is not None and _torch_available()
     chosen, skipped = configs.select(
         bundle.manifest, vision_sel, llm_sel, peers, matrix, has_checkpoint=has_torch,
-        trt_provider=_trt_available())
+        trt_provider=_trt_available(), bf16=has_torch and _bf16_available())
     if limits:
         kept = [c for c in chosen if c.kind != "transformers"]
-        skipped += [configs.Skipped(c, "quantized only: the fp32 PyTorch model does not fit")
+        skipped += [configs.Skipped(c, "quantized only: the PyTorch model does not fit")
                     for c in chosen if c.kind == "transformers"]
         chosen = kept
     if not chosen:
@@ -306,6 +308,22 @@ def _trt_available() -> bool:
     return "TensorrtExecutionProvider" in ort.get_available_providers()
 
 
+def _bf16_available() -> bool:
+    """Whether this CPU computes bfloat16 natively (the PyTorch rows run on the CPU):
+    x86 with AVX512-BF16 or AMX-BF16, Arm with the BF16 extension. Elsewhere PyTorch
+    emulates bf16, slower than fp32, and a bf16 row would only mislead."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap, reliable way to tell
+        return False
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def _request_image(work: Path) -> Path:
     """The request's image: a fixed scene of coloured shapes, written once."""
     import numpy as np
@@ -332,7 +350,8 @@ def _vision_flops(ckpt: Path | None) -> int | None:
 
 def _build(preset: str, work: Path, vision_sel, llm_sel, peers: bool) -> tuple[Path, Path]:
     """Build (or reuse) the preset's checkpoint and a bundle with what will be measured."""
-    from llava_edge.benchmarks.configs import DEFAULT_LLM, DEFAULT_VISION, ONNX_PRECISIONS
+    from llava_edge.benchmarks.configs import (DEFAULT_LLM, DEFAULT_VISION, GGUF_QUANTS,
+                                               ONNX_PRECISIONS)
     from llava_edge.errors import require_extra
     from llava_edge.presets import get_preset
 
@@ -340,7 +359,7 @@ def _build(preset: str, work: Path, vision_sel, llm_sel, peers: bool) -> tuple[P
     root = work / preset
     ckpt, bundle = root / "checkpoint", root / "bundle"
     vision = tuple(v for v in (vision_sel or ONNX_PRECISIONS) if v in ONNX_PRECISIONS)
-    quants = tuple(q for q in (llm_sel or ("F16", "Q8_0", "Q4_K_M", "Q4_0")) if q != "torch")
+    quants = tuple(q for q in (llm_sel or GGUF_QUANTS) if q in GGUF_QUANTS)
     mmproj = peers and _mmproj_possible(spec)
     if (ckpt / "config.json").is_file() and _bundle_has(bundle, vision, quants, mmproj):
         return ckpt, bundle
