@@ -246,7 +246,9 @@ def test_files_validate_and_counts_match(dataset: ShapesDataset) -> None:
     assert info["counts"] == dataset.counts
     readme = (dataset.root / "README.txt").read_text()
     assert "synthetic" in readme.lower() and "seed: 0" in readme and "version" in readme
-    assert not list(dataset.root.parent.glob("*.tmp-*"))
+    leftovers = [p.name for p in dataset.root.parent.iterdir()
+                 if ".tmp-" in p.name or ".old-" in p.name]
+    assert leftovers == []
 
 
 def test_images_are_rgb_with_one_to_three_shapes(dataset: ShapesDataset) -> None:

@@ -22,9 +22,6 @@ sample does not depend on how many others are generated (the first 30 train imag
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +30,7 @@ from types import MappingProxyType
 import numpy as np
 from PIL import Image, ImageDraw
 
+from llava_edge.atomic_dir import write_dir
 from llava_edge.errors import LlavaEdgeError
 
 GENERATOR_VERSION = "2"  # 2: multiple-choice options in a fixed order by default
@@ -921,28 +919,6 @@ def _check_output(out: Path, overwrite: bool) -> None:
         )
 
 
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished ``tmp`` folder to ``out``, replacing what is there if allowed."""
-    _check_output(out, overwrite)  # again: something may have appeared while we worked
-    if out.is_symlink() or out.is_file():
-        out.unlink()
-    elif out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    elif out.exists():
-        # Move the old folder aside first, so that ``out`` is never half old, half new.
-        trash = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
-        os.replace(out, trash / out.name)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            os.replace(trash / out.name, out)  # put the old dataset back
-            trash.rmdir()
-            raise
-        shutil.rmtree(trash, ignore_errors=True)
-        return
-    os.replace(tmp, out)
-
-
 def generate_shapes(
     out_dir: str | Path,
     config: ShapesConfig,
@@ -961,17 +937,13 @@ def generate_shapes(
     config.validate()
     out = Path(out_dir).absolute()
     _check_output(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    # mkdtemp makes the folder private (0700); a dataset is meant to be read by others.
-    tmp.chmod(0o755)
-    try:
-        counts = _build(tmp, config, progress)
-        _move_into_place(tmp, out, overwrite)
-    except BaseException:
-        # BaseException too: a Ctrl-C must not leave the temporary folder behind either.
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    counts: dict[str, int] = {}
+
+    def fill(tmp: Path) -> None:
+        counts.update(_build(tmp, config, progress))
+        _check_output(out, overwrite)  # again: something may have appeared while we worked
+
+    write_dir(out, fill)
     return ShapesDataset(
         root=out,
         stage1=out / STAGE1_FILE,
