@@ -34,6 +34,24 @@ class LoadedLlava:
     def vision_kind(self) -> str:
         return SUPPORTED_VISION[self.config.vision_config.model_type]
 
+    def generate_greedy(self, image, prompt: str, max_new_tokens: int) -> list[int]:
+        """transformers' own ``generate`` (greedy) on one image and one user prompt, with
+        the processor's pixels and chat template: the new token ids, end-of-sequence and
+        padding left out. The reference the exported bundle is compared with."""
+        import torch
+
+        messages = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": prompt}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = self.processor(images=image, text=text, return_tensors="pt")
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens,
+                                      do_sample=False)
+        eos = self.model.generation_config.eos_token_id
+        stop = set(eos if isinstance(eos, list) else [eos]) | {
+            self.processor.tokenizer.pad_token_id}
+        return [t for t in out[0, inputs["input_ids"].shape[1]:].tolist() if t not in stop]
+
 
 def check_supported(path: str | Path) -> dict:
     """Read ``config.json`` and raise :class:`UnsupportedModelError` naming what is not

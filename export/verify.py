@@ -102,8 +102,6 @@ def _pairs(m: dict) -> list[tuple[str, str]]:
 
 def _greedy_agreement(bundle_dir, vision, quant, loaded, images, max_new_tokens,
                       n_threads) -> dict:
-    import torch
-
     from llava_edge.runtimes.pipeline import LlavaEdge
 
     same, total, first_diff = 0, 0, []
@@ -112,15 +110,7 @@ def _greedy_agreement(bundle_dir, vision, quant, loaded, images, max_new_tokens,
         for i, image in enumerate(images):
             prompt = GREEDY_PROMPTS[i % len(GREEDY_PROMPTS)]
             answer = model.ask(image, prompt, max_new_tokens=max_new_tokens)
-            messages = [{"role": "user", "content": [{"type": "image"},
-                                                     {"type": "text", "text": prompt}]}]
-            text = loaded.processor.apply_chat_template(messages, add_generation_prompt=True)
-            inputs = loaded.processor(images=image, text=text, return_tensors="pt")
-            with torch.inference_mode():
-                out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens,
-                                            do_sample=False)
-            ref = out[0, inputs["input_ids"].shape[1]:].tolist()
-            ref = [t for t in ref if t not in _eos_ids(loaded)]
+            ref = loaded.generate_greedy(image, prompt, max_new_tokens)
             total += 1
             if answer.tokens == ref[: len(answer.tokens)] and len(answer.tokens) == len(ref):
                 same += 1
@@ -129,11 +119,6 @@ def _greedy_agreement(bundle_dir, vision, quant, loaded, images, max_new_tokens,
                                         if a != b), min(len(answer.tokens), len(ref))))
     return {"identical": same, "n": total, "rate": same / total,
             "first_difference_at": first_diff}
-
-
-def _eos_ids(loaded) -> set[int]:
-    eos = loaded.model.generation_config.eos_token_id
-    return set(eos if isinstance(eos, list) else [eos]) | {loaded.processor.tokenizer.pad_token_id}
 
 
 def _eval(bundle_dir, checkpoint, data, image_folder, limit, pairs, n_threads) -> dict:

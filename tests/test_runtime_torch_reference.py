@@ -77,10 +77,7 @@ def test_language_logits_match_llama_cpp_f16(torch_model, bundle_model):
 
 def test_greedy_answers_equal_bundle_and_transformers_generate(torch_model, bundle_model,
                                                                 tiny_checkpoint):
-    import torch
-
     from llava_edge.export.checkpoint import load_llava
-    from llava_edge.export.verify import _eos_ids
 
     loaded = load_llava(tiny_checkpoint)
     n = 16
@@ -92,15 +89,7 @@ def test_greedy_answers_equal_bundle_and_transformers_generate(torch_model, bund
         assert len(ours.tokens) == n or ours.stop_reason == "eos"
 
         # transformers' own generate, on its own processor's pixels and prompt ids
-        messages = [{"role": "user", "content": [{"type": "image"},
-                                                 {"type": "text", "text": prompt}]}]
-        text = loaded.processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = loaded.processor(images=image, text=text, return_tensors="pt")
-        with torch.inference_mode():
-            out = loaded.model.generate(**inputs, max_new_tokens=n, do_sample=False)
-        ref = [t for t in out[0, inputs["input_ids"].shape[1]:].tolist()
-               if t not in _eos_ids(loaded)]
-        assert ours.tokens == ref
+        assert ours.tokens == loaded.generate_greedy(image, prompt, n)
 
 
 def test_reuse_truncate_and_reset_give_the_same_answer(torch_model):
