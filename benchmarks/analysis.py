@@ -98,7 +98,7 @@ def _target(name: str, value: float | None, op: str, bound: float, unit: str = "
     met = value <= bound if op == "<=" else value >= bound
     missed = None
     if not met:
-        missed = (f"{value / bound:.2f}x the bound" if unit == "x"
+        missed = (f"{value / bound:.3f}x the bound" if unit == "x"
                   else f"{value - bound:+.0f} {unit}")
     return {"target": name, "value": value, "bound": f"{op} {bound}", "met": met,
             "missed_by": missed}

@@ -150,7 +150,8 @@ def markdown(report: dict) -> str:
     ]
     for t in report["targets"]:
         state = {True: "met", False: f"MISSED ({t['missed_by']})", None: "not measured"}[t["met"]]
-        value = "-" if t["value"] is None else f"{t['value']:.2f}"
+        v = t["value"]  # ratios to three decimals: 0.945 must not print as a met 0.95
+        value = "-" if v is None else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
         lines.append(f"- {t['target']}: {value} (target {t['bound']}): {state}")
     if report["skipped"]:
         lines += ["", "Not measured:", ""]
