@@ -91,7 +91,7 @@ def quantize_int8_dynamic(src: str | Path, dst: str | Path,
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     external = _external(src, external_data)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
         out = Path(tmp) / "int8.onnx"
         quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul", "Attention"],
@@ -127,7 +127,7 @@ def quantize_int8_static(src: str | Path, dst: str | Path, calibration: Iterable
 
     reader = _ArrayReader(calibration)
     external = _external(src, external_data)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
         out = Path(tmp) / "int8.onnx"
         quantize_static(
             str(src), str(out), reader, quant_format=QuantFormat.QDQ,
@@ -146,7 +146,7 @@ def quantize_int4(src: str | Path, dst: str | Path, config: Int4Config = Int4Con
                   external_data: bool | None = None) -> dict:
     """4-bit block-wise weights (``MatMulNBits``) for every MatMul with a constant weight;
     with ``config.attention_int8``, the fused Attention's q/k/v weight in int8."""
-    with _quiet_nbits_quantizer():
+    with _quiet_quantizer():
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         model = onnx.load(str(src))
@@ -161,7 +161,7 @@ def quantize_int4(src: str | Path, dst: str | Path, config: Int4Config = Int4Con
         return method
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
         nbits, out = Path(tmp) / "int4.onnx", Path(tmp) / "int4_qattention.onnx"
         save_onnx(quantizer.model.model, nbits, external_data=external_data)
         quantize_dynamic(str(nbits), str(out), weight_type=QuantType.QInt8, per_channel=True,
@@ -171,19 +171,29 @@ def quantize_int4(src: str | Path, dst: str | Path, config: Int4Config = Int4Con
     return method | {"attention_qkv": "int8 dynamic (QAttention)"}
 
 
+def _drop_preprocess_advice(record: logging.LogRecord) -> bool:
+    # ONNX Runtime's quantizers advise running their shape-inference pre-processing;
+    # the graphs here are already shape-inferred and fused by its transformer optimizer.
+    return not record.getMessage().startswith("Please consider to run pre-processing")
+
+
 @contextlib.contextmanager
-def _quiet_nbits_quantizer():
-    """Keep ``matmul_nbits_quantizer`` from taking over the host's logging: on import it
-    calls ``logging.basicConfig(level=INFO)`` (a root handler that prints every INFO line
-    of every library from then on), and it logs one INFO line per node."""
+def _quiet_quantizer():
+    """Keep ONNX Runtime's quantizers from taking over the host's logging:
+    ``matmul_nbits_quantizer`` calls ``logging.basicConfig(level=INFO)`` on import (a root
+    handler that prints every INFO line of every library from then on) and logs one INFO
+    line per node; ``quantize_dynamic`` / ``quantize_static`` log their pre-processing
+    advice through the root logger, which installs a root handler too."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     quantizer_logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     quantizer_level = quantizer_logger.level
     quantizer_logger.setLevel(logging.WARNING)
+    root.addFilter(_drop_preprocess_advice)
     try:
         yield
     finally:
+        root.removeFilter(_drop_preprocess_advice)
         for handler in root.handlers[:]:
             if handler not in handlers:
                 root.removeHandler(handler)

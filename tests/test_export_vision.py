@@ -414,3 +414,19 @@ def test_siglip_so400m_dims_export_and_fuse(tmp_path):
     session = vision_onnx.make_session(tmp_path / "out" / "vision_int4.onnx")
     out = session.run(None, {"pixel_values": np.zeros((1, 3, 384, 384), np.float32)})[0]
     assert out.shape == (1, 729, 896)
+
+
+def test_quantizers_leave_the_hosts_logging_alone(exported, tmp_path, caplog):
+    """ONNX Runtime's quantizers print a pre-processing advice through the root logger and
+    the int4 one installs a root handler on import; neither may reach the host."""
+    _, result = exported
+    fp32 = Path(result.out_dir) / result.variant("fp32").files[0]
+    caplog.set_level(logging.INFO)
+    root = logging.getLogger()
+    handlers, level, filters = list(root.handlers), root.level, list(root.filters)
+    vision_quantize.quantize_int8_dynamic(fp32, tmp_path / "int8.onnx")
+    vision_quantize.quantize_int4(fp32, tmp_path / "int4.onnx")
+    assert "pre-processing" not in caplog.text
+    assert root.handlers == handlers and root.level == level and root.filters == filters
+    logging.getLogger("llava_edge.test").warning("still heard")
+    assert "still heard" in caplog.text  # the host's own records still get through
