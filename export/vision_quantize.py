@@ -174,7 +174,9 @@ def quantize_int4(src: str | Path, dst: str | Path, config: Int4Config = Int4Con
 def _drop_preprocess_advice(record: logging.LogRecord) -> bool:
     # ONNX Runtime's quantizers advise running their shape-inference pre-processing;
     # the graphs here are already shape-inferred and fused by its transformer optimizer.
-    return not record.getMessage().startswith("Please consider to run pre-processing")
+    # (quantize_dynamic: "Please consider to run pre-processing before quantization",
+    # quantize_static: "Please consider pre-processing before quantization").
+    return "pre-processing before quantization" not in record.getMessage()
 
 
 @contextlib.contextmanager

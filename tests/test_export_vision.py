@@ -419,12 +419,15 @@ def test_siglip_so400m_dims_export_and_fuse(tmp_path):
 def test_quantizers_leave_the_hosts_logging_alone(exported, tmp_path, caplog):
     """ONNX Runtime's quantizers print a pre-processing advice through the root logger and
     the int4 one installs a root handler on import; neither may reach the host."""
-    _, result = exported
+    checkpoint, result = exported
     fp32 = Path(result.out_dir) / result.variant("fp32").files[0]
+    size = load_vision(checkpoint).spec.image_size
+    calibration = [np.random.default_rng(0).standard_normal((1, 3, size, size), np.float32)]
     caplog.set_level(logging.INFO)
     root = logging.getLogger()
     handlers, level, filters = list(root.handlers), root.level, list(root.filters)
     vision_quantize.quantize_int8_dynamic(fp32, tmp_path / "int8.onnx")
+    vision_quantize.quantize_int8_static(fp32, tmp_path / "int8s.onnx", calibration)
     vision_quantize.quantize_int4(fp32, tmp_path / "int4.onnx")
     assert "pre-processing" not in caplog.text
     assert root.handlers == handlers and root.level == level and root.filters == filters
