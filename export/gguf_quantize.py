@@ -18,6 +18,7 @@ import llama_cpp
 
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.runtimes.gguf_check import check_gguf
+from llava_edge.runtimes.llama_cpp_lm import set_fields
 from llava_edge.runtimes.llama_log import capture_llama_log, last_error
 
 # Quant type name -> llama_ftype. F32/F16/BF16 are plain float files.
@@ -74,8 +75,7 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str, n_threads: int |
     src, dst = Path(src), Path(dst)
     check_gguf(src)
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = QUANT_TYPES[quant]
-    params.nthread = n_threads or (os.cpu_count() or 1)
+    set_fields(params, ftype=QUANT_TYPES[quant], nthread=n_threads or (os.cpu_count() or 1))
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
 

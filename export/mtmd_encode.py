@@ -18,6 +18,7 @@ import llama_cpp
 
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.runtimes.gguf_check import check_gguf
+from llava_edge.runtimes.llama_cpp_lm import set_fields
 from llava_edge.runtimes.llama_log import capture_llama_log, last_error
 
 MTMD_INPUT_CHUNK_TYPE_IMAGE = 1
@@ -46,10 +47,8 @@ def mtmd_image_embeddings(mmproj_path: str | Path, llm_gguf: str | Path, rgb: np
                 raise LlavaEdgeError(f"{llm_gguf}: llama.cpp could not load the model "
                                      f"({last_error(log)})")
             mparams = mtmd_cpp.mtmd_context_params_default()
-            mparams.use_gpu = False
-            mparams.print_timings = False
-            mparams.warmup = False
-            mparams.n_threads = n_threads or (os.cpu_count() or 1)
+            set_fields(mparams, use_gpu=False, print_timings=False, warmup=False,
+                       n_threads=n_threads or (os.cpu_count() or 1))
             ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj_path).encode(), model, mparams)
             if not ctx:
                 raise LlavaEdgeError(f"{mmproj_path}: llama.cpp's mtmd could not load the "

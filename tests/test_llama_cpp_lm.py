@@ -183,6 +183,21 @@ def test_ggml_type_table_matches_the_gguf_package():
 
 
 @pytest.mark.parametrize("quant", ["Q8_0", "Q4_K_M"])
+def test_reading_or_mapping_the_file_gives_the_same_logits(tiny_gguf, quant):
+    """A repacked model reads the GGUF by default (the mapping would hold the weights a
+    second time); mapping it instead changes nothing in what it computes."""
+    logits = []
+    for mmap in (None, True):
+        with LlamaCppLM(tiny_gguf.llm_file(quant), n_ctx=64, mmap=mmap) as model:
+            assert model.mmap is (mmap is True)
+            model.eval_tokens(model.tokenize("USER: the red circle is at the top"))
+            logits.append(model.logits())
+    np.testing.assert_array_equal(logits[0], logits[1])
+    with LlamaCppLM(tiny_gguf.llm_file(quant), n_ctx=64, repack=False) as model:
+        assert model.mmap is True  # nothing is copied: mapping costs no second copy
+
+
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_K_M"])
 def test_weight_repacking_off_gives_the_same_answer(tiny_gguf, quant):
     """``repack=False`` keeps llama.cpp's weights as stored (less memory, a different
     kernel): the next-token logits stay those of the repacked model, up to rounding."""
@@ -193,3 +208,16 @@ def test_weight_repacking_off_gives_the_same_answer(tiny_gguf, quant):
             logits.append(model.logits())
     assert np.argmax(logits[0]) == np.argmax(logits[1])
     assert np.abs(logits[0] - logits[1]).max() < 0.05 * np.abs(logits[0]).max()
+
+
+def test_set_fields_refuses_a_name_the_struct_does_not_have():
+    import llama_cpp
+
+    from llava_edge.runtimes.llama_cpp_lm import set_fields
+
+    params = llama_cpp.llama_model_default_params()
+    set_fields(params, n_gpu_layers=3)
+    assert params.n_gpu_layers == 3
+    # ctypes would take this silently (llama.cpp replaced use_mmap with load_mode).
+    with pytest.raises(AttributeError, match="no field 'use_mmap'"):
+        set_fields(params, use_mmap=False)
