@@ -100,12 +100,12 @@ def available(manifest: dict, has_checkpoint: bool, trt_provider: bool,
         if p not in onnx:
             missing[f"vision:{p}"] = f"the bundle has no {p} vision graph"
     if not has_checkpoint:
-        missing["vision:torch"] = missing["llm:torch"] = "no checkpoint to run in PyTorch"
-    missing["llm:torch-bf16"] = missing.get("llm:torch") or (
-        None if bf16 else "no native bf16 here (needs a GPU, or a CPU with AVX512-BF16 / "
-        "AMX): bf16 would be emulated, slower than fp32")
-    if missing["llm:torch-bf16"] is None:
-        del missing["llm:torch-bf16"]
+        missing["vision:torch"] = missing["llm:torch"] = missing["llm:torch-bf16"] = \
+            "no checkpoint to run in PyTorch"
+    elif not bf16:
+        missing["llm:torch-bf16"] = ("no native bf16 here (needs a GPU, or a CPU with "
+                                     "AVX512-BF16 / AMX): bf16 would be emulated, slower "
+                                     "than fp32")
     if not trt_provider:
         missing["vision:trt"] = ("TensorRT not available here (no GPU / "
                                  "TensorrtExecutionProvider in ONNX Runtime)")
@@ -150,7 +150,7 @@ def select(manifest: dict, vision: tuple[str, ...] | None, llm: tuple[str, ...] 
                                        "end to end in transformers (vision torch)"))
                 continue
             # transformers runs vision and LLM in one dtype: the cell is named by it.
-            c = Config("transformers", "torch" if m == "torch" else m, m)
+            c = Config("transformers", m, m)
         else:
             c = Config("llava-edge", v, m, default=(v, m) == (default_v, default_l))
         reason = missing.get(f"vision:{c.vision}") or missing.get(f"llm:{c.llm}")

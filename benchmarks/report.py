@@ -61,7 +61,8 @@ def write_report(out: Path, report: dict) -> Path:
         latency_chart(report, tmp / "latency.png")
         roofline_chart(report, tmp / "roofline.png")
 
-    return write_dir(out, fill)
+    write_dir(out, fill)
+    return out
 
 
 def _med(r: dict, key: str):

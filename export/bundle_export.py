@@ -66,9 +66,7 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, options: ExportOp
     config = check_supported(checkpoint)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise LlavaEdgeError(f"{out_dir} exists and is not empty (use --force to replace it)")
-    manifest: dict = {}
-
-    def fill(staging: Path) -> None:
+    def fill(staging: Path) -> dict:
         vision = export_vision(
             checkpoint, staging, precisions=options.vision_precisions,
             calib_dir=options.calib_dir, gates=options.gates or None,
@@ -76,11 +74,9 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, options: ExportOp
             tensorrt=options.tensorrt, progress=progress)
         llm = export_gguf(checkpoint, staging, quants=options.llm_quants,
                           mmproj=options.mmproj, parity=options.parity, progress=progress)
-        manifest.update(write_manifest(staging, _manifest(checkpoint, config, options,
-                                                          vision, llm)))
+        return write_manifest(staging, _manifest(checkpoint, config, options, vision, llm))
 
-    write_dir(out_dir, fill)  # the bundle appears complete or not at all
-    return manifest
+    return write_dir(out_dir, fill)  # the bundle appears complete or not at all
 
 
 def _manifest(checkpoint: Path, config: dict, options: ExportOptions, vision, llm) -> dict:

@@ -7,24 +7,28 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
-def write_dir(out: str | Path, fill: Callable[[Path], None]) -> Path:
+def write_dir(out: str | Path, fill: Callable[[Path], T]) -> T:
     """Call ``fill(tmp)`` on a temporary sibling of ``out``, then rename it to ``out``
-    (replacing what was there). An exception or Ctrl-C leaves ``out`` as it was and no
-    temporary folder behind. Whether ``out`` may be replaced is the caller's check;
-    ``fill`` may repeat it at its end, for whatever appeared while it worked."""
+    (replacing what was there) and return what ``fill`` returned. An exception or Ctrl-C
+    leaves ``out`` as it was and no temporary folder behind. Whether ``out`` may be
+    replaced is the caller's check; ``fill`` may repeat it at its end, for whatever
+    appeared while it worked."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; results are meant to be read by others
     try:
-        fill(tmp)
+        result = fill(tmp)
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+    return result
 
 
 def _replace(tmp: Path, out: Path) -> None:

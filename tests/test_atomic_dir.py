@@ -24,6 +24,7 @@ def test_writes_a_new_folder_and_replaces_an_old_one(tmp_path):
     assert (out / "a.txt").read_text() == "two"
     assert out.stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left
+    assert write_dir(out, lambda tmp: len(str(tmp))) > 0  # what fill returns comes back
 
 
 @pytest.mark.parametrize("error", [RuntimeError("disk full"), KeyboardInterrupt()])

@@ -75,13 +75,7 @@ def build_checkpoint(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty (use --force to replace it)")
-    written: dict[str, BuiltCheckpoint] = {}
-
-    def fill(tmp: Path) -> None:
-        written["checkpoint"] = _write_checkpoint(spec, tmp, seed, progress)
-
-    write_dir(out_dir, fill)
-    built = written["checkpoint"]
+    built = write_dir(out_dir, lambda tmp: _write_checkpoint(spec, tmp, seed, progress))
     return BuiltCheckpoint(out_dir, built.preset, built.n_params, built.n_image_tokens,
                            built.vocab_size, built.files)
 

@@ -30,8 +30,9 @@ def demo(workdir: str, n_train: int, n_eval: int, seed: int, threads: int, force
 
     \b
     Takes about 5 minutes on 2 CPU cores (each training stage runs as two processes).
-    The summary (also written to WORKDIR/demo_summary.json) has the accuracies of PyTorch and of the bundle, chance,
-    the bundle's agreement with PyTorch, seconds per phase and the latency figures.
+    The summary (also written to WORKDIR/demo_summary.json) has the accuracies of PyTorch
+    and of the bundle, chance, the bundle's agreement with PyTorch, seconds per phase and
+    the latency figures.
     """
     require_extra("train", "llava-edge demo", "torch", "transformers", "accelerate")
     require_extra("export", "llava-edge demo", "onnx", "gguf")

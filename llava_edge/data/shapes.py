@@ -937,13 +937,12 @@ def generate_shapes(
     config.validate()
     out = Path(out_dir).absolute()
     _check_output(out, overwrite)
-    counts: dict[str, int] = {}
-
-    def fill(tmp: Path) -> None:
-        counts.update(_build(tmp, config, progress))
+    def fill(tmp: Path) -> dict[str, int]:
+        counts = _build(tmp, config, progress)
         _check_output(out, overwrite)  # again: something may have appeared while we worked
+        return counts
 
-    write_dir(out, fill)
+    counts = write_dir(out, fill)
     return ShapesDataset(
         root=out,
         stage1=out / STAGE1_FILE,
