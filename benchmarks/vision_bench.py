@@ -8,7 +8,10 @@ int8 dynamic and static, int4; variants under their parity gate are benchmarked 
 and marked), then times batch 1 and batch 8 for PyTorch and each graph (warm-up runs,
 then repeats; the median is reported). In the same run it measures the machine's fp32
 GEMM throughput (large square matmuls, torch and numpy, the better of the two) and counts
-the graph's FLOPs from the config, so each time is also a fraction of that ceiling.
+the graph's FLOPs from the config, so each time is also a fraction of that ceiling. And
+it times ONNX Runtime's own kernels alone at the graph's shapes (``kernel_floor.py``: the
+GEMMs in fp32 and int8, the attention core), which says how far each target is from what
+those kernels allow on this CPU.
 
 Targets (reported, not asserted): int8 at most 0.25x PyTorch eager time while holding its
 parity gate; fp32 at 90% or more of the measured GEMM throughput.
@@ -61,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    choices=["dynamic", "static"])
     p.add_argument("--parity-images", type=int, default=4)
     p.add_argument("--gemm-size", type=int, default=4096)
+    p.add_argument("--no-kernel-floor", dest="kernel_floor", action="store_false",
+                   help="skip timing ONNX Runtime's GEMM and attention kernels alone at the "
+                        "graph's shapes (see kernel_floor.py)")
     return p.parse_args(argv)
 
 
@@ -163,6 +169,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
+    from llava_edge.benchmarks.kernel_floor import kernel_floor
     from llava_edge.export import vision_onnx
     from llava_edge.export.vision import tool_versions
     from llava_edge.export.vision_graph import load_vision, vision_flops
@@ -179,7 +186,7 @@ def main(argv=None) -> int:
     encoder, spec = loaded.encoder(), loaded.spec
     flops = vision_flops(spec)
 
-    rows = []
+    rows, floors = [], {}
     rng = np.random.default_rng(0)
     for batch in args.batches:
         shape = (batch, 3, spec.image_size, spec.image_size)
@@ -209,6 +216,12 @@ def main(argv=None) -> int:
                 row["x_torch"] = row["median_s"] / torch_s
                 row["per_image_s"] = row["median_s"] / batch
                 row["gflops"] = flops["total"] * batch / row["median_s"] / 1e9
+        if args.kernel_floor:
+            print(f"batch {batch}: ONNX Runtime's kernels alone (GEMMs, attention core) ...",
+                  flush=True)
+            floor = kernel_floor(spec, batch, args.threads, timed)
+            floor["int8_x_torch"] = floor["int8_s"] / torch_s
+            floors[f"batch{batch}"] = floor
 
     # Last: numpy's BLAS threads keep spinning after a matmul and would slow whatever ran
     # right after them.
@@ -229,6 +242,13 @@ def main(argv=None) -> int:
             "fp32_fraction_of_gemm": by.get("fp32", {}).get("fraction_of_gemm"),
             "fp32_target_met": bool(by.get("fp32") and by["fp32"]["fraction_of_gemm"] >= 0.9),
         }
+        floor = floors.get(f"batch{batch}")
+        if floor:
+            targets[f"batch{batch}"] |= {
+                "int8_floor_x_torch": floor["int8_x_torch"],
+                "fp32_floor_fraction_of_gemm": (flops["total"] * batch / floor["fp32_s"] / 1e9
+                                                / gemm["peak_gflops"]),
+            }
 
     report = {
         "benchmark": "vision", "preset": preset, "checkpoint": str(checkpoint),
@@ -241,7 +261,7 @@ def main(argv=None) -> int:
         "export": {m: {"seconds": e["seconds"], "exporter": e["result"].exporter,
                        "fused_ops": e["result"].fused_ops}
                    for m, e in exported["exports"].items()},
-        "results": rows, "targets": targets,
+        "results": rows, "kernel_floor": floors, "targets": targets,
     }
     write_report(out, report)
     print(f"wrote {out}/results.json and results.md")
@@ -300,7 +320,39 @@ def markdown(report: dict) -> str:
                 f"fp32 at {100 * t['fp32_fraction_of_gemm']:.0f}% of GEMM "
                 f"({'met' if t['fp32_target_met'] else 'not met'}, target >= 90%)")
         lines.append(f"- {batch}: {int8}; {fp32}")
+    if report.get("kernel_floor"):
+        lines += kernel_floor_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+def kernel_floor_markdown(report: dict) -> list[str]:
+    """The kernel-floor section: what ONNX Runtime's own kernels allow at these shapes."""
+    peak = report["gemm"]["peak_gflops"]
+    lines = ["", "What ONNX Runtime's own kernels allow (one-node graphs at the graph's shapes, "
+             "each timed back to back, summed over the layers; norms, activations and the "
+             "patch embedding left out; a one-node kernel can time a few % slower than the "
+             "same kernel inside the graph):", "",
+             "| batch | kernel | GFLOP | fp32 ms | fp32 GFLOP/s | int8 ms | int8 GOP/s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for batch, f in report["kernel_floor"].items():
+        for k in f["gemms"]:
+            lines.append(f"| {f['batch']} | {k['name']} x{k['count']} | {k['gflop']:.2f} | "
+                         f"{1000 * k['fp32_s']:.1f} | {k['fp32_gflops']:.0f} | "
+                         f"{1000 * k['int8_s']:.1f} | {k['int8_gflops']:.0f} |")
+        a = f["attention_core"]
+        lines.append(f"| {f['batch']} | {a['name']} x{a['count']} | {a['gflop']:.2f} | "
+                     f"{1000 * a['s']:.1f} | {a['gflops']:.0f} | (fp32) | |")
+    lines.append("")
+    for batch, f in report["kernel_floor"].items():
+        t = report["targets"][batch]
+        lines.append(
+            f"- {batch}: fp32 floor {1000 * f['fp32_s']:.1f} ms "
+            f"({100 * t['fp32_floor_fraction_of_gemm']:.0f}% of the {peak:.0f} GFLOP/s "
+            f"ceiling; ORT's fp32 MatMul at these shapes {f['fp32_gemm_gflops']:.0f} GFLOP/s); "
+            f"int8 floor {1000 * f['int8_s']:.1f} ms = {f['int8_x_torch']:.2f}x torch eager "
+            f"(int8 GEMMs {1000 * f['int8_gemm_s']:.0f} ms at {f['int8_gemm_gops']:.0f} GOP/s "
+            f"+ fp32 attention cores {1000 * f['attention_core']['s']:.0f} ms)")
+    return lines
 
 
 if __name__ == "__main__":
