@@ -14,7 +14,9 @@ a Mistral with ``sliding_window`` shorter than its context matches only up to th
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -142,23 +144,35 @@ def write_llm_gguf(checkpoint_dir: str | Path, out_path: str | Path, out_type: s
     n_vocab = next(p.shape[0] for p in plans if p.name == "token_embd.weight")
     vocab: GGUFVocab = read_vocab(path, n_vocab)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(tmp, cfg.arch)
-    try:
+    with gguf_file(out_path, cfg.arch) as writer:
         writer.add_name(name or path.name)
         writer.add_file_type(FILE_TYPES[out_type])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_hparams(writer, cfg, n_vocab)
         add_vocab_metadata(writer, vocab)
         write_planned_tensors(writer, ckpt, plans, progress)
+    return WrittenGGUF(out_path, cfg.arch, out_type, len(plans), out_path.stat().st_size,
+                       n_vocab, vocab.n_tokenizer)
+
+
+@contextlib.contextmanager
+def gguf_file(out_path: Path, arch: str) -> Iterator:
+    """A ``gguf.GGUFWriter`` on a hidden temporary file next to ``out_path``, renamed to
+    ``out_path`` when the block completes (the block must write and close it, e.g. with
+    :func:`write_planned_tensors`) and removed when it fails or is interrupted: a GGUF
+    appears under its final name only when whole."""
+    import gguf
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    writer = gguf.GGUFWriter(tmp, arch)
+    try:
+        yield writer
         os.replace(tmp, out_path)
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)
         raise
-    return WrittenGGUF(out_path, cfg.arch, out_type, len(plans), out_path.stat().st_size,
-                       n_vocab, vocab.n_tokenizer)
 
 
 def write_planned_tensors(writer, ckpt, plans, progress=None) -> None:

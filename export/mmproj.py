@@ -28,16 +28,15 @@ How LLaVA's choices map onto llama.cpp's LLaVA graph (tools/mtmd/models/llava.cp
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Callable
 
-
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.export.checkpoint import UnsupportedModelError, check_supported
 from llava_edge.export.gguf_tensors import SafetensorsCheckpoint, TensorPlan
-from llava_edge.export.gguf_writer import FILE_TYPES, WrittenGGUF, write_planned_tensors
+from llava_edge.export.gguf_writer import (FILE_TYPES, WrittenGGUF, gguf_file,
+                                           write_planned_tensors)
 
 # llava-hf files name the tower `vision_tower.vision_model.*`; transformers 5 saves the
 # bare vision transformer (`vision_tower.*`). Longer prefixes first.
@@ -162,10 +161,7 @@ def write_mmproj(checkpoint_dir: str | Path, out_path: str | Path, out_type: str
     plans = mmproj_tensor_plan(ckpt, n_keep, out_type)
     n_mmproj_embd = next(p.shape[0] for p in plans if p.name == "mm.2.weight")
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(tmp, "clip")
-    try:
+    with gguf_file(out_path, "clip") as writer:
         writer.add_name(name or f"{path.name} vision")
         writer.add_description(f"LLaVA {kind} vision tower + mlp projector (llava-edge)")
         writer.add_file_type(FILE_TYPES[out_type])
@@ -186,9 +182,4 @@ def write_mmproj(checkpoint_dir: str | Path, out_path: str | Path, out_type: str
         # quick_gelu is the graph's default; anything tanh-GELU-like needs the flag
         writer.add_vision_use_gelu(v.hidden_act != "quick_gelu")
         write_planned_tensors(writer, ckpt, plans, progress)
-        os.replace(tmp, out_path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
     return WrittenGGUF(out_path, "clip", out_type, len(plans), out_path.stat().st_size, 0, 0)

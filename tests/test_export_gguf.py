@@ -271,3 +271,21 @@ def test_export_refuses_to_overwrite_and_cleans_up_after_failure(tiny_checkpoint
     with pytest.raises(LlavaEdgeError, match="exploded"):
         export_gguf(tiny_checkpoint, out, quants=("F16", "Q4_K_M"), mmproj=True, parity=False)
     assert sorted(p.name for p in out.iterdir()) == ["llm-Q8_0.gguf"]  # only the user's file
+
+
+@pytest.mark.parametrize("kind", ["llm", "mmproj"])
+def test_an_interrupted_gguf_write_leaves_nothing_behind(tiny_checkpoint, tmp_path, kind):
+    """Stopped after its first tensor, the writer leaves neither the file nor its hidden
+    temporary (write, then rename)."""
+    from llava_edge.export.gguf_writer import write_llm_gguf
+    from llava_edge.export.mmproj import write_mmproj
+
+    def stop(done, total):
+        assert done < total
+        raise KeyboardInterrupt
+
+    out_dir = tmp_path / "out"
+    write = write_llm_gguf if kind == "llm" else write_mmproj
+    with pytest.raises(KeyboardInterrupt):
+        write(tiny_checkpoint, out_dir / f"{kind}.gguf", "F16", progress=stop)
+    assert list(out_dir.iterdir()) == []
