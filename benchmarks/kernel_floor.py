@@ -6,17 +6,19 @@ graph could reach with the kernels ONNX Runtime actually has. This times those k
 alone, one-node graphs at the graph's own shapes:
 
 - every weight MatMul (q/k/v, output projection, MLP up and down, the projector's two
-  layers) as an fp32 ``MatMul`` and as the ``DynamicQuantizeMatMul`` that
-  ``quantize_dynamic`` makes of it (int8 weights per channel, activations quantized on
-  the fly, as the int8 export does);
+  layers) as an fp32 ``MatMul`` and as the int8 export makes it
+  (``quantize_int8_dynamic``: int8 weights per channel, activations quantized on the fly,
+  ``DynamicQuantizeMatMul`` once ONNX Runtime has loaded it);
 - the attention core (scores, softmax, weighted sum of values) as one fp32
   ``MultiHeadAttention``: ONNX Runtime's CPU ``QAttention`` quantizes only the q/k/v
   projection, so the core runs in fp32 in the int8 graph too.
 
 Each kernel is timed hot, back to back, as it runs inside the graph. Summed over the
-layers, they give a floor for each precision: the time the graph would
-take if nothing but its GEMMs and attention cores ran, each at its measured speed.
-Norms, activations and the patch embedding are left out, so a graph can only be slower.
+layers, they give a floor for each precision: the time the graph would take if nothing
+but its GEMMs and attention cores ran, each at its measured speed. Norms, activations and
+the patch embedding are left out. It is an estimate, not a strict bound: a kernel alone
+can time a few % slower than inside the graph, and the few-millisecond kernels of batch 1
+more than that on a VM whose speed drifts.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from llava_edge.export.vision_onnx import make_session
+from llava_edge.export.vision_quantize import quantize_int8_dynamic
 
 ATTENTION_CORE = "attention core"
 
@@ -88,21 +93,10 @@ def _attention_model(batch: int, tokens: int, d: int, heads: int) -> onnx.ModelP
 
 def _int8(model: onnx.ModelProto, tmp: Path) -> bytes:
     """``model`` quantized as the int8 export quantizes the vision graph."""
-    from llava_edge.export.vision_quantize import quantize_int8_dynamic
-
     src, dst = tmp / "fp32.onnx", tmp / "int8.onnx"
     onnx.save(model, str(src))
     quantize_int8_dynamic(src, dst)
     return dst.read_bytes()
-
-
-def _session(model: bytes, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 @dataclass(frozen=True)
@@ -133,12 +127,13 @@ def floor_kernels(spec, batch: int, threads: int) -> list[FloorKernel]:
             for precision, data in (("fp32", model.SerializeToString()),
                                     ("int8", _int8(model, Path(tmp)))):
                 kernels.append(FloorKernel(gemm.name, precision, gemm.count, gemm.flops,
-                                           _runner(_session(data, threads), feed)))
+                                           _runner(make_session(data, threads), feed)))
     tokens, d, layers = spec.n_positions, spec.hidden_size, spec.n_layers_run
     q = rng.standard_normal((batch, tokens, d)).astype(np.float32)
-    attention = _attention_model(batch, tokens, d, spec.num_heads).SerializeToString()
+    attention = make_session(
+        _attention_model(batch, tokens, d, spec.num_heads).SerializeToString(), threads)
     kernels.append(FloorKernel(ATTENTION_CORE, "fp32", layers, 4 * batch * tokens**2 * d * layers,
-                               _runner(_session(attention, threads), {"q": q, "k": q, "v": q})))
+                               _runner(attention, {"q": q, "k": q, "v": q})))
     return kernels
 
 

@@ -217,11 +217,13 @@ def set_metadata(path: str | Path, metadata: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
-def make_session(path: str | Path, threads: int = 0):
-    """A CPU ``onnxruntime.InferenceSession`` for the graph (``threads`` 0: ORT's default)."""
+def make_session(path: str | Path | bytes, threads: int = 0):
+    """A CPU ``onnxruntime.InferenceSession`` for the graph at ``path`` (or serialized in
+    ``bytes``); ``threads`` 0: ORT's default."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
