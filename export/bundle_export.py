@@ -66,6 +66,7 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, options: ExportOp
     config = check_supported(checkpoint)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise LlavaEdgeError(f"{out_dir} exists and is not empty (use --force to replace it)")
+
     def fill(staging: Path) -> dict:
         vision = export_vision(
             checkpoint, staging, precisions=options.vision_precisions,

@@ -937,6 +937,7 @@ def generate_shapes(
     config.validate()
     out = Path(out_dir).absolute()
     _check_output(out, overwrite)
+
     def fill(tmp: Path) -> dict[str, int]:
         counts = _build(tmp, config, progress)
         _check_output(out, overwrite)  # again: something may have appeared while we worked
