@@ -8,8 +8,8 @@ This writes such questions about the train images, never the eval images, drawn 
 data generator from the same scenes that the images and captions show. The ``tiny-demo``
 recipe trains stage 2 on it next to ``stage2_instruct.json``.
 
-Run as ``python -m llava_edge.trainer.shapes_mc DATASET_DIR [--per-image N]``; writes
-``DATASET_DIR/stage2_mc.json``.
+Run as ``python -m llava_edge.trainer.shapes_mc DATASET_DIR [--per-image N] [--reply
+letter|statement]``; writes ``DATASET_DIR/stage2_mc.json``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llava_edge.data.shapes import EVAL_KINDS, mc_sample, train_scene
+from llava_edge.data.shapes import EVAL_KINDS, MC_REPLIES, mc_sample, train_scene
 from llava_edge.errors import LlavaEdgeError
 
 MC_TRAIN_FILE = "stage2_mc.json"
@@ -30,12 +30,13 @@ _STREAM = 1001  # a random stream of its own, apart from the generator's
 
 
 def shapes_mc_samples(seed: int, n_train: int, per_image: int = 4,
-                      options: str = "fixed") -> list[dict]:
+                      options: str = "fixed", reply: str = "letter") -> list[dict]:
     """One conversation per train image: ``per_image`` multiple-choice questions of
     different kinds, in random order. The first turn (with the image) is exactly the eval
     format; later turns ask about the same image. Several questions per sample share the
     system prompt and image tokens, so each answer costs fewer tokens to train on.
-    ``options`` lists the choices as the eval does (see ``MC_OPTION_ORDERS``)."""
+    ``options`` lists the choices as the eval does (see ``MC_OPTION_ORDERS``); ``reply``
+    writes each answer as the letter or as a sentence and the letter (see ``MC_REPLIES``)."""
     if not 1 <= per_image <= len(EVAL_KINDS):
         raise LlavaEdgeError(f"per_image must be between 1 and {len(EVAL_KINDS)}")
     samples = []
@@ -45,7 +46,7 @@ def shapes_mc_samples(seed: int, n_train: int, per_image: int = 4,
         turns, kinds = [], []
         for k in rng.permutation(len(EVAL_KINDS)):
             kind = EVAL_KINDS[int(k)]
-            mc = mc_sample(scene, kind, rng, "", "", options)
+            mc = mc_sample(scene, kind, rng, "", "", options, reply)
             if mc is None:
                 continue
             question, answer = mc["conversations"]
@@ -60,7 +61,8 @@ def shapes_mc_samples(seed: int, n_train: int, per_image: int = 4,
     return samples
 
 
-def write_shapes_mc(dataset_dir: str | Path, per_image: int = 4) -> Path:
+def write_shapes_mc(dataset_dir: str | Path, per_image: int = 4,
+                    reply: str = "letter") -> Path:
     """Write ``stage2_mc.json`` into a dataset made by ``llava-edge data shapes``."""
     root = Path(dataset_dir)
     info_path = root / "dataset.json"
@@ -72,7 +74,10 @@ def write_shapes_mc(dataset_dir: str | Path, per_image: int = 4) -> Path:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise LlavaEdgeError(f"{root} is not a dataset written by `llava-edge data shapes` "
                              f"({info_path.name}: {e})") from None
-    samples = shapes_mc_samples(seed, n_train, per_image, options)
+    if reply not in MC_REPLIES:
+        raise LlavaEdgeError(f"unknown reply style {reply!r}; choose one of "
+                             f"{', '.join(MC_REPLIES)}")
+    samples = shapes_mc_samples(seed, n_train, per_image, options, reply)
     out = root / MC_TRAIN_FILE
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(samples, indent=2) + "\n", encoding="utf-8")
@@ -87,9 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-image", type=int, default=4,
                         help="questions (of different kinds) per train image, as one "
                              "multi-turn conversation")
+    parser.add_argument("--reply", choices=MC_REPLIES, default="letter",
+                        help="answer turns as the letter alone, or as a sentence naming "
+                             "what was asked about and then the letter")
     args = parser.parse_args(argv)
     try:
-        out = write_shapes_mc(args.dataset_dir, args.per_image)
+        out = write_shapes_mc(args.dataset_dir, args.per_image, args.reply)
     except LlavaEdgeError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 1

@@ -77,6 +77,11 @@ EVAL_KINDS: tuple[str, ...] = ("color", "shape", "count", "position")
 #: options and point at the matching one; a 4-layer model trained from scratch for minutes
 #: on a CPU stays at chance on that pointer step (measured; see the README's demo recipe).
 MC_OPTION_ORDERS: tuple[str, ...] = ("fixed", "shuffled")
+#: How a multiple-choice answer turn is written. ``letter``: the option's letter alone, as
+#: the instruction asks (the eval's own answers). ``statement``: a sentence that names what
+#: was asked about, then the letter ("The large square is red. The answer is A."); LLaVA's
+#: ScienceQA parser reads the letter from "The answer is A". Training data only.
+MC_REPLIES: tuple[str, ...] = ("letter", "statement")
 #: The shape option that never appears in an image (only three kinds are drawn).
 ABSENT_SHAPE = "star"
 
@@ -705,39 +710,57 @@ def mix_text_only(
     return [next(texts) if i in text_slots else next(images) for i in range(total)]
 
 
+@dataclass(frozen=True)
+class MCQuestion:
+    """A multiple-choice question before it is lettered: the question, the correct option,
+    every option in order, and the answer as a sentence that names what was asked about
+    ("The large square is red.")."""
+
+    question: str
+    correct: str
+    choices: list[str]
+    statement: str
+
+
 def _mc_question(
     scene: Scene, kind: str, rng: np.random.Generator, options: str
-) -> tuple[str, str, list[str]] | None:
-    """(question, correct option, all options in order) of ``kind`` about ``scene``, or None
-    if it cannot be asked unambiguously. ``options`` is one of :data:`MC_OPTION_ORDERS`."""
+) -> MCQuestion | None:
+    """A question of ``kind`` about ``scene``, or None if it cannot be asked unambiguously.
+    ``options`` is one of :data:`MC_OPTION_ORDERS`."""
     target = _pick(rng, scene.shapes)
     if kind == "color":
         ref = refer(scene, target, rng, exclude="color")
         question, correct, every = f"What color is the {ref}?", target.color, list(COLORS)
+        statement = f"The {ref} is {correct}."
     elif kind == "shape":
         ref = refer(scene, target, rng, exclude="kind", generic="object")
         question, correct, every = f"What shape is the {ref}?", target.kind, [*KINDS, ABSENT_SHAPE]
+        statement = f"The {ref} is a {correct}."
     elif kind == "count":
         question, correct = _question_count(scene, rng)
         # Totals are 1-3, conditional counts 0-3: four consecutive options either way.
         low = 1 if question.startswith("How many shapes") else 0
         every = [str(v) for v in range(low, low + 4)]
+        counted = question.removeprefix("How many ").split(" are there")[0]
+        statement = f"The number of {counted} is {correct}."
     elif kind == "position":
         ref = refer(scene, target, rng, exclude="position")
         if ref is None:
             return None
         question, correct = f"Where is the {ref}?", target.position
         every = [name for row in CELL_NAMES for name in row]
+        statement = f"The {ref} is {location_phrase(correct)}."
     else:
         raise ValueError(f"unknown eval question kind {kind!r}")
     if options == "fixed":
-        return question, correct, every
+        return MCQuestion(question, correct, every, statement)
     if kind == "shape":  # the absent option is drawn from a few, as in generator version 1
         wrong = [k for k in KINDS if k != correct] + [_pick(rng, ("star", "hexagon", "heart"))]
     else:
         wrong = [v for v in every if v != correct]
         wrong = wrong if len(wrong) == 3 else _sample(rng, wrong, 3)
-    return question, correct, [str(c) for c in rng.permutation([correct, *wrong])]
+    shuffled = [str(c) for c in rng.permutation([correct, *wrong])]
+    return MCQuestion(question, correct, shuffled, statement)
 
 
 def _sample(rng: np.random.Generator, items: Sequence[str], k: int) -> list[str]:
@@ -746,18 +769,22 @@ def _sample(rng: np.random.Generator, items: Sequence[str], k: int) -> list[str]
 
 def mc_sample(
     scene: Scene, kind: str, rng: np.random.Generator, sample_id: str, image: str,
-    options: str = "fixed",
+    options: str = "fixed", reply: str = "letter",
 ) -> dict | None:
     """A multiple-choice question of ``kind`` about ``scene`` in the eval format (ScienceQA
-    prompt, lettered options, the letter as the answer), or None if it cannot be asked
-    unambiguously. ``image`` is the image path relative to the image folder; ``options``
-    is one of :data:`MC_OPTION_ORDERS`."""
+    prompt, lettered options), or None if it cannot be asked unambiguously. ``image`` is
+    the image path relative to the image folder; ``options`` is one of
+    :data:`MC_OPTION_ORDERS`; ``reply`` (one of :data:`MC_REPLIES`) says how the answer
+    turn is written. ``answer`` is the letter either way."""
     mc = _mc_question(scene, kind, rng, options)
     if mc is None:
         return None
-    question, correct, choices = mc
+    question, correct, choices = mc.question, mc.correct, mc.choices
     letters = "ABCDEFGHI"[: len(choices)]
     answer = letters[choices.index(correct)]
+    if reply not in MC_REPLIES:
+        raise ValueError(f"unknown reply style {reply!r}; choose one of {', '.join(MC_REPLIES)}")
+    said = answer if reply == "letter" else f"{mc.statement} The answer is {answer}."
     option_lines = "\n".join(
         f"{letter}. {choice}" for letter, choice in zip(letters, choices, strict=True)
     )
@@ -765,7 +792,7 @@ def mc_sample(
     return {
         "id": sample_id,
         "image": image,
-        "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}],
+        "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": said}],
         "answer": answer,
         "choices": choices,
         "question": question,
