@@ -39,6 +39,9 @@ def shapes_mc_samples(seed: int, n_train: int, per_image: int = 4,
     writes each answer as the letter or as a sentence and the letter (see ``MC_REPLIES``)."""
     if not 1 <= per_image <= len(EVAL_KINDS):
         raise LlavaEdgeError(f"per_image must be between 1 and {len(EVAL_KINDS)}")
+    if reply not in MC_REPLIES:
+        raise LlavaEdgeError(f"unknown reply style {reply!r}; choose one of "
+                             f"{', '.join(MC_REPLIES)}")
     samples = []
     for i in range(n_train):
         rng = np.random.default_rng([seed, _STREAM, i])
@@ -74,9 +77,6 @@ def write_shapes_mc(dataset_dir: str | Path, per_image: int = 4,
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise LlavaEdgeError(f"{root} is not a dataset written by `llava-edge data shapes` "
                              f"({info_path.name}: {e})") from None
-    if reply not in MC_REPLIES:
-        raise LlavaEdgeError(f"unknown reply style {reply!r}; choose one of "
-                             f"{', '.join(MC_REPLIES)}")
     samples = shapes_mc_samples(seed, n_train, per_image, options, reply)
     out = root / MC_TRAIN_FILE
     tmp = out.with_suffix(".json.tmp")

@@ -782,9 +782,7 @@ def mc_sample(
     question, correct, choices = mc.question, mc.correct, mc.choices
     letters = "ABCDEFGHI"[: len(choices)]
     answer = letters[choices.index(correct)]
-    if reply not in MC_REPLIES:
-        raise ValueError(f"unknown reply style {reply!r}; choose one of {', '.join(MC_REPLIES)}")
-    said = answer if reply == "letter" else f"{mc.statement} The answer is {answer}."
+    said = f"{mc.statement} The answer is {answer}." if reply == "statement" else answer
     option_lines = "\n".join(
         f"{letter}. {choice}" for letter, choice in zip(letters, choices, strict=True)
     )
