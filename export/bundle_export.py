@@ -141,7 +141,8 @@ def _manifest(checkpoint: Path, config: dict, options: ExportOptions, vision, ll
                    "tensorrt_errors": {e.precision: e.error for e in vision.engines
                                        if not e.written},
                    "llm": llm_parity, "llm_notes": llm.notes,
-                   "parity_images": vision.parity_images},
+                   "parity_images": vision.parity_images,
+                   "measured_on": vision.measured_on},
         "tools": vision.versions | {"gguf_base_type": llm.base_type},
     }
 

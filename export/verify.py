@@ -9,7 +9,9 @@ llama.cpp with injected embeddings), not the exporter's:
    ``transformers.generate`` on a few images and questions;
 4. optionally eval accuracy on a LLaVA-format eval set, PyTorch vs bundle.
 
-Each figure is reported next to the one recorded in the manifest at export.
+Each figure is reported next to the one recorded in the manifest at export, with the CPU
+each was measured on: verify re-measures on the machine it runs on, which may be of
+another class than the exporting one (int8 results differ between them).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from llava_edge.bundle import open_bundle
+from llava_edge.cpu_features import cpu_info
 
 GREEDY_PROMPTS = ("Describe the image.", "What shape is in the image?",
                   "How many shapes are there?")
@@ -51,8 +54,14 @@ def verify_bundle(bundle_dir: str | Path, checkpoint: str | Path, data: str | Pa
     greedy = {f"{vp}+{q}": _greedy_agreement(bundle.path, vp, q, loaded, images[:n_images],
                                             max_new_tokens, n_threads)
               for vp, q in pairs}
+    here = cpu_info()
+    exported_on = m["parity"].get("measured_on") or {}
     report = {
         "bundle": str(bundle.path), "checkpoint": str(checkpoint),
+        # Where each set of figures was measured: int8 arithmetic differs by CPU class.
+        "measured_on": here.to_dict(),
+        "manifest_measured_on": exported_on or None,
+        "same_cpu_class": exported_on.get("isa_class") == here.isa_class,
         "vision": {p: {"measured": fig, "manifest": (m["parity"]["vision"] or {}).get(p)}
                    for p, fig in vision.items()},
         "llm": {"measured": llm, "manifest": m["parity"].get("llm")},

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llava_edge.cpu_features import cpu_info
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.export import tensorrt_engine, vision_onnx, vision_parity, vision_quantize
 from llava_edge.export.vision_graph import load_vision
@@ -103,6 +104,9 @@ class VisionExportResult:
     engines: list[EngineResult]
     versions: dict
     plain: VariantResult | None = None  # vision_fp32_plain.onnx, when asked for
+    # The CPU the parity figures were measured on (CpuInfo.to_dict()): int8 arithmetic
+    # differs between CPU classes, so a figure means little without it.
+    measured_on: dict = field(default_factory=dict)
 
     def variant(self, precision: str) -> VariantResult:
         """The result for ``precision`` (KeyError if it was not requested)."""
@@ -284,6 +288,7 @@ def export_vision(
         graph=spec.to_dict(), preprocess=preprocess_recipe(loaded.processor, checkpoint_dir), exporter=exporter,
         opset=vision_onnx.OPSET, fused_ops=fused_ops, parity_images=[name for name, _ in named],
         variants=variants, engines=engine_results, versions=tool_versions(), plain=plain_result,
+        measured_on=cpu_info().to_dict(),
     )
 
 

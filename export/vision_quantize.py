@@ -10,6 +10,16 @@
   weight packed inside the fused ``Attention`` is out of its reach and goes int8.
 
 Each function reads one graph file and writes another; none changes its input.
+
+**Weights are 7-bit** wherever an int8 weight meets a uint8 activation (``reduce_range``).
+ONNX Runtime's u8 x s8 integer GEMM (MLAS) on x86 without VNNI (AVX2, AVX-512BW) multiplies
+with ``vpmaddubsw``, which adds each pair of products into an int16 *with saturation*:
+with full-range weights a pair reaches 255 * 128 * 2 = 65,280, far past 32,767, and the
+result is silently clipped (measured on an AVX2-only EPYC: tiny-qwen2 int8 mean cosine
+0.949, under its gate). With weights in [-64, 64] the largest pair is 255 * 64 * 2 =
+32,640 <= 32,767, so no CPU can saturate: VNNI (``vpdpbusd``) and the SSE / Arm kernels
+accumulate in int32 anyway. The kernel is the same, so the speed is too; the cost is one
+bit of weight precision (see :data:`MAX_WEIGHT_MAGNITUDE` and the README's figures).
 """
 
 from __future__ import annotations
@@ -36,6 +46,13 @@ from llava_edge.export.vision_onnx import (EXTERNAL_DATA_THRESHOLD, INPUT_NAME, 
 # PyTorch. Pass e.g. ("Conv",) to keep the patch embedding in fp32 as well.
 FP16_EXTRA_BLOCK_LIST: tuple[str, ...] = ()
 
+#: The largest |int8 weight| any quantizer here writes (ONNX Runtime's reduce_range
+#: range for int8 is [-64, 64]) and the largest uint8 activation; their doubled product
+#: must fit the int16 that ``vpmaddubsw`` sums a pair of products into.
+MAX_WEIGHT_MAGNITUDE = 64
+MAX_ACTIVATION = 255
+INT16_MAX = 32767
+
 
 @dataclass(frozen=True)
 class Int4Config:
@@ -60,6 +77,9 @@ class Int4Config:
     # fast path on x86 with VNNI), 0 keeps fp32 activations. Parity was the same for both.
     accuracy_level: int = 4
     attention_int8: bool = True
+    # 7-bit q/k/v weights in the int8 Attention (see the module docstring); False only to
+    # measure the old full-range scheme.
+    reduce_range: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,8 +101,13 @@ def to_fp16(src: str | Path, dst: str | Path,
 
 
 def quantize_int8_dynamic(src: str | Path, dst: str | Path,
-                          external_data: bool | None = None) -> dict:
+                          external_data: bool | None = None, reduce_range: bool = True,
+                          weight_type: str = "int8") -> dict:
     """int8 weights (per channel), activations quantized at run time.
+
+    ``reduce_range`` (7-bit weights) and ``weight_type`` ("int8", or "uint8" for ONNX
+    Runtime's u8 x u8 kernel) exist to measure the alternatives (``benchmarks/
+    int8_schemes.py``); the defaults are the scheme that cannot saturate.
 
     MatMul and the fused Attention are quantized; the patch-embedding Conv is not (it
     reads raw pixels and is under 0.2% of the FLOPs; keeping it fp32 raised the mean
@@ -90,15 +115,19 @@ def quantize_int8_dynamic(src: str | Path, dst: str | Path,
     (SigLIP))."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if weight_type not in ("int8", "uint8"):
+        raise ValueError(f"weight_type {weight_type!r} is not int8 or uint8")
+    qtype = QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8
     external = _external(src, external_data)
     with tempfile.TemporaryDirectory() as tmp, _quiet_quantizer():
         out = Path(tmp) / "int8.onnx"
-        quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8, per_channel=True,
+        quantize_dynamic(str(src), str(out), weight_type=qtype,
+                         per_channel=True, reduce_range=reduce_range,
                          op_types_to_quantize=["MatMul", "Attention"],
                          use_external_data_format=external)
         _resave(out, dst, external_data)
-    return {"method": "dynamic", "weight_type": "int8", "per_channel": True,
-            "op_types": ["MatMul", "Attention"]}
+    return {"method": "dynamic", "weight_type": weight_type, "per_channel": True,
+            "reduce_range": reduce_range, "op_types": ["MatMul", "Attention"]}
 
 
 class _ArrayReader(CalibrationDataReader):
@@ -131,7 +160,7 @@ def quantize_int8_static(src: str | Path, dst: str | Path, calibration: Iterable
         out = Path(tmp) / "int8.onnx"
         quantize_static(
             str(src), str(out), reader, quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["MatMul"], per_channel=True,
+            op_types_to_quantize=["MatMul"], per_channel=True, reduce_range=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             use_external_data_format=external,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
@@ -139,7 +168,7 @@ def quantize_int8_static(src: str | Path, dst: str | Path, calibration: Iterable
         _resave(out, dst, external_data)
     return {"method": "static", "format": "QDQ", "calibration": "MinMax",
             "activation_type": "uint8", "weight_type": "int8", "per_channel": True,
-            "op_types": ["MatMul"]}
+            "reduce_range": True, "op_types": ["MatMul"]}
 
 
 def quantize_int4(src: str | Path, dst: str | Path, config: Int4Config = Int4Config(),
@@ -165,7 +194,7 @@ def quantize_int4(src: str | Path, dst: str | Path, config: Int4Config = Int4Con
         nbits, out = Path(tmp) / "int4.onnx", Path(tmp) / "int4_qattention.onnx"
         save_onnx(quantizer.model.model, nbits, external_data=external_data)
         quantize_dynamic(str(nbits), str(out), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["Attention"],
+                         reduce_range=config.reduce_range, op_types_to_quantize=["Attention"],
                          use_external_data_format=_external(nbits, external_data))
         _resave(out, dst, external_data)
     return method | {"attention_qkv": "int8 dynamic (QAttention)"}

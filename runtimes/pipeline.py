@@ -25,6 +25,7 @@ earlier stream of this instance is still open ends that stream first.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 import numpy as np
 
 from llava_edge.bundle import Bundle, open_bundle
+from llava_edge.cpu_features import vision_graph_warning
 from llava_edge.errors import PromptError
 from llava_edge.runtimes.embed_cache import EmbeddingCache, pixel_key
 from llava_edge.runtimes.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
@@ -41,6 +43,8 @@ from llava_edge.runtimes.kv_reuse import KVPrefix, position_keys, remaining
 from llava_edge.runtimes.preprocess import PreprocessRecipe, preprocess
 from llava_edge.runtimes.prompt import Segment, render, split_at_images, user_message
 from llava_edge.runtimes.sampling import Sampler, SamplingParams
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from llava_edge.runtimes.chat import ChatSession
@@ -142,6 +146,7 @@ class LlavaEdge:
         b = open_bundle(bundle, verify=verify)
         v = b.vision_entry(vision_precision)
         lm = b.llm_entry(llm_quant)
+        _warn_once_if_unsafe(b.file(v["file"]), v)
         vision = OnnxVisionEncoder(b.file(v["file"]), providers=providers, n_threads=n_threads)
         llm = LlamaCppLM(b.file(lm["file"]), n_ctx=n_ctx or b.manifest["prompt"].get("n_ctx", 2048),
                          n_threads=n_threads, n_batch=n_batch, n_ubatch=n_ubatch,
@@ -496,6 +501,19 @@ class Stream:
             self.answer = self._run.answer()
             if self._on_done is not None:
                 self._on_done(self.answer, completed)
+
+
+_warned: set[str] = set()  # graphs already warned about in this process
+
+
+def _warn_once_if_unsafe(path: Path, entry: dict) -> None:
+    """Log (once per graph and process) when the vision graph's int8 arithmetic can
+    saturate on this CPU (bundles exported before llava-edge used 7-bit weights)."""
+    message = vision_graph_warning(entry)
+    key = str(Path(path).resolve())
+    if message and key not in _warned:
+        _warned.add(key)
+        logger.warning("%s: %s", path.parent, message)
 
 
 def _as_list(image) -> list:

@@ -83,6 +83,38 @@ def test_graphs_check_fuse_and_carry_metadata(exported):
     assert ops["int4"].get("QAttention") == spec["n_layers_run"]  # q/k/v: int8, not fp32
 
 
+def _int8_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The int8 initializers that integer GEMMs multiply with uint8 activations: the
+    weight inputs of MatMulInteger / QAttention and of QDQ MatMuls' DequantizeLinear."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    used = set()
+    for node in model.graph.node:
+        if node.op_type in ("MatMulInteger", "QAttention", "DequantizeLinear"):
+            used.update(name for name in node.input if name in inits
+                        and inits[name].data_type == onnx.TensorProto.INT8)
+    return {name: numpy_helper.to_array(inits[name]) for name in used}
+
+
+@pytest.mark.slow
+def test_int8_weights_cannot_saturate_a_16_bit_pair_sum(exported):
+    """On x86 without VNNI, ONNX Runtime's u8 x s8 GEMM adds pairs of products into an
+    int16 with saturation (vpmaddubsw). Every int8 weight is within [-64, 64], so the
+    largest pair, 2 * 255 * 64 = 32,640, fits in 32,767 on any CPU."""
+    _, result = exported
+    bound = vision_quantize.MAX_WEIGHT_MAGNITUDE
+    assert 2 * vision_quantize.MAX_ACTIVATION * bound <= vision_quantize.INT16_MAX
+    for precision in ("int8", "int4"):
+        v = result.variant(precision)
+        assert v.method["reduce_range"] is True
+        weights = _int8_weights(onnx.load(str(Path(result.out_dir) / v.files[0])))
+        assert weights, precision  # int4 too: its q/k/v Attention weight is int8
+        worst = max(int(np.abs(w.astype(np.int32)).max()) for w in weights.values())
+        assert worst <= bound, (precision, worst)
+    assert result.measured_on["isa_class"]  # the figures say which CPU they are from
+
+
 @pytest.mark.slow
 def test_batch_1_and_3_run_and_agree(exported):
     checkpoint, result = exported
@@ -201,8 +233,12 @@ def test_static_int8_from_calib_dir(tiny_qwen2_checkpoint, tmp_path):
     assert v.parity["n_images"] == 4 + 4  # calib images join the parity set
     assert [n for n in result.parity_images if n.startswith("calib/")] == [
         "calib/img0.png", "calib/img1.png", "calib/img2.png", "calib/img3.jpg"]
-    ops = vision_onnx.op_counts(onnx.load(str(tmp_path / "out" / "vision_int8.onnx")))
+    model = onnx.load(str(tmp_path / "out" / "vision_int8.onnx"))
+    ops = vision_onnx.op_counts(model)
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
+    weights = _int8_weights(model)  # 7-bit here too (see the saturation test)
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights.values()) \
+        <= vision_quantize.MAX_WEIGHT_MAGNITUDE
 
 
 def _missing(tmp):

@@ -132,7 +132,12 @@ def test_truncate_then_evaluate_equals_a_fresh_evaluation(reuse):
     lm.eval_tokens(lm.tokenize(" and runs away", add_bos=False))
     assert lm.truncate(len(ids) - 1) and lm.n_past == len(ids) - 1
     lm.eval_tokens(ids[-1:])
-    assert np.array_equal(lm.logits(), full)
+    # The last position was evaluated in a batch of 1 here and in a batch of len(ids)
+    # before: llama.cpp picks other kernels per batch size (on AVX2 the two differ in the
+    # 5th digit), so the same tolerance as _assert_same, and the same greedy token.
+    again = lm.logits()
+    np.testing.assert_allclose(again, full, rtol=0, atol=1e-3)
+    assert int(np.argmax(again)) == int(np.argmax(full))
     assert lm.truncate(0) and lm.n_past == 0
     reuse.clear_cache()
 

@@ -86,6 +86,9 @@ def _print_bundle(m: dict, path: Path) -> None:
                      f"{v['file']} ({human_bytes(m['files'][v['file']]['size'])}), mean cosine "
                      f"{p.get('mean_cosine', float('nan')):.6f} (gate {v.get('gate')})"
                      + (f", instead of {v['fallback']}" if v.get("fallback") else "")))
+    measured_on = (m.get("parity") or {}).get("measured_on") or {}
+    rows.append(("parity on", measured_on.get("isa_class", "an unrecorded CPU")
+                 + (f" ({measured_on['model']})" if measured_on.get("model") else "")))
     logits = (m.get("parity", {}).get("llm") or {}).get("logits", {})
     for e in m["llm"]:
         fig = logits.get(e["quant"], {})

@@ -32,6 +32,11 @@ def verify(bundle, checkpoint, data, image_folder, limit, n_threads, as_json):
     if as_json:
         emit_json(report)
     else:
+        exported_on = (report["manifest_measured_on"] or {}).get("isa_class", "an unrecorded CPU")
+        click.echo(f"measured here on {report['measured_on']['isa_class']}; the export's "
+                   f"figures on {exported_on}"
+                   + ("" if report["same_cpu_class"] else
+                      " (another CPU class: int8 figures may differ slightly)"))
         for p, fig in report["vision"].items():
             rec = fig["manifest"] or {}
             click.echo(f"vision {p:5s} mean cosine {fig['measured']['mean_cosine']:.6f} "
