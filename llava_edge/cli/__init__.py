@@ -66,6 +66,9 @@ def _register_commands() -> None:
     from llava_edge.cli import demo_cmd
 
     cli.add_command(demo_cmd.demo)
+    from llava_edge.cli import doctor_cmd
+
+    cli.add_command(doctor_cmd.doctor)
 
 
 _register_commands()
