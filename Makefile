@@ -10,14 +10,19 @@ TORCH_VERSION ?= 2.13.0
 LLAMA_CPP_VERSION ?= 0.3.36
 PYTEST_ARGS ?=
 DEMO_DIR ?= demo_out
+# The lock: exact versions the suite passed with (`make lock` rewrites it from .venv).
+# Empty (`make setup CONSTRAINTS=`) resolves afresh, e.g. on a Python the lock does not cover.
+CONSTRAINTS ?= constraints.txt
+PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+LOCK_FILE := $(or $(CONSTRAINTS),constraints.txt)
 
-.PHONY: setup test test-fast demo clean-demo clean
+.PHONY: setup test test-fast demo clean-demo clean lock
 
 setup: $(VENV)/.installed
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel $(PIP_C)
 
 # torch before the project, so that `[train]`'s torch requirement is already met by the
 # right build (CPU here) and pip never reaches for a CUDA wheel.
@@ -26,15 +31,29 @@ $(VENV)/.torch: $(PY) scripts/install_torch.sh
 	touch $@
 
 # llama-cpp-python compiled with flags from this CPU (see scripts/llama_cmake_args.sh).
-$(VENV)/.llama-cpp: $(PY) scripts/build_llama_wheel.sh scripts/llama_cmake_args.sh
+# The lock pins llama-cpp-python to LLAMA_CPP_VERSION: change both together.
+$(VENV)/.llama-cpp: $(PY) scripts/build_llama_wheel.sh scripts/llama_cmake_args.sh $(CONSTRAINTS)
 	wheel="$$(scripts/build_llama_wheel.sh $(PY) $(LLAMA_CPP_VERSION))" && \
 	  $(PY) -m pip install --quiet --no-deps --force-reinstall "$$wheel" && \
-	  $(PY) -m pip install --quiet "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	  $(PY) -m pip install --quiet "llama-cpp-python==$(LLAMA_CPP_VERSION)" $(PIP_C)
 	touch $@
 
-$(VENV)/.installed: pyproject.toml $(VENV)/.torch $(VENV)/.llama-cpp
-	$(PY) -m pip install --quiet -e ".[all]"
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) $(VENV)/.torch $(VENV)/.llama-cpp
+	$(PY) -m pip install --quiet -e ".[all]" $(PIP_C)
 	touch $@
+
+# Rewrite the lock from .venv (run after `make test` passes): every installed package
+# at its exact version, less llava-edge itself; a local label such as torch's "+cpu" is
+# dropped so that the pin also matches the CUDA build; llama-cpp-python (installed from
+# our own wheel) is pinned to LLAMA_CPP_VERSION.
+lock:
+	@test -f $(VENV)/.installed || { echo "no $(VENV) yet: run make setup (and make test) first" >&2; exit 1; }
+	{ echo "# The lock: exact versions \`make test\` passed with. Rewrite with \`make lock\`."; \
+	  echo "# From: Python $$($(PY) -c 'import platform; print(platform.python_version())'), $$(. /etc/os-release 2>/dev/null; echo "$${PRETTY_NAME:-$$(uname -s)}"), $$(uname -m)."; \
+	  { $(PY) -m pip freeze --all --exclude-editable --exclude llava-edge --exclude llama-cpp-python \
+	      | grep -E '^[A-Za-z0-9._-]+==' | sed -E 's/^([^=]+==[^+]+)\+.*$$/\1/'; \
+	    echo "llama-cpp-python==$(LLAMA_CPP_VERSION)"; } | LC_ALL=C sort -f -t= -k1,1; } > $(LOCK_FILE).tmp
+	mv $(LOCK_FILE).tmp $(LOCK_FILE)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

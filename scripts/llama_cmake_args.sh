@@ -7,8 +7,20 @@
 # still runs. So we build portable code (GGML_NATIVE=OFF) and switch on exactly
 # the x86 extensions the CPU reports in /proc/cpuinfo.
 #
-# A CUDA build: set LLAVA_EDGE_CUDA=1 (adds -DGGML_CUDA=on).
+# aarch64 (Jetson, Raspberry Pi 5, Graviton, other Arm boards): the same rule. With
+# GGML_NATIVE=OFF and no GGML_CPU_ARM_ARCH, llama.cpp compiles for plain armv8-a (NEON
+# only), so we pass GGML_CPU_ARM_ARCH=armv8.2-a plus the extensions the CPU reports
+# ("Features" in /proc/cpuinfo): asimddp -> +dotprod, asimdhp -> +fp16, i8mm -> +i8mm,
+# sve -> +sve. A CPU with none of them (Cortex-A53/A57/A72: Pi 3/4, Jetson Nano) gets the
+# armv8-a build.
+#
+# A CUDA build: set LLAVA_EDGE_CUDA=1 (adds -DGGML_CUDA=on). On a Jetson it also sets
+# CMAKE_CUDA_ARCHITECTURES from the device tree (Orin 87, Xavier 72); elsewhere llama.cpp's
+# default list of architectures is built.
 # An explicit CMAKE_ARGS in the environment wins over everything here.
+#
+# For tests: LLAVA_EDGE_MACHINE, LLAVA_EDGE_CPUINFO and LLAVA_EDGE_DEVICE_TREE stand in for
+# `uname -m`, /proc/cpuinfo and /proc/device-tree/compatible.
 set -euo pipefail
 
 if [ -n "${CMAKE_ARGS:-}" ]; then
@@ -16,9 +28,11 @@ if [ -n "${CMAKE_ARGS:-}" ]; then
   exit 0
 fi
 
+machine="${LLAVA_EDGE_MACHINE:-$(uname -m)}"
+cpuinfo="${LLAVA_EDGE_CPUINFO:-/proc/cpuinfo}"
 args="-DGGML_NATIVE=OFF"
-if [ "$(uname -m)" = "x86_64" ] && [ -r /proc/cpuinfo ]; then
-  flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+if [ "$machine" = "x86_64" ] && [ -r "$cpuinfo" ]; then
+  flags=" $(grep -m1 '^flags' "$cpuinfo" | cut -d: -f2) "
   has() { [[ "$flags" == *" $1 "* ]]; }
   has avx && args="$args -DGGML_AVX=ON"
   has avx2 && args="$args -DGGML_AVX2=ON"
@@ -28,8 +42,26 @@ if [ "$(uname -m)" = "x86_64" ] && [ -r /proc/cpuinfo ]; then
   has avx512_vnni && args="$args -DGGML_AVX512_VNNI=ON"
   has avx512_bf16 && args="$args -DGGML_AVX512_BF16=ON"
   has avx_vnni && args="$args -DGGML_AVX_VNNI=ON"
+elif [ "$machine" = "aarch64" ] && [ -r "$cpuinfo" ]; then
+  features=" $(grep -m1 '^Features' "$cpuinfo" | cut -d: -f2 || true) "
+  has() { [[ "$features" == *" $1 "* ]]; }
+  arm=""
+  has asimddp && arm="$arm+dotprod"
+  has asimdhp && arm="$arm+fp16"
+  has i8mm && arm="$arm+i8mm"
+  has sve && arm="$arm+sve"
+  [ -n "$arm" ] && args="$args -DGGML_CPU_ARM_ARCH=armv8.2-a$arm"
 fi
 if [ "${LLAVA_EDGE_CUDA:-0}" = "1" ]; then
   args="$args -DGGML_CUDA=on"
+  if [ "$machine" = "aarch64" ]; then
+    tree="${LLAVA_EDGE_DEVICE_TREE:-/proc/device-tree/compatible}"
+    compatible=""
+    [ -r "$tree" ] && compatible=" $(tr '\0' ' ' < "$tree") "
+    case "$compatible" in
+      *nvidia,tegra234*) args="$args -DCMAKE_CUDA_ARCHITECTURES=87" ;;  # Orin
+      *nvidia,tegra194*) args="$args -DCMAKE_CUDA_ARCHITECTURES=72" ;;  # Xavier
+    esac
+  fi
 fi
 echo "$args"

@@ -1,0 +1,199 @@
+"""What `pip install .` ships and what `make setup` pins, checked without building anything.
+
+pyproject.toml lists the packages by hand (setuptools' `find` cannot follow the
+package-dir mapping that installs trainer/, export/, runtimes/ and benchmarks/ under
+llava_edge), so these tests walk the tree and fail when the list and the folders differ.
+tests/test_wheel_install.py builds the wheel, installs it and runs the CLI from it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_PACKAGES = {"tests", "examples", "scripts", "build", "dist", "demo_out"}
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _setuptools() -> dict:
+    return _pyproject()["tool"]["setuptools"]
+
+
+def _package_folders() -> dict[str, Path]:
+    """Every folder with an __init__.py under a package-dir root, by its installed name."""
+    found = {}
+    for name, folder in _setuptools()["package-dir"].items():
+        base = ROOT / folder
+        for init in base.rglob("__init__.py"):
+            rel = init.parent.relative_to(base)
+            if "__pycache__" in rel.parts:
+                continue
+            found[".".join((name, *rel.parts))] = init.parent
+    return found
+
+
+def _name(requirement: str) -> str:
+    """The normalized project name of a requirement string (PEP 503)."""
+    name = re.match(r"[A-Za-z0-9._-]+", requirement.strip()).group(0)
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, version = line.partition("==")
+        assert sep and re.fullmatch(r"[A-Za-z0-9._-]+", name), f"not name==version: {line!r}"
+        assert re.fullmatch(r"[0-9][A-Za-z0-9.!]*", version), f"not an exact public version: {line!r}"
+        assert _name(name) not in pins, f"pinned twice: {name}"
+        pins[_name(name)] = version
+    return pins
+
+
+def _makefile_variable(name: str) -> str:
+    match = re.search(rf"^{name}\s*\?=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M)
+    assert match, name
+    return match.group(1)
+
+
+def test_every_package_folder_is_listed_and_every_listed_package_exists():
+    listed = set(_setuptools()["packages"])
+    found = set(_package_folders())
+    assert not found - listed, (
+        f"folders with an __init__.py that pyproject.toml does not list (they would be left "
+        f"out of the wheel): {sorted(found - listed)}")
+    assert not listed - found, f"listed packages with no folder: {sorted(listed - found)}"
+
+
+def test_every_module_lies_in_a_package():
+    """A .py file in a folder without __init__.py is not a package module and would not ship."""
+    for name, folder in _setuptools()["package-dir"].items():
+        for py in (ROOT / folder).rglob("*.py"):
+            if "__pycache__" in py.parts:
+                continue
+            assert (py.parent / "__init__.py").is_file(), (
+                f"{py.relative_to(ROOT)} is in a folder without __init__.py: it would not be "
+                "installed")
+
+
+def test_no_top_level_package_is_left_out_of_the_mapping():
+    mapped = {Path(folder).parts[0] for folder in _setuptools()["package-dir"].values()}
+    for entry in sorted(ROOT.iterdir()):
+        if entry.is_dir() and (entry / "__init__.py").is_file():
+            assert entry.name in mapped | NOT_PACKAGES, (
+                f"{entry.name}/ is a package but not in [tool.setuptools] package-dir")
+
+
+def test_the_console_script_targets_a_listed_package():
+    target = _pyproject()["project"]["scripts"]["llava-edge"]
+    module = target.split(":")[0]
+    assert module in _setuptools()["packages"], f"llava-edge -> {target}: {module} is not shipped"
+
+
+def test_package_data_globs_are_relative_to_listed_packages():
+    data = _setuptools().get("package-data", {})
+    for package in data:
+        assert package in _setuptools()["packages"], package
+
+
+def test_the_lock_pins_every_dependency_exactly():
+    pins = _lock()
+    project = _pyproject()["project"]
+    wanted = {_name(r) for r in project["dependencies"]}
+    for extra, requirements in project["optional-dependencies"].items():
+        if extra in ("gpu", "tensorrt", "all"):  # not part of the tested set-up
+            continue
+        wanted |= {_name(r) for r in requirements}
+    assert not wanted - set(pins), f"not in constraints.txt: {sorted(wanted - set(pins))}"
+    assert "llava-edge" not in pins, "the lock must not pin the project itself"
+
+
+def test_the_lock_agrees_with_the_makefile():
+    pins = _lock()
+    assert pins["llama-cpp-python"] == _makefile_variable("LLAMA_CPP_VERSION")
+    assert pins["torch"] == _makefile_variable("TORCH_VERSION")  # no "+cpu": matches any build
+
+
+def test_make_setup_installs_with_the_lock_and_reinstalls_when_it_changes():
+    text = (ROOT / "Makefile").read_text()
+    assert _makefile_variable("CONSTRAINTS") == "constraints.txt"
+    assert re.search(r"^\$\(VENV\)/\.installed:[^\n]*\$\(CONSTRAINTS\)", text, re.M)
+    assert re.search(r'pip install --quiet -e "\.\[all\]" \$\(PIP_C\)', text)
+    assert re.search(r'pip install --quiet "llama-cpp-python==\$\(LLAMA_CPP_VERSION\)" \$\(PIP_C\)',
+                     text)
+    assert re.search(r"^lock:", text, re.M)
+
+
+# --- scripts/llama_cmake_args.sh: CMake flags from the CPU (the wheel cache is keyed on them)
+
+ORIN = ("Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid "
+        "asimdrdm lrcpc dcpop asimddp uscat ilrcpc flagm paca pacg\n")
+GRAVITON3 = ("Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid "
+             "asimdrdm jscvt fcma lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat "
+             "ilrcpc flagm ssbs paca pacg dcpodp svei8mm svebf16 i8mm bf16 dgh rng\n")
+PI4 = "Features\t: fp asimd evtstrm crc32 cpuid\n"
+AVX512 = ("flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 avx512f avx512dq "
+          "avx512_vnni avx512_bf16\n")
+AVX2 = "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2\n"
+
+
+def _cmake_args(tmp_path, machine, cpuinfo, compatible=None, **env):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\n" + cpuinfo)
+    tree = tmp_path / "compatible"
+    tree.unlink(missing_ok=True)
+    if compatible is not None:
+        tree.write_bytes(compatible)
+    environ = {k: v for k, v in os.environ.items() if k not in ("CMAKE_ARGS", "LLAVA_EDGE_CUDA")}
+    environ.update(LLAVA_EDGE_MACHINE=machine, LLAVA_EDGE_CPUINFO=str(info),
+                   LLAVA_EDGE_DEVICE_TREE=str(tree), **env)
+    return subprocess.run([str(ROOT / "scripts" / "llama_cmake_args.sh")], env=environ,
+                          capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    (AVX2, "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"),
+    (AVX512, "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+             "-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON"),
+], ids=["avx2", "avx512"])
+def test_cmake_args_on_x86(tmp_path, cpuinfo, expected):
+    assert _cmake_args(tmp_path, "x86_64", cpuinfo) == expected
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    (ORIN, "-DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16"),
+    (GRAVITON3, "-DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16+i8mm+sve"),
+    (PI4, "-DGGML_NATIVE=OFF"),
+], ids=["jetson-orin", "graviton3", "pi4"])
+def test_cmake_args_on_aarch64(tmp_path, cpuinfo, expected):
+    assert _cmake_args(tmp_path, "aarch64", cpuinfo) == expected
+
+
+def test_cmake_args_for_cuda_on_a_jetson_orin(tmp_path):
+    compatible = b"nvidia,p3737-0000+p3701-0005\0nvidia,p3701-0005\0nvidia,tegra234\0"
+    assert _cmake_args(tmp_path, "aarch64", ORIN, compatible, LLAVA_EDGE_CUDA="1") == (
+        "-DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16 -DGGML_CUDA=on "
+        "-DCMAKE_CUDA_ARCHITECTURES=87")
+    # not a Jetson (no device tree): llama.cpp's own list of CUDA architectures
+    assert _cmake_args(tmp_path, "aarch64", PI4, LLAVA_EDGE_CUDA="1") == (
+        "-DGGML_NATIVE=OFF -DGGML_CUDA=on")
+
+
+def test_explicit_cmake_args_win(tmp_path):
+    assert _cmake_args(tmp_path, "aarch64", ORIN, CMAKE_ARGS="-DGGML_NATIVE=ON") == (
+        "-DGGML_NATIVE=ON")
