@@ -2,10 +2,11 @@
 
 The module-scoped exports below run once per session for `tiny` (CLIP) and `tiny-qwen2`
 (SigLIP); the tests read their files and figures. Figures measured when this was
-written (8 synthetic images, mean per-token cosine to PyTorch fp32):
+written (8 synthetic images, mean per-token cosine to PyTorch fp32; int8 / int4 with 7-bit
+weights, the same on every CPU class: see benchmarks/results/int8-schemes-20261203):
 
-    tiny (CLIP)          fp32 1.000000  fp16 0.9999998  int8 0.99985  int4 0.9920
-    tiny-qwen2 (SigLIP)  fp32 1.000000  fp16 0.9999996  int8 0.99978  int4 0.9880
+    tiny (CLIP)          fp32 1.000000  fp16 0.9999998  int8 0.99970  int4 0.9905
+    tiny-qwen2 (SigLIP)  fp32 1.000000  fp16 0.9999996  int8 0.99952  int4 0.9851
 """
 
 from __future__ import annotations
