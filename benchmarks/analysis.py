@@ -66,7 +66,7 @@ def add_derived(results: list[dict], limits: dict, bundle, vision_flops: int | N
         torch_bytes = {"torch": 4, "torch-bf16": 2}.get(quant)  # per weight, if PyTorch's
         gguf_quant = (default or r)["config"]["llm"] if torch_bytes else quant
         try:
-            gguf = bundle.file(bundle.llm_entry(gguf_quant)["file"])
+            gguf = bundle.file(bundle.llm_entry(gguf_quant).file)
             b = decode_bytes_per_token(gguf, context, torch_bytes)
         except (LlavaEdgeError, OSError):  # a bundle without that GGUF: no roofline figure
             b = None

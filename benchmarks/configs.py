@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.manifest import Manifest
 
 VISION_CHOICES = ("torch", "fp32", "fp16", "int8", "int4", "trt")
 TORCH_LLMS = ("torch", "torch-bf16")  # transformers end to end, fp32 / bf16
@@ -89,13 +90,13 @@ def parse_list(value: str | None, choices: tuple[str, ...], what: str) -> tuple[
     return tuple(dict.fromkeys(out))
 
 
-def available(manifest: dict, has_checkpoint: bool, trt_provider: bool,
+def available(manifest: Manifest, has_checkpoint: bool, trt_provider: bool,
               bf16: bool = False) -> dict[str, str]:
     """Why each vision / LLM choice cannot run with this bundle, keyed ``vision:X`` /
     ``llm:X``; a choice that can run is absent. ``bf16``: the machine computes bfloat16
     natively."""
     missing = {}
-    onnx = {v["precision"] for v in manifest["vision"]}
+    onnx = set(manifest.vision_precisions)
     for p in ONNX_PRECISIONS:
         if p not in onnx:
             missing[f"vision:{p}"] = f"the bundle has no {p} vision graph"
@@ -109,14 +110,14 @@ def available(manifest: dict, has_checkpoint: bool, trt_provider: bool,
     if not trt_provider:
         missing["vision:trt"] = ("TensorRT not available here (no GPU / "
                                  "TensorrtExecutionProvider in ONNX Runtime)")
-    quants = {m["quant"] for m in manifest["llm"]}
+    quants = set(manifest.llm_quants)
     for q in GGUF_QUANTS:
         if q not in quants:
             missing[f"llm:{q}"] = f"the bundle has no {q} GGUF"
     return missing
 
 
-def select(manifest: dict, vision: tuple[str, ...] | None, llm: tuple[str, ...] | None,
+def select(manifest: Manifest, vision: tuple[str, ...] | None, llm: tuple[str, ...] | None,
            peers: bool, mode: MatrixMode = "axes", has_checkpoint: bool = True,
            trt_provider: bool = False, bf16: bool = False
            ) -> tuple[list[Config], list[Skipped]]:
@@ -132,8 +133,8 @@ def select(manifest: dict, vision: tuple[str, ...] | None, llm: tuple[str, ...] 
     missing = available(manifest, has_checkpoint, trt_provider, bf16)
     vision = vision or VISION_CHOICES
     llm = llm or LLM_CHOICES
-    default_v = manifest.get("defaults", {}).get("vision", DEFAULT_VISION)
-    default_l = manifest.get("defaults", {}).get("llm", DEFAULT_LLM)
+    default_v = manifest.defaults.get("vision") or DEFAULT_VISION
+    default_l = manifest.defaults.get("llm") or DEFAULT_LLM
     if mode == "full":
         pairs = [(v, m) for v in vision for m in llm]
     else:
@@ -170,12 +171,12 @@ def select(manifest: dict, vision: tuple[str, ...] | None, llm: tuple[str, ...] 
     return configs, skipped
 
 
-def peer_configs(manifest: dict, quant: str, has_checkpoint: bool
+def peer_configs(manifest: Manifest, quant: str, has_checkpoint: bool
                  ) -> list[tuple[Config, str | None]]:
     """The three peers on the default GGUF, each with the reason it cannot run (or None)."""
-    quants = {m["quant"] for m in manifest["llm"]}
+    quants = set(manifest.llm_quants)
     no_gguf = None if quant in quants else f"the bundle has no {quant} GGUF"
-    no_mmproj = None if manifest.get("mmproj") else \
+    no_mmproj = None if manifest.mmproj else \
         "the bundle has no mmproj (export with --mmproj)"
     return [
         (Config("transformers", "torch", "torch"),

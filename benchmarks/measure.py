@@ -111,7 +111,7 @@ class LlavaEdgeRunner:
         vision, quant = job.config["vision"], job.config["llm"]
         bundle = open_bundle(job.bundle, verify="none")
         lm = bundle.llm_entry(quant)
-        self.files = {lm["file"]: bundle.file(lm["file"]).stat().st_size}
+        self.files = {lm.file: bundle.file(lm.file).stat().st_size}
         llm_kwargs = dict(n_threads=job.threads, n_batch=job.n_batch, n_ubatch=job.n_ubatch,
                           flash_attn=job.flash_attn, repack=job.repack)
         reuse = _reuse_kwargs(LlavaEdge, job.reuse)
@@ -123,15 +123,14 @@ class LlavaEdgeRunner:
 
             backend = (self._torch_vision(job) if vision == "torch"
                        else self._trt_vision(job, bundle))
-            llm = LlamaCppLM(bundle.file(lm["file"]),
-                             n_ctx=job.n_ctx or bundle.manifest["prompt"].get("n_ctx", 2048),
+            llm = LlamaCppLM(bundle.file(lm.file),
+                             n_ctx=job.n_ctx or bundle.manifest.prompt.n_ctx,
                              **llm_kwargs)
             self.model = LlavaEdge(bundle, backend, llm, **reuse)
         else:
             entry = bundle.vision_entry(vision)
-            for name in (entry["file"], entry.get("data_file")):
-                if name:
-                    self.files[name] = bundle.file(name).stat().st_size
+            for name in entry.files:
+                self.files[name] = bundle.file(name).stat().st_size
             self.model = LlavaEdge.load(job.bundle, vision_precision=vision, llm_quant=quant,
                                         n_ctx=job.n_ctx, verify="none", **llm_kwargs, **reuse)
 
@@ -152,10 +151,10 @@ class LlavaEdgeRunner:
         from llava_edge.runtimes.vision_onnx import OnnxVisionEncoder
 
         entry = bundle.vision_entry("fp16" if "fp16" in bundle.vision_precisions else None)
-        self.files[entry["file"]] = bundle.file(entry["file"]).stat().st_size
-        self.notes.append(f"vision: ONNX Runtime TensorRT provider on the {entry['precision']} "
+        self.files[entry.file] = bundle.file(entry.file).stat().st_size
+        self.notes.append(f"vision: ONNX Runtime TensorRT provider on the {entry.precision} "
                           "graph")
-        return OnnxVisionEncoder(bundle.file(entry["file"]), providers="tensorrt",
+        return OnnxVisionEncoder(bundle.file(entry.file), providers="tensorrt",
                                  n_threads=job.threads)
 
     def once(self) -> Sample:

@@ -104,10 +104,11 @@ class TransformersRunner:
 def _llama(job: Job, gguf: Path, **kwargs):
     from llama_cpp import Llama
 
+    from llava_edge.manifest import DEFAULT_N_CTX
     from llava_edge.runtimes.llama_log import set_llama_logging
 
     set_llama_logging(False)
-    return Llama(model_path=str(gguf), n_ctx=job.n_ctx or 2048, n_threads=job.threads,
+    return Llama(model_path=str(gguf), n_ctx=job.n_ctx or DEFAULT_N_CTX, n_threads=job.threads,
                  n_threads_batch=job.threads, n_batch=job.n_batch,
                  n_ubatch=job.n_ubatch or min(job.n_batch, 512), flash_attn=job.flash_attn,
                  seed=0, verbose=False, **kwargs)
@@ -127,10 +128,10 @@ class LlamaCppLlavaRunner:
 
         bundle = _bundle(job)
         lm = bundle.llm_entry(job.config["llm"])
-        mmproj = bundle.file(bundle.manifest["mmproj"]["file"])
-        gguf = bundle.file(lm["file"])
+        mmproj = bundle.file(bundle.manifest.mmproj.file)
+        gguf = bundle.file(lm.file)
         self.job, self.last_text = job, None
-        self.files = {lm["file"]: gguf.stat().st_size, mmproj.name: mmproj.stat().st_size}
+        self.files = {lm.file: gguf.stat().st_size, mmproj.name: mmproj.stat().st_size}
         handler = Llava15ChatHandler(clip_model_path=str(mmproj), verbose=False)
         self.llm = _llama(job, gguf, chat_handler=handler)
         image = Path(job.image)
@@ -178,13 +179,13 @@ class LlamaCppRawRunner:
     def __init__(self, job: Job):
         bundle = _bundle(job)
         lm = bundle.llm_entry(job.config["llm"])
-        gguf = bundle.file(lm["file"])
+        gguf = bundle.file(lm.file)
         self.job, self.last_text = job, None
-        self.files = {lm["file"]: gguf.stat().st_size}
+        self.files = {lm.file: gguf.stat().st_size}
         self.llm = _llama(job, gguf)
         words = self.llm.tokenize(job.prompt.encode(), add_bos=False)
         # llava-edge's own prompt length when known (the parent passes it), else a guess.
-        n_positions = job.context_tokens or bundle.manifest["image"]["n_tokens"] + 64
+        n_positions = job.context_tokens or bundle.manifest.image.n_tokens + 64
         body = (words * (n_positions // max(1, len(words)) + 1))[:n_positions - 1]
         self.tokens = [self.llm.token_bos()] + body
         self.notes = [f"text prompt of {len(self.tokens)} tokens (the image prompt's "

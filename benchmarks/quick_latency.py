@@ -22,18 +22,18 @@ def measure(bundle: str, image: str, prompt: str, repeats: int, n_threads: int |
             max_new_tokens: int) -> list[dict]:
     manifest = open_bundle(bundle).manifest
     rows = []
-    for v in manifest["vision"]:
-        for lm in manifest["llm"]:
+    for v in manifest.vision:
+        for lm in manifest.llm:
             # The cold path: no embedding cache, no KV prefix kept between the repeats
             # (those are measured by benchmarks/reuse_bench.py).
-            with LlavaEdge.load(bundle, vision_precision=v["precision"], llm_quant=lm["quant"],
+            with LlavaEdge.load(bundle, vision_precision=v.precision, llm_quant=lm.quant,
                                 n_threads=n_threads, verify="none", reuse_prefix=False,
                                 embed_cache_size=0) as model:
                 model.ask(image, prompt, max_new_tokens=max_new_tokens)  # warm-up
                 runs = [model.ask(image, prompt, max_new_tokens=max_new_tokens)
                         for _ in range(repeats)]
             timings = [asdict(r.timings) for r in runs]
-            row = {"vision": v["precision"], "llm": lm["quant"],
+            row = {"vision": v.precision, "llm": lm.quant,
                    "tokens": statistics.median(r.n_tokens for r in runs)}
             row.update({s: statistics.median(t[s] for t in timings) for s in STAGES})
             decode_tokens = max(1, row["tokens"] - 1)

@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image
 
 from llava_edge.benchmarks.vision_bench import machine_info
+from llava_edge.bundle import open_bundle
 
 ROOT = Path(__file__).resolve().parent
 MEMORY_FLAT_MB = 20.0  # RSS growth (last fifth vs early fifth) allowed before "not flat"
@@ -362,8 +363,8 @@ def main() -> None:
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     with tempfile.TemporaryDirectory(prefix="serve-load-") as work:
         bundle = Path(args.bundle) if args.bundle else build_bundle(args.preset, Path(work))
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        preset = args.preset or manifest.get("source", {}).get("preset") or bundle.name
+        manifest = open_bundle(bundle, verify="size").manifest
+        preset = args.preset or manifest.source.preset or bundle.name
         port, key = free_port(), "load-test-key"
         server_cmd = [sys.executable, "-m", "llava_edge", "serve", str(bundle), "--port",
                       str(port), "--threads", str(args.threads), "--max-queue",
@@ -414,8 +415,9 @@ def main() -> None:
                    "max_tokens": args.max_tokens, "stream_fraction": args.stream_fraction,
                    "max_queue": args.max_queue, "backoff_s": args.backoff,
                    "threads": args.threads, "request_timeout_s": args.request_timeout,
-                   "random_weights": bool(manifest.get("source", {}).get("random_init")),
-                   "vision": manifest["defaults"]["vision"], "llm": manifest["defaults"]["llm"]},
+                   "random_weights": manifest.source.random_init,
+                   "vision": manifest.vision_entry().precision,
+                   "llm": manifest.llm_entry().quant},
         "machine": machine, "load_average_end": list(os.getloadavg()),
         "versions": versions(), "summary": summary,
         "rss_mb_samples": [(round(t, 2), round(m, 1)) for t, m in rss],

@@ -16,6 +16,9 @@ from typing import Callable
 
 from llava_edge.atomic_dir import write_dir
 from llava_edge.bundle import write_manifest
+from llava_edge.manifest import (ImageSpec, LanguageModel, Manifest, Mmproj, PromptSpec, Source,
+                                 TensorrtEngine, VisionGraph)
+from llava_edge.runtimes.preprocess import PreprocessRecipe
 from llava_edge.checkpoint_info import read_json
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.templates import IMAGE_TOKEN, TEMPLATES
@@ -57,8 +60,8 @@ def _unique(items) -> tuple:
 
 
 def export_bundle(checkpoint: str | Path, out_dir: str | Path, options: ExportOptions,
-                  progress: ProgressFn | None = None, overwrite: bool = False) -> dict:
-    """Export ``checkpoint`` into the bundle directory ``out_dir``; return the manifest."""
+                  progress: ProgressFn | None = None, overwrite: bool = False) -> Manifest:
+    """Export ``checkpoint`` into the bundle directory ``out_dir``; return its manifest."""
     from llava_edge.export.gguf import export_gguf
     from llava_edge.export.vision import export_vision
 
@@ -67,7 +70,7 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, options: ExportOp
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise LlavaEdgeError(f"{out_dir} exists and is not empty (use --force to replace it)")
 
-    def fill(staging: Path) -> dict:
+    def fill(staging: Path) -> Manifest:
         vision = export_vision(
             checkpoint, staging, precisions=options.vision_precisions,
             calib_dir=options.calib_dir, gates=options.gates or None,
@@ -80,27 +83,24 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, options: ExportOp
     return write_dir(out_dir, fill)  # the bundle appears complete or not at all
 
 
-def _manifest(checkpoint: Path, config: dict, options: ExportOptions, vision, llm) -> dict:
+def _manifest(checkpoint: Path, config: dict, options: ExportOptions, vision, llm) -> Manifest:
     ours = config.get("llava_edge") or {}
     text = config.get("text_config") or {}
     n_embd = vision.n_embd
-    vision_entries = []
-    for v in vision.variants:
-        if not v.written:
-            continue
-        vision_entries.append({
-            "precision": v.precision, "format": "onnx", "file": v.files[0],
-            "data_file": v.files[1] if len(v.files) > 1 else None, "n_embd": n_embd,
-            "gate": v.gate, "passed": v.passed, "parity": v.parity, "method": v.method,
-            "note": v.note, "fallback": v.fallback,
-        })
-    engines = [{"precision": e.precision, "format": "tensorrt", "file": e.files[0],
-                "sidecar": e.files[1] if len(e.files) > 1 else None, "parity": e.parity,
-                "passed": e.passed} for e in vision.engines if e.written]
-    llm_parity = (llm.parity or {})
-    llm_entries = [{"quant": f.quant, "file": f.name, "n_embd": n_embd, "size": f.size_bytes}
-                   for f in llm.files if f.role == "llm"]
-    mmproj = next(({"file": f.name, "type": f.quant} for f in llm.files if f.role == "mmproj"),
+    vision_entries = tuple(
+        VisionGraph(precision=v.precision, file=v.files[0],
+                    data_file=v.files[1] if len(v.files) > 1 else None, n_embd=n_embd,
+                    gate=v.gate, passed=v.passed, parity=v.parity, method=v.method,
+                    note=v.note, fallback=v.fallback)
+        for v in vision.variants if v.written)
+    engines = tuple(TensorrtEngine(precision=e.precision, file=e.files[0],
+                                   sidecar=e.files[1] if len(e.files) > 1 else None,
+                                   parity=e.parity, passed=e.passed)
+                    for e in vision.engines if e.written)
+    llm_entries = tuple(LanguageModel(quant=f.quant, file=f.name, n_embd=n_embd,
+                                      size=f.size_bytes)
+                        for f in llm.files if f.role == "llm")
+    mmproj = next((Mmproj(file=f.name, type=f.quant) for f in llm.files if f.role == "mmproj"),
                   None)
     if not vision_entries:
         raise LlavaEdgeError("no vision graph passed its parity gate; nothing to bundle "
@@ -108,43 +108,39 @@ def _manifest(checkpoint: Path, config: dict, options: ExportOptions, vision, ll
     default_vision = _default_vision(vision, options.vision_precisions[0])
     template_name, chat_template, special_tokens = _prompt(checkpoint, ours)
     max_pos = text.get("max_position_embeddings", 4096)
-    return {
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": {
-            "checkpoint": str(checkpoint.resolve()),
-            "preset": ours.get("preset"),
-            "random_init": bool(ours.get("random_init", False)),
-            "training": ours.get("training"),
-            "vision": vision.vision_kind,
-            "text": text.get("model_type", "llama"),
-        },
-        "preprocess": vision.preprocess,
-        "image": {"n_tokens": vision.n_image_tokens, "n_embd": n_embd, "token": IMAGE_TOKEN,
-                  "token_id": config.get("image_token_index", 32000),
-                  "image_size": vision.image_size},
-        "prompt": {"template": template_name, "chat_template": chat_template,
-                   "special_tokens": special_tokens,
-                   "stop": list(TEMPLATES[template_name].stop) if template_name in TEMPLATES
-                   else [],
-                   "image_placement": "<image> markers in order; else images first, "
-                                      "'<image>\\n' each",
-                   "n_ctx": options.n_ctx or min(max_pos, 4096)},
-        "vision": vision_entries,
-        "tensorrt": engines,
-        "llm": llm_entries,
-        "mmproj": mmproj,
-        "defaults": {"vision": default_vision, "llm": options.llm_quants[0]},
-        "parity": {"vision": {v.precision: v.parity for v in vision.variants},
-                   "vision_gates": {v.precision: {"gate": v.gate, "passed": v.passed,
-                                                  "written": v.written, "fallback": v.fallback}
-                                    for v in vision.variants},
-                   "tensorrt_errors": {e.precision: e.error for e in vision.engines
-                                       if not e.written},
-                   "llm": llm_parity, "llm_notes": llm.notes,
-                   "parity_images": vision.parity_images,
-                   "measured_on": vision.measured_on},
-        "tools": vision.versions | {"gguf_base_type": llm.base_type},
-    }
+    return Manifest(
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        source=Source(checkpoint=str(checkpoint.resolve()), preset=ours.get("preset"),
+                      random_init=bool(ours.get("random_init", False)),
+                      training=ours.get("training"), vision=vision.vision_kind,
+                      text=text.get("model_type", "llama")),
+        preprocess=PreprocessRecipe.from_dict(vision.preprocess),
+        image=ImageSpec(n_tokens=vision.n_image_tokens, n_embd=n_embd, token=IMAGE_TOKEN,
+                        token_id=config.get("image_token_index", 32000),
+                        image_size=vision.image_size),
+        prompt=PromptSpec(template=template_name, chat_template=chat_template,
+                          special_tokens=special_tokens,
+                          stop=tuple(TEMPLATES[template_name].stop)
+                          if template_name in TEMPLATES else (),
+                          image_placement="<image> markers in order; else images first, "
+                                          "'<image>\\n' each",
+                          n_ctx=options.n_ctx or min(max_pos, 4096)),
+        vision=vision_entries,
+        tensorrt=engines,
+        llm=llm_entries,
+        mmproj=mmproj,
+        defaults={"vision": default_vision, "llm": options.llm_quants[0]},
+        parity={"vision": {v.precision: v.parity for v in vision.variants},
+                "vision_gates": {v.precision: {"gate": v.gate, "passed": v.passed,
+                                               "written": v.written, "fallback": v.fallback}
+                                 for v in vision.variants},
+                "tensorrt_errors": {e.precision: e.error for e in vision.engines
+                                    if not e.written},
+                "llm": llm.parity or {}, "llm_notes": llm.notes,
+                "parity_images": vision.parity_images,
+                "measured_on": vision.measured_on},
+        tools=vision.versions | {"gguf_base_type": llm.base_type},
+    )
 
 
 def _default_vision(vision, wanted: str) -> str:

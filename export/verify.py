@@ -44,10 +44,10 @@ def verify_bundle(bundle_dir: str | Path, checkpoint: str | Path, data: str | Pa
     images = [img for _, img in synthetic_images(max(n_images, 8))]
 
     say("vision graphs")
-    vision = {v["precision"]: _vision_figures(bundle, v, loaded, images, n_threads)
-              for v in m["vision"]}
+    vision = {v.precision: _vision_figures(bundle, v, loaded, images, n_threads)
+              for v in m.vision}
     say("language models")
-    llm = measure_parity(loaded, {e["quant"]: bundle.file(e["file"]) for e in m["llm"]},
+    llm = measure_parity(loaded, {e.quant: bundle.file(e.file) for e in m.llm},
                          n_threads=n_threads)
     say("greedy answers")
     pairs = _pairs(m)
@@ -55,16 +55,16 @@ def verify_bundle(bundle_dir: str | Path, checkpoint: str | Path, data: str | Pa
                                             max_new_tokens, n_threads)
               for vp, q in pairs}
     here = cpu_info()
-    exported_on = m["parity"].get("measured_on") or {}
+    exported_on = m.parity.get("measured_on") or {}
     report = {
         "bundle": str(bundle.path), "checkpoint": str(checkpoint),
         # Where each set of figures was measured: int8 arithmetic differs by CPU class.
         "measured_on": here.to_dict(),
         "manifest_measured_on": exported_on or None,
         "same_cpu_class": exported_on.get("isa_class") == here.isa_class,
-        "vision": {p: {"measured": fig, "manifest": (m["parity"]["vision"] or {}).get(p)}
+        "vision": {p: {"measured": fig, "manifest": (m.parity.get("vision") or {}).get(p)}
                    for p, fig in vision.items()},
-        "llm": {"measured": llm, "manifest": m["parity"].get("llm")},
+        "llm": {"measured": llm, "manifest": m.parity.get("llm")},
         "greedy": greedy,
     }
     if data is not None:
@@ -81,12 +81,12 @@ def _vision_figures(bundle, entry: dict, loaded, images, n_threads) -> dict:
 
     from llava_edge.export.vision_parity import compare
     from llava_edge.runtimes.images import load_image
-    from llava_edge.runtimes.preprocess import PreprocessRecipe, preprocess
+    from llava_edge.runtimes.preprocess import preprocess
     from llava_edge.runtimes.vision_onnx import OnnxVisionEncoder
 
-    recipe = PreprocessRecipe.from_dict(bundle.manifest["preprocess"])
+    recipe = bundle.manifest.preprocess
     ours = np.stack([preprocess(load_image(img), recipe) for img in images])
-    encoder = OnnxVisionEncoder(bundle.file(entry["file"]), n_threads=n_threads)
+    encoder = OnnxVisionEncoder(bundle.file(entry.file), n_threads=n_threads)
     got = np.concatenate([encoder.encode(ours[i:i + 1]) for i in range(len(ours))])
     hf_pixels = loaded.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
     with torch.inference_mode():
@@ -99,14 +99,10 @@ def _vision_figures(bundle, entry: dict, loaded, images, n_threads) -> dict:
     return figures
 
 
-def _pairs(m: dict) -> list[tuple[str, str]]:
-    """The bundle's default (vision, llm) pair and its most exact one."""
-    default = (m["defaults"]["vision"], m["defaults"]["llm"])
-    exact_vision = next((v["precision"] for v in m["vision"] if v["precision"] == "fp32"),
-                        m["vision"][0]["precision"])
-    exact_llm = next((e["quant"] for e in m["llm"] if e["quant"] in ("F32", "F16")),
-                     m["llm"][0]["quant"])
-    return list(dict.fromkeys([(exact_vision, exact_llm), default]))
+def _pairs(m) -> list[tuple[str, str]]:
+    """The bundle's most exact (vision, llm) pair and its default one."""
+    default = (m.vision_entry().precision, m.llm_entry().quant)
+    return list(dict.fromkeys([m.exact_pair, default]))
 
 
 def _greedy_agreement(bundle_dir, vision, quant, loaded, images, max_new_tokens,
@@ -153,8 +149,8 @@ def bundle_answerer(model, max_new_tokens: int = 32):
     return answer
 
 
-def _ok(report: dict, m: dict) -> bool:
-    vision_ok = all(fig["measured"]["mean_cosine"] >= next(
-        v["gate"] for v in m["vision"] if v["precision"] == p) for p, fig in report["vision"].items())
+def _ok(report: dict, m) -> bool:
+    vision_ok = all(fig["measured"]["mean_cosine"] >= (m.vision_entry(p).gate or 0.0)
+                    for p, fig in report["vision"].items())
     exact = report["greedy"].get(next(iter(report["greedy"])))
     return bool(vision_ok and exact and exact["rate"] == 1.0)

@@ -1,4 +1,4 @@
-"""Write a folder so that it appears complete or not at all."""
+"""Write a folder, or a file, so that it appears complete or not at all."""
 
 from __future__ import annotations
 
@@ -29,6 +29,23 @@ def write_dir(out: str | Path, fill: Callable[[Path], T]) -> T:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result
+
+
+def write_file_atomic(out: str | Path, data: bytes, mode: int = 0o644) -> Path:
+    """Write ``data`` to a temporary sibling of ``out``, then rename it to ``out``: a
+    reader sees the old file or the whole new one, never a part (an exception or Ctrl-C
+    leaves no temporary file behind)."""
+    out = Path(out)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, mode)  # mkstemp makes it private; results are meant to be read
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -193,14 +193,14 @@ def int8_weights_can_saturate(method: dict) -> bool:
     return has_u8s8 and not method.get("reduce_range", False)
 
 
-def vision_graph_warning(entry: dict, cpu: CpuInfo | None = None) -> str | None:
-    """A warning for a bundle's vision graph ``entry`` on ``cpu`` (default: this one), or
-    None when its arithmetic is exact enough here."""
+def vision_graph_warning(graph, cpu: CpuInfo | None = None) -> str | None:
+    """A warning for a bundle's vision graph (a :class:`llava_edge.manifest.VisionGraph`) on
+    ``cpu`` (default: this one), or None when its arithmetic is exact enough here."""
     cpu = cpu or this_cpu()
-    if not (cpu.int8_saturates and int8_weights_can_saturate(entry.get("method") or {})):
+    if not (cpu.int8_saturates and int8_weights_can_saturate(graph.method or {})):
         return None
-    return (f"vision graph {entry.get('file')} ({entry.get('precision')}) has full-range int8 "
+    return (f"vision graph {graph.file} ({graph.precision}) has full-range int8 "
             f"weights, whose u8 x s8 products saturate in ONNX Runtime on this CPU "
             f"({cpu.isa_class}): its embeddings may be far from the exported parity. "
-            "Re-export with this llava-edge (7-bit weights, which cannot saturate on any CPU) or use the "
-            "fp32 / fp16 graph (--vision-precision).")
+            "Re-export with this llava-edge (7-bit weights, which cannot saturate on any CPU) "
+            "or use the fp32 / fp16 graph (--vision-precision).")

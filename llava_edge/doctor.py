@@ -386,9 +386,8 @@ def bundle_choice(path: str | Path, cpu: CpuInfo, providers: list[str]) -> Bundl
 
     b = open_bundle(path, verify="size")  # sizes only: hashing GBs is load's job, not ours
     v, lm = b.vision_entry(None), b.llm_entry(None)
-    warnings = {e["file"]: w for e in b.manifest["vision"]
-                if (w := vision_graph_warning(e, cpu))}
-    return BundleChoice(path=str(path), vision_file=v["file"], vision_precision=v["precision"],
-                        llm_file=lm["file"], llm_quant=lm["quant"], providers=list(providers),
+    warnings = {e.file: w for e in b.manifest.vision if (w := vision_graph_warning(e, cpu))}
+    return BundleChoice(path=str(path), vision_file=v.file, vision_precision=v.precision,
+                        llm_file=lm.file, llm_quant=lm.quant, providers=list(providers),
                         vision_precisions=b.vision_precisions, llm_quants=b.llm_quants,
                         graph_warnings=warnings)

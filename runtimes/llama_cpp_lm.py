@@ -31,6 +31,7 @@ import numpy as np
 import llama_cpp
 
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.manifest import DEFAULT_N_CTX
 from llava_edge.runtimes.gguf_check import check_gguf
 from llava_edge.runtimes.gguf_keys import HF_NORMALIZER_KEY, HF_SPACE_PREFIX_KEY
 from llava_edge.runtimes.llama_log import capture_llama_log, last_error, set_llama_logging
@@ -71,7 +72,7 @@ class LlamaCppLM:
     ``verbose`` (the log callback is process-wide).
     """
 
-    def __init__(self, gguf_path: str | os.PathLike, n_ctx: int = 2048,
+    def __init__(self, gguf_path: str | os.PathLike, n_ctx: int = DEFAULT_N_CTX,
                  n_threads: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
                  n_gpu_layers: int = 0, flash_attn: bool = False, repack: bool = True,
                  mmap: bool | None = None, verbose: bool = False):

@@ -37,10 +37,11 @@ import numpy as np
 from llava_edge.bundle import Bundle, open_bundle
 from llava_edge.cpu_features import vision_graph_warning
 from llava_edge.errors import PromptError
+from llava_edge.manifest import VisionGraph
 from llava_edge.runtimes.embed_cache import EmbeddingCache, pixel_key
 from llava_edge.runtimes.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from llava_edge.runtimes.kv_reuse import KVPrefix, position_keys, remaining
-from llava_edge.runtimes.preprocess import PreprocessRecipe, preprocess
+from llava_edge.runtimes.preprocess import preprocess
 from llava_edge.runtimes.prompt import Segment, render, split_at_images, user_message
 from llava_edge.runtimes.sampling import Sampler, SamplingParams
 
@@ -110,12 +111,12 @@ class LlavaEdge:
         self.llm = llm
         self.max_pixels = max_pixels
         m = bundle.manifest
-        self.recipe = PreprocessRecipe.from_dict(m["preprocess"])
-        self.n_image_tokens = m["image"]["n_tokens"]
-        self.image_token_id = m["image"]["token_id"]
-        self.template = m["prompt"]["chat_template"]
-        self.special_tokens = m["prompt"].get("special_tokens", {})
-        self.stop = tuple(m["prompt"].get("stop", ()))
+        self.recipe = m.preprocess
+        self.n_image_tokens = m.image.n_tokens
+        self.image_token_id = m.image.token_id
+        self.template = m.prompt.chat_template
+        self.special_tokens = m.prompt.special_tokens
+        self.stop = m.prompt.stop
         # Reuse (module docstring); both may be changed between requests.
         self.reuse_prefix = reuse_prefix
         self.embed_cache = EmbeddingCache(embed_cache_size)
@@ -146,15 +147,15 @@ class LlavaEdge:
         b = open_bundle(bundle, verify=verify)
         v = b.vision_entry(vision_precision)
         lm = b.llm_entry(llm_quant)
-        _warn_once_if_unsafe(b.file(v["file"]), v)
-        vision = OnnxVisionEncoder(b.file(v["file"]), providers=providers, n_threads=n_threads)
-        llm = LlamaCppLM(b.file(lm["file"]), n_ctx=n_ctx or b.manifest["prompt"].get("n_ctx", 2048),
+        _warn_once_if_unsafe(b.file(v.file), v)
+        vision = OnnxVisionEncoder(b.file(v.file), providers=providers, n_threads=n_threads)
+        llm = LlamaCppLM(b.file(lm.file), n_ctx=n_ctx or b.manifest.prompt.n_ctx,
                          n_threads=n_threads, n_batch=n_batch, n_ubatch=n_ubatch,
                          n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, repack=repack,
                          verbose=verbose)
         model = cls(b, vision, llm, max_pixels=max_pixels, reuse_prefix=reuse_prefix,
                     embed_cache_size=embed_cache_size)
-        model.vision_precision, model.llm_quant = v["precision"], lm["quant"]
+        model.vision_precision, model.llm_quant = v.precision, lm.quant
         return model
 
     # -- images -------------------------------------------------------------------------
@@ -506,7 +507,7 @@ class Stream:
 _warned: set[str] = set()  # graphs already warned about in this process
 
 
-def _warn_once_if_unsafe(path: Path, entry: dict) -> None:
+def _warn_once_if_unsafe(path: Path, entry: VisionGraph) -> None:
     """Log (once per graph and process) when the vision graph's int8 arithmetic can
     saturate on this CPU (bundles exported before llava-edge used 7-bit weights)."""
     message = vision_graph_warning(entry)

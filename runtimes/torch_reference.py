@@ -273,7 +273,7 @@ def load_reference(bundle_dir: str | Path, checkpoint_dir: str | Path, vision: s
             raise TorchReferenceError(f"{half} backend {choice!r} is not one of "
                                       f"{', '.join(BACKEND_CHOICES[half])}")
     bundle = open_bundle(bundle_dir, verify=verify)
-    n_ctx = n_ctx or bundle.manifest["prompt"].get("n_ctx", 2048)  # as LlavaEdge.load
+    n_ctx = n_ctx or bundle.manifest.prompt.n_ctx  # as LlavaEdge.load
     shared = None
     if "torch" in (vision, llm):
         _require_torch()
@@ -293,9 +293,9 @@ def load_reference(bundle_dir: str | Path, checkpoint_dir: str | Path, vision: s
         from llava_edge.runtimes.vision_onnx import OnnxVisionEncoder
 
         entry = bundle.vision_entry(vision_precision)
-        vision_backend = OnnxVisionEncoder(bundle.file(entry["file"]), providers=providers,
+        vision_backend = OnnxVisionEncoder(bundle.file(entry.file), providers=providers,
                                            n_threads=n_threads)
-        vision_precision = entry["precision"]
+        vision_precision = entry.precision
     if llm == "torch":
         llm_backend, llm_quant = TorchLanguageBackend(checkpoint_dir, n_ctx, device,
                                                       model=shared), "torch"
@@ -303,9 +303,9 @@ def load_reference(bundle_dir: str | Path, checkpoint_dir: str | Path, vision: s
         from llava_edge.runtimes.llama_cpp_lm import LlamaCppLM
 
         entry = bundle.llm_entry(llm_quant)
-        llm_backend = LlamaCppLM(bundle.file(entry["file"]), n_ctx=n_ctx, n_threads=n_threads,
+        llm_backend = LlamaCppLM(bundle.file(entry.file), n_ctx=n_ctx, n_threads=n_threads,
                                  verbose=verbose, **llama_kwargs)
-        llm_quant = entry["quant"]
+        llm_quant = entry.quant
     model = LlavaEdge(bundle, vision_backend, llm_backend, max_pixels=max_pixels,
                       reuse_prefix=reuse_prefix, embed_cache_size=embed_cache_size)
     # LlavaEdge.load sets these two; the CLI and reports read them.
@@ -316,10 +316,10 @@ def load_reference(bundle_dir: str | Path, checkpoint_dir: str | Path, vision: s
 def check_fits(bundle, config, checkpoint_dir) -> None:
     """Refuse a checkpoint that is not the bundle's model: its image token or embedding
     width differ, so the bundle's prompt ids or image rows would mean something else."""
-    image = bundle.manifest["image"]
+    image = bundle.manifest.image
     ours = (getattr(config, "image_token_index", None) or getattr(config, "image_token_id", None),
             config.text_config.hidden_size)
-    theirs = (image["token_id"], image["n_embd"])
+    theirs = (image.token_id, image.n_embd)
     if ours != theirs:
         raise TorchReferenceError(
             f"{checkpoint_dir} does not fit the bundle {bundle.path}: image token id and "

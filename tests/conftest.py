@@ -96,3 +96,18 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory):
 def tiny_qwen2_bundle(tiny_qwen2_checkpoint, tmp_path_factory):
     """`tiny-qwen2` as a bundle, like ``tiny_bundle``."""
     return _bundle(tiny_qwen2_checkpoint, tmp_path_factory.mktemp("bundle") / "tiny-qwen2")
+
+
+@pytest.fixture
+def old_int8_bundle(tiny_bundle, tmp_path):
+    """A copy of ``tiny_bundle`` as llava-edge wrote it before 7-bit int8 weights: its int8
+    graph's manifest entry has no ``reduce_range`` (the graph itself is unchanged)."""
+    import json
+    import shutil
+
+    bundle = tmp_path / "old-bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    next(v for v in manifest["vision"] if v["precision"] == "int8")["method"].pop("reduce_range")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle

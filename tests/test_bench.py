@@ -12,13 +12,12 @@ from llava_edge.benchmarks import analysis, configs, report
 from llava_edge.benchmarks.measure import Sample, memory_status, summarize
 from llava_edge.cli.bench_cmd import _bf16_available
 from llava_edge.errors import LlavaEdgeError
+from manifests import make_manifest
 
 
 def _manifest(vision=("int4", "fp32", "fp16", "int8"), llm=("Q4_K_M", "F16", "Q8_0", "Q4_0"),
-              mmproj=True) -> dict:
-    return {"vision": [{"precision": v} for v in vision], "llm": [{"quant": q} for q in llm],
-            "mmproj": {"file": "mmproj-F16.gguf"} if mmproj else None,
-            "defaults": {"vision": vision[0], "llm": llm[0]}}
+              mmproj=True):
+    return make_manifest(vision, llm, mmproj)
 
 
 def _names(cs) -> list[str]:

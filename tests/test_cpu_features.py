@@ -3,14 +3,15 @@ runtime's warning for a graph that is unsafe on the CPU it is loaded on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import shutil
 
 import pytest
 
 from llava_edge import cpu_features
 from llava_edge.cpu_features import cpu_info, int8_weights_can_saturate, vision_graph_warning
+from llava_edge.manifest import VisionGraph
 from llava_edge.runtimes import pipeline
 from llava_edge.runtimes.pipeline import LlavaEdge
 
@@ -66,25 +67,20 @@ def test_which_graphs_can_saturate():
 
 
 def test_vision_graph_warning_names_the_graph_and_the_fix():
-    entry = {"file": "vision_int8.onnx", "precision": "int8", "method": OLD_INT8}
+    entry = VisionGraph(precision="int8", file="vision_int8.onnx", method=OLD_INT8)
     message = vision_graph_warning(entry, AVX2)
     assert "vision_int8.onnx" in message and "x86-64 avx2 (no vnni)" in message
     assert "Re-export" in message
     for cpu in (AVX512_VNNI, ALDER_LAKE, SSE, ARM):
         assert vision_graph_warning(entry, cpu) is None
-    assert vision_graph_warning(entry | {"method": NEW_INT8}, AVX2) is None
+    assert vision_graph_warning(dataclasses.replace(entry, method=NEW_INT8), AVX2) is None
 
 
-def test_runtime_warns_once_for_an_unsafe_graph(tiny_bundle, tmp_path, monkeypatch, caplog):
+def test_runtime_warns_once_for_an_unsafe_graph(old_int8_bundle, monkeypatch, caplog):
     """A bundle from before 7-bit weights (its manifest's int8 method has no reduce_range)
     loaded on a CPU without VNNI: one warning naming the graph, then none for the same
     graph; the model still loads and answers."""
-    bundle = tmp_path / "old-bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    int8 = next(v for v in manifest["vision"] if v["precision"] == "int8")
-    int8["method"].pop("reduce_range")
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    bundle = old_int8_bundle
     monkeypatch.setattr(cpu_features, "this_cpu", lambda: AVX2)
     monkeypatch.setattr(pipeline, "_warned", set())
     with caplog.at_level(logging.WARNING, logger="llava_edge.runtimes.pipeline"):

@@ -18,7 +18,8 @@ from pathlib import Path
 import click
 
 from llava_edge.cli.common import emit_json, json_option
-from llava_edge.errors import LlavaEdgeError
+from llava_edge.errors import BundleError, LlavaEdgeError
+from llava_edge.manifest import Manifest
 
 # Presets that only run quantized: their fp32 PyTorch model does not fit a small machine.
 QUANTIZED_ONLY = {"llava-1.5-7b": {"vision": ("int8", "int4"), "llm": ("Q4_K_M", "Q4_0")}}
@@ -112,8 +113,8 @@ def bench(preset_name, bundle_dir, checkpoint, vision, llm, matrix, peers, repea
     else:
         ckpt, bundle_path = _build(preset_name, work, vision_sel, llm_sel, peers)
         bundle = open_bundle(bundle_path, verify="size")
-    src = bundle.manifest.get("source", {})
-    preset = preset_name or src.get("preset") or bundle.path.name
+    src = bundle.manifest.source
+    preset = preset_name or src.preset or bundle.path.name
     has_torch = ckpt is not None and _torch_available()
     chosen, skipped = configs.select(
         bundle.manifest, vision_sel, llm_sel, peers, matrix, has_checkpoint=has_torch,
@@ -131,7 +132,7 @@ def bench(preset_name, bundle_dir, checkpoint, vision, llm, matrix, peers, repea
     out = Path(out_dir) if out_dir else _results_root() / f"{preset}-{stamp}"
     logs = work / "logs" / f"{preset}-{stamp}"
     image = _request_image(work)
-    n_ctx = bundle.manifest["prompt"].get("n_ctx", 2048)
+    n_ctx = bundle.manifest.prompt.n_ctx
     _say(f"bench {preset}: {len(chosen)} configuration(s), {warmup} warm-up + {repeats} "
          f"repeats each, {threads} thread(s); logs in {logs}")
     for s in skipped:
@@ -141,7 +142,7 @@ def bench(preset_name, bundle_dir, checkpoint, vision, llm, matrix, peers, repea
     _say("measuring memory bandwidth and fp32 GEMM ...")
     measured = machine.probe_in_subprocess(threads, gemm_size, bandwidth_mb)
     measured["vision_flops_per_image"] = _vision_flops(ckpt)
-    random = bool(src.get("random_init"))
+    random = src.random_init
     info = machine.machine_info(threads)
     info["load_average"] = load_start
     settings = {"warmup": warmup, "repeats": repeats, "threads": threads,
@@ -161,7 +162,7 @@ def bench(preset_name, bundle_dir, checkpoint, vision, llm, matrix, peers, repea
         info["load_average_end"] = _load_average()
         return {
             "schema": rep.SCHEMA, "preset": preset, "complete": not pending,
-            "weights": (f"random (llava-edge preset {src.get('preset')}, seeded): latency "
+            "weights": (f"random (llava-edge preset {src.preset}, seeded): latency "
                         "only, answers are noise" if random else "trained checkpoint"),
             "weights_short": "random weights" if random else "trained weights",
             "date_utc": stamp, "command": _command_line(click.get_current_context()),
@@ -289,8 +290,8 @@ def _results_root() -> Path:
     return Path(benchmarks.__file__).resolve().parent / "results"
 
 
-def _manifest_checkpoint(manifest: dict) -> Path | None:
-    path = manifest.get("source", {}).get("checkpoint")
+def _manifest_checkpoint(manifest: Manifest) -> Path | None:
+    path = manifest.source.checkpoint
     return Path(path) if path and (Path(path) / "config.json").is_file() else None
 
 
@@ -388,16 +389,13 @@ def _mmproj_possible(spec) -> bool:
 
 
 def _bundle_has(bundle: Path, vision, quants, mmproj: bool) -> bool:
-    """Whether a bundle built before holds every graph, GGUF (and mmproj) needed."""
-    import json
+    """Whether a bundle built before holds every graph, GGUF (and mmproj) needed (an
+    incomplete or altered one is built again)."""
+    from llava_edge.bundle import open_bundle
 
-    from llava_edge.bundle import MANIFEST_NAME
-
-    manifest_path = bundle / MANIFEST_NAME
-    if not manifest_path.is_file():
+    try:
+        m = open_bundle(bundle, verify="size").manifest
+    except BundleError:
         return False
-    m = json.loads(manifest_path.read_text())
-    have_v = {v["precision"] for v in m.get("vision", [])}
-    have_q = {q["quant"] for q in m.get("llm", [])}
-    return (set(vision) <= have_v and set(quants) <= have_q
-            and (bool(m.get("mmproj")) or not mmproj))
+    return (set(vision) <= set(m.vision_precisions) and set(quants) <= set(m.llm_quants)
+            and (m.mmproj is not None or not mmproj))

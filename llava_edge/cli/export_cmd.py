@@ -8,6 +8,7 @@ import click
 
 from llava_edge.cli.common import emit_json, human_bytes, json_option, progress_bar
 from llava_edge.errors import LlavaEdgeError, require_extra
+from llava_edge.manifest import Manifest
 
 
 def _csv(_ctx, _param, value: str | None) -> tuple[str, ...]:
@@ -75,37 +76,37 @@ def export(model, out_dir, quality, vision_precision, llm_quant, mmproj, trt, ca
         manifest = export_bundle(model, out_dir, options, overwrite=force,
                                  progress=lambda step, done, total: update(done, total))
     if as_json:
-        emit_json(manifest)
+        emit_json(manifest.to_dict())
     else:
         _print_summary(out_dir, manifest)
     # A TensorRT engine that could not be built (no TensorRT, no GPU) does not stop the
     # ONNX/GGUF export, but the command still fails so that scripts notice.
-    missing = [p for p in trt if p not in {e["precision"] for e in manifest["tensorrt"]}]
+    missing = [p for p in trt if p not in {e.precision for e in manifest.tensorrt}]
     if missing:
-        reasons = manifest["parity"].get("tensorrt_errors", {})
+        reasons = manifest.parity.get("tensorrt_errors", {})
         why = "; ".join(f"{p}: {reasons.get(p, 'not built')}" for p in missing)
         raise LlavaEdgeError(f"TensorRT engine(s) {', '.join(missing)} not built ({why}); "
                              f"the rest of the bundle was written to {out_dir}")
 
 
-def _print_summary(out_dir: str, m: dict) -> None:
+def _print_summary(out_dir: str, m: Manifest) -> None:
     click.echo(f"wrote bundle {out_dir}")
-    for v in m["vision"]:
-        p = v.get("parity") or {}
-        extra = f" (instead of {v['fallback']})" if v.get("fallback") else ""
-        click.echo(f"  vision {v['precision']:5s} {v['file']:22s} "
-                   f"mean cos {p.get('mean_cosine', float('nan')):.6f} "
-                   f"min cos {p.get('min_cosine', float('nan')):.6f}{extra}")
-    for precision, g in m["parity"]["vision_gates"].items():
+    for v in m.vision:
+        extra = f" (instead of {v.fallback})" if v.fallback else ""
+        click.echo(f"  vision {v.precision:5s} {v.file:22s} "
+                   f"mean cos {v.parity.get('mean_cosine', float('nan')):.6f} "
+                   f"min cos {v.parity.get('min_cosine', float('nan')):.6f}{extra}")
+    for precision, g in m.parity["vision_gates"].items():
         if not g["written"]:
             why = f"replaced by {g['fallback']}" if g.get("fallback") else "not written"
             click.echo(f"  vision {precision:5s} under its gate {g['gate']}: {why}")
-    llm_parity = (m["parity"].get("llm") or {}).get("logits", {})
-    for e in m["llm"]:
-        p = llm_parity.get(e["quant"], {})
+    llm_parity = (m.parity.get("llm") or {}).get("logits", {})
+    for e in m.llm:
+        p = llm_parity.get(e.quant, {})
         fig = (f"top-1 {p['top1_agreement']:.1%}, KL {p['kl_mean']:.2e}"
                if "top1_agreement" in p else "no parity measured")
-        click.echo(f"  llm    {e['quant']:6s} {e['file']:22s} {human_bytes(e['size'])}, {fig}")
-    if m.get("mmproj"):
-        click.echo(f"  mmproj {m['mmproj']['file']}")
-    click.echo(f"  default: vision {m['defaults']['vision']}, llm {m['defaults']['llm']}")
+        size = human_bytes(m.files[e.file].size)
+        click.echo(f"  llm    {e.quant:6s} {e.file:22s} {size}, {fig}")
+    if m.mmproj:
+        click.echo(f"  mmproj {m.mmproj.file}")
+    click.echo(f"  default: vision {m.defaults['vision']}, llm {m.defaults['llm']}")

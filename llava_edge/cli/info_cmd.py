@@ -10,6 +10,7 @@ from llava_edge.bundle import MANIFEST_NAME, open_bundle
 from llava_edge.checkpoint_info import CheckpointInfo, describe_checkpoint
 from llava_edge.cli.common import emit_json, human_bytes, human_count, json_option
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.manifest import Manifest
 
 
 @click.command()
@@ -24,7 +25,7 @@ def info(path: str, as_json: bool) -> None:
     if (p / MANIFEST_NAME).exists():
         bundle = open_bundle(p, verify="size")
         if as_json:
-            emit_json(bundle.manifest)
+            emit_json(bundle.manifest.to_dict())
         else:
             _print_bundle(bundle.manifest, p)
         return
@@ -65,39 +66,39 @@ def _print_checkpoint(c: CheckpointInfo) -> None:
         click.echo(f"{k:>{width}}  {val}")
 
 
-def _print_bundle(m: dict, path: Path) -> None:
-    src, img, pre = m["source"], m["image"], m["preprocess"]
-    size = (f"shortest edge {pre['resize_shortest_edge']}, crop {pre['crop_height']}"
-            if pre.get("resize_shortest_edge") else f"{pre['resize_height']}x{pre['resize_width']}")
+def _print_bundle(m: Manifest, path: Path) -> None:
+    src, img, pre = m.source, m.image, m.preprocess
+    size = (f"shortest edge {pre.resize_shortest_edge}, crop {pre.crop_height}"
+            if pre.resize_shortest_edge else f"{pre.resize_height}x{pre.resize_width}")
     rows = [
         ("path", str(path)),
-        ("kind", f"llava-edge bundle (schema {m['schema_version']}, created {m.get('created')})"),
-        ("weights", "RANDOM (untrained, random init)" if src.get("random_init")
+        ("kind", f"llava-edge bundle (schema {m.schema_version}, created {m.created})"),
+        ("weights", "RANDOM (untrained, random init)" if src.random_init
          else "trained / imported"),
-        ("source", f"{src.get('checkpoint')} (preset {src.get('preset') or '-'}; "
-                   f"{src.get('vision')} + {src.get('text')})"),
-        ("image", f"{img['n_tokens']} tokens x {img['n_embd']} per image, {size}"
-                  + (", pad to square" if pre.get("pad_to_square") else "")),
-        ("prompt", f"{m['prompt']['template']}, n_ctx {m['prompt'].get('n_ctx')}"),
+        ("source", f"{src.checkpoint} (preset {src.preset or '-'}; "
+                   f"{src.vision} + {src.text})"),
+        ("image", f"{img.n_tokens} tokens x {img.n_embd} per image, {size}"
+                  + (", pad to square" if pre.pad_to_square else "")),
+        ("prompt", f"{m.prompt.template}, n_ctx {m.prompt.n_ctx}"),
     ]
-    for v in m["vision"]:
-        p = v.get("parity") or {}
-        rows.append((f"vision {v['precision']}",
-                     f"{v['file']} ({human_bytes(m['files'][v['file']]['size'])}), mean cosine "
-                     f"{p.get('mean_cosine', float('nan')):.6f} (gate {v.get('gate')})"
-                     + (f", instead of {v['fallback']}" if v.get("fallback") else "")))
-    measured_on = (m.get("parity") or {}).get("measured_on") or {}
+    for v in m.vision:
+        rows.append((f"vision {v.precision}",
+                     f"{v.file} ({human_bytes(m.files[v.file].size)}), mean cosine "
+                     f"{v.parity.get('mean_cosine', float('nan')):.6f} (gate {v.gate})"
+                     + (f", instead of {v.fallback}" if v.fallback else "")))
+    measured_on = m.parity.get("measured_on") or {}
     rows.append(("parity on", measured_on.get("isa_class", "an unrecorded CPU")
                  + (f" ({measured_on['model']})" if measured_on.get("model") else "")))
-    logits = (m.get("parity", {}).get("llm") or {}).get("logits", {})
-    for e in m["llm"]:
-        fig = logits.get(e["quant"], {})
-        rows.append((f"llm {e['quant']}",
-                     f"{e['file']} ({human_bytes(e['size'])})"
+    logits = (m.parity.get("llm") or {}).get("logits", {})
+    for e in m.llm:
+        fig = logits.get(e.quant, {})
+        rows.append((f"llm {e.quant}",
+                     f"{e.file} ({human_bytes(m.files[e.file].size)})"
                      + (f", top-1 {fig['top1_agreement']:.1%} vs PyTorch" if fig else "")))
-    if m.get("mmproj"):
-        rows.append(("mmproj", m["mmproj"]["file"]))
-    rows.append(("defaults", f"vision {m['defaults']['vision']}, llm {m['defaults']['llm']}"))
+    if m.mmproj:
+        rows.append(("mmproj", m.mmproj.file))
+    rows.append(("defaults", f"vision {m.vision_entry().precision}, "
+                             f"llm {m.llm_entry().quant}"))
     width = max(len(k) for k, _ in rows)
     for k, val in rows:
         click.echo(f"{k:>{width}}  {val}")

@@ -111,7 +111,7 @@ def embed(bundle, image, out_file, vision_precision, n_threads, reference_checkp
 
     from llava_edge.bundle import open_bundle
     from llava_edge.runtimes.images import load_image
-    from llava_edge.runtimes.preprocess import PreprocessRecipe, preprocess
+    from llava_edge.runtimes.preprocess import preprocess
     from llava_edge.runtimes.vision_onnx import OnnxVisionEncoder
 
     # --llm-backend is accepted for symmetry with `run`; embed uses no language model.
@@ -121,7 +121,7 @@ def embed(bundle, image, out_file, vision_precision, n_threads, reference_checkp
     if vision_backend == "torch":
         from llava_edge.runtimes.torch_reference import TorchVisionBackend, check_fits
 
-        encoder, entry = TorchVisionBackend(reference_checkpoint), {"precision": "torch"}
+        encoder, precision = TorchVisionBackend(reference_checkpoint), "torch"
         check_fits(b, encoder.model.config, reference_checkpoint)
         if n_threads:
             import torch  # installed: the backend checked
@@ -129,14 +129,15 @@ def embed(bundle, image, out_file, vision_precision, n_threads, reference_checkp
             torch.set_num_threads(n_threads)
     else:
         entry = b.vision_entry(vision_precision)
-        encoder = OnnxVisionEncoder(b.file(entry["file"]), n_threads=n_threads)
-    pixels = preprocess(load_image(image), PreprocessRecipe.from_dict(b.manifest["preprocess"]))
+        encoder, precision = OnnxVisionEncoder(b.file(entry.file), n_threads=n_threads), \
+            entry.precision
+    pixels = preprocess(load_image(image), b.manifest.preprocess)
     embeds = encoder.encode(pixels[None])[0]
     np.save(out_file, embeds)
-    result = {"file": out_file, "shape": list(embeds.shape), "vision_precision": entry["precision"],
+    result = {"file": out_file, "shape": list(embeds.shape), "vision_precision": precision,
               "mean": float(embeds.mean()), "std": float(embeds.std())}
     if as_json:
         emit_json(result)
     else:
         click.echo(f"wrote {out_file}: {embeds.shape[0]} x {embeds.shape[1]} "
-                   f"({entry['precision']} vision graph)")
+                   f"({precision} vision graph)")
