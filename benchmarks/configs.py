@@ -29,7 +29,6 @@ TORCH_LLMS = ("torch", "torch-bf16")  # transformers end to end, fp32 / bf16
 GGUF_QUANTS = ("F16", "Q8_0", "Q4_K_M", "Q4_0")
 LLM_CHOICES = (*TORCH_LLMS, *GGUF_QUANTS)
 ONNX_PRECISIONS = ("fp32", "fp16", "int8", "int4")
-PEERS = ("transformers", "llama.cpp-llava", "llama.cpp-raw")
 # llava-edge's default configuration, what every ratio is taken against (`export --int4`).
 DEFAULT_VISION, DEFAULT_LLM = "int4", "Q4_K_M"
 

@@ -115,11 +115,6 @@ class VisionExportResult:
                 return v
         raise KeyError(precision)
 
-    @property
-    def written_files(self) -> list[str]:
-        return [f for v in self.variants if v.written for f in v.files] + [
-            f for e in self.engines if e.written for f in e.files]
-
     def to_dict(self) -> dict:
         return asdict(self)
 

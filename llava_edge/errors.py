@@ -40,5 +40,17 @@ class PromptError(LlavaEdgeError):
     number of ``<image>`` markers that does not match the images given."""
 
 
+class SamplingError(LlavaEdgeError, ValueError):
+    """A sampling option out of its range (temperature, top_k, top_p, repeat_penalty).
+
+    Also a ``ValueError``, as a bad argument is. ``option`` is the name the caller used
+    (``top_p`` in Python, ``--top-p`` on the command line), ``requirement`` the range it
+    must be in, so that each interface can name the option its own way."""
+
+    def __init__(self, option: str, value: object, requirement: str):
+        super().__init__(f"{option} must be {requirement}, got {value}")
+        self.option, self.value, self.requirement = option, value, requirement
+
+
 class BundleError(LlavaEdgeError):
     """A bundle directory that is incomplete, altered or inconsistent."""

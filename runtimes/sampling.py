@@ -10,10 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llava_edge.errors import SamplingError
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """``temperature == 0`` means greedy decoding (and the other knobs do nothing)."""
+    """``temperature == 0`` means greedy decoding (and the other knobs do nothing).
+
+    An option out of its range raises :class:`SamplingError` (a ``ValueError``)."""
 
     temperature: float = 0.0
     top_k: int = 0  # 0: off
@@ -24,13 +28,13 @@ class SamplingParams:
 
     def __post_init__(self):
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise SamplingError("temperature", self.temperature, ">= 0")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise SamplingError("top_p", self.top_p, "in (0, 1]")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise SamplingError("top_k", self.top_k, ">= 0")
         if self.repeat_penalty <= 0:
-            raise ValueError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
+            raise SamplingError("repeat_penalty", self.repeat_penalty, "> 0")
 
 
 class Sampler:

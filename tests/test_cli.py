@@ -112,6 +112,30 @@ def test_info_rejects_what_is_not_a_checkpoint(tmp_path, capsys):
     assert "model_type is 'bert', not 'llava'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["run", "--prompt", "hi"], ["chat"]])
+@pytest.mark.parametrize("option, value, message", [
+    ("--temperature", "-1", "--temperature must be >= 0, got -1.0"),
+    ("--top-p", "2", "--top-p must be in (0, 1], got 2.0"),
+    ("--top-p", "0", "--top-p must be in (0, 1], got 0.0"),
+    ("--top-k", "-3", "--top-k must be >= 0, got -3"),
+    ("--repeat-penalty", "0", "--repeat-penalty must be > 0, got 0.0"),
+])
+def test_bad_sampling_option_is_a_user_error_naming_it(tmp_path, capsys, command, option,
+                                                        value, message):
+    # Checked before the bundle is opened: tmp_path is no bundle, and the option is named.
+    name, *rest = command
+    assert run([name, str(tmp_path), "--image", "x.png", *rest, option, value]) == 1
+    assert capsys.readouterr().err.strip() == f"Error: {message}"
+
+
+def test_good_sampling_options_pass_the_check(tmp_path, capsys):
+    args = ["run", str(tmp_path), "--prompt", "hi", "--temperature", "0.7", "--top-k", "40",
+            "--top-p", "0.9", "--repeat-penalty", "1.1", "--seed", "3"]
+    assert run(args) == 1  # on to opening the bundle, which tmp_path is not
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and "must be" not in err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--n-train", "0"], "n_train"),
     (["--image-size", "8"], "image_size"),

@@ -593,7 +593,7 @@ def test_duplicate_ids_are_only_checked_on_request() -> None:
         validate_samples([GOOD, GOOD], unique_ids=True)
 
 
-def test_validator_accepts_text_only_and_int_ids() -> None:
+def test_validator_accepts_text_only_and_int_ids(tmp_path: Path) -> None:
     text_only = {
         "id": 7,
         "conversations": _turns(("human", "How many sides does a square have?"), ("gpt", "4")),
@@ -602,7 +602,24 @@ def test_validator_accepts_text_only_and_int_ids() -> None:
         "image": "b.png",
         "conversations": _turns(("human", "What?\n<image>"), ("gpt", "blue")),
     }
-    validate_samples([GOOD, text_only, no_id])
+    samples = [GOOD, text_only, no_id]
+    # Accepted with every check on: a text-only sample needs no image file (only the two
+    # images exist), and an int id counts as an id (unique here).
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(samples))
+    loaded = load_llava_json(data, tmp_path, check_images=True, unique_ids=True)
+    assert loaded == samples and type(loaded[1]["id"]) is int
+
+    # An int id is checked like a string one: a repeat is a duplicate, named as an int,
+    # while 7 and "7" are different ids.
+    validate_samples([text_only, {**text_only, "id": "7"}], unique_ids=True)
+    with pytest.raises(LlavaFormatError, match=r"sample 1 \(id 7\): duplicate id"):
+        validate_samples([text_only, text_only], unique_ids=True)
+    # bool is an int in Python, but not an id.
+    with pytest.raises(LlavaFormatError, match="'id' must be a string or an integer"):
+        validate_samples([{**text_only, "id": True}])
 
 
 def test_validator_rejects_non_list_and_non_dict() -> None:

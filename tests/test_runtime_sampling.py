@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from llava_edge.errors import LlavaEdgeError, SamplingError
 from llava_edge.runtimes.sampling import Sampler, SamplingParams
 
 LOGITS = np.array([1.0, 5.0, 3.0, 4.9, -2.0, 0.0])
@@ -44,8 +45,18 @@ def test_repeat_penalty_moves_greedy_off_a_repeated_token():
     assert _draws(SamplingParams(repeat_penalty=1.0), n=1, previous=[1]) == [1]
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=-1), dict(top_p=0), dict(top_k=-1),
-                                    dict(repeat_penalty=0)])
-def test_bad_params_rejected(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=-1), "temperature must be >= 0, got -1"),
+    (dict(top_p=0), "top_p must be in (0, 1], got 0"),
+    (dict(top_p=2.0), "top_p must be in (0, 1], got 2.0"),
+    (dict(top_k=-1), "top_k must be >= 0, got -1"),
+    (dict(repeat_penalty=0), "repeat_penalty must be > 0, got 0"),
+])
+def test_bad_params_rejected(kwargs, message):
+    with pytest.raises(SamplingError) as info:
         SamplingParams(**kwargs)
+    # The user's error (CLI exit 1, HTTP 400), still a ValueError for callers that catch one.
+    assert isinstance(info.value, LlavaEdgeError) and isinstance(info.value, ValueError)
+    assert str(info.value) == message
+    [(option, value)] = kwargs.items()
+    assert (info.value.option, info.value.value) == (option, value)

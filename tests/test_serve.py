@@ -401,6 +401,22 @@ def test_server_answers_after_all_the_bad_input(server):
 # -- pieces on their own --------------------------------------------------------------------
 
 
+def test_a_sampling_error_from_the_model_is_a_400_naming_the_option():
+    # parse_chat_request refuses out-of-range values first; this is the worker's backstop.
+    from llava_edge.errors import SamplingError
+    from llava_edge.runtimes.sampling import SamplingParams
+    from llava_edge.runtimes.serve.app import _raise_for
+    from llava_edge.runtimes.serve.worker import JobEvent
+
+    with pytest.raises(SamplingError) as bad:
+        SamplingParams(top_p=2.0)
+    with pytest.raises(ApiError) as info:
+        _raise_for(JobEvent("error", error=bad.value))
+    e = info.value
+    assert (e.status, e.type, e.param, e.code) == (400, "invalid_request_error", "top_p",
+                                                   "invalid_value")
+    assert e.message == "top_p must be in (0, 1], got 2.0"
+
 def test_remote_images_are_fetched_only_when_allowed():
     png = _png(scene(9))
 

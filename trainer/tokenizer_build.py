@@ -13,7 +13,6 @@ llava-hf conversion does (and ``<pad>`` for Llama, which has no pad token).
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 from llava_edge.presets import TokenizerSpec
@@ -100,11 +99,3 @@ def _byte_level_bpe_tokenizer(lines: list[str], vocab_size: int):
     )
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     return tokenizer
-
-
-def copy_tokenizer_files(src: Path, dst: Path) -> None:
-    """Copy the tokenizer files of a saved tokenizer directory."""
-    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "chat_template.jinja"):
-        if (src / name).exists():
-            shutil.copy2(src / name, dst / name)

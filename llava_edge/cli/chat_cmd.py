@@ -9,7 +9,7 @@ from typing import Callable
 
 import click
 
-from llava_edge.cli.common import json_option
+from llava_edge.cli.common import json_option, sampling_options
 from llava_edge.errors import LlavaEdgeError
 
 HELP = ("commands: /image PATH (attach an image to your next message), /reset (forget the "
@@ -22,11 +22,7 @@ HELP = ("commands: /image PATH (attach an image to your next message), /reset (f
               help="Image for the first message (repeat for several).")
 @click.option("--system", default=None, help="Replace the template's system prompt.")
 @click.option("--max-new-tokens", default=256, show_default=True, help="Per answer.")
-@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
-@click.option("--top-k", default=0, show_default=True)
-@click.option("--top-p", default=1.0, show_default=True)
-@click.option("--repeat-penalty", default=1.0, show_default=True)
-@click.option("--seed", type=int, default=None)
+@sampling_options
 @click.option("--vision-precision", default=None, help="Which vision graph of the bundle.")
 @click.option("--llm-quant", default=None, help="Which GGUF of the bundle.")
 @click.option("--n-ctx", type=int, default=None, help="Context length (default: bundle's).")

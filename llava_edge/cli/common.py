@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from contextlib import contextmanager
@@ -12,6 +13,39 @@ import click
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."
 )
+
+_SAMPLING_OPTIONS = (  # in the order --help lists them
+    click.option("--temperature", default=0.0, show_default=True, help="0 = greedy."),
+    click.option("--top-k", default=0, show_default=True),
+    click.option("--top-p", default=1.0, show_default=True),
+    click.option("--repeat-penalty", default=1.0, show_default=True),
+    click.option("--seed", type=int, default=None),
+)
+
+
+def sampling_options(command: Callable) -> Callable:
+    """Add --temperature, --top-k, --top-p, --repeat-penalty and --seed to ``command``
+    (keyword arguments ``temperature``, ``top_k``, ``top_p``, ``repeat_penalty``,
+    ``seed``), and check them before it runs, so that a bad value exits 1 naming the
+    option (``--top-p must be in (0, 1], got 2.0``) before any model is loaded."""
+
+    @functools.wraps(command)
+    def checked(**kwargs):
+        from llava_edge.errors import SamplingError
+        from llava_edge.runtimes.sampling import SamplingParams
+
+        try:
+            SamplingParams(temperature=kwargs["temperature"], top_k=kwargs["top_k"],
+                           top_p=kwargs["top_p"], repeat_penalty=kwargs["repeat_penalty"],
+                           seed=kwargs["seed"])
+        except SamplingError as e:
+            raise SamplingError("--" + e.option.replace("_", "-"), e.value,
+                                e.requirement) from None
+        return command(**kwargs)
+
+    for option in reversed(_SAMPLING_OPTIONS):
+        checked = option(checked)
+    return checked
 
 
 def emit_json(obj: Any) -> None:

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import click
 
-from llava_edge.cli.common import emit_json, json_option
+from llava_edge.cli.common import emit_json, json_option, sampling_options
 
 threads_option = click.option("--threads", "n_threads", type=int, default=None,
                               help="CPU threads (default: all cores).")
@@ -39,11 +39,7 @@ def _check_reference(reference_checkpoint, **backends) -> None:
               help="Image file (repeat for several; fills <image> markers in order).")
 @click.option("--prompt", required=True, help="The question.")
 @click.option("--max-new-tokens", default=128, show_default=True)
-@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
-@click.option("--top-k", default=0, show_default=True)
-@click.option("--top-p", default=1.0, show_default=True)
-@click.option("--repeat-penalty", default=1.0, show_default=True)
-@click.option("--seed", type=int, default=None)
+@sampling_options
 @click.option("--system", default=None, help="Replace the template's system prompt.")
 @click.option("--vision-precision", default=None, help="Which vision graph of the bundle.")
 @click.option("--llm-quant", default=None, help="Which GGUF of the bundle.")

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llava_edge.errors import LlavaEdgeError, PromptError
+from llava_edge.errors import LlavaEdgeError, PromptError, SamplingError
 from llava_edge.runtimes.images import DEFAULT_MAX_PIXELS
 from llava_edge.runtimes.serve.openai_schema import (ApiError, ChatRequest, FINISH_REASONS,
                                                       chunk_body, completion_body, error_body,
@@ -166,6 +166,8 @@ def _raise_for(event: JobEvent) -> None:
         e = event.error
         if isinstance(e, PromptError) and "context" in str(e):
             raise ApiError(400, str(e), param="messages", code="context_length_exceeded")
+        if isinstance(e, SamplingError):  # parse_chat_request checks ranges first; a backstop
+            raise ApiError(400, str(e), param=e.option, code="invalid_value")
         if isinstance(e, LlavaEdgeError):
             raise ApiError(400, str(e), param="messages", code="invalid_prompt")
         raise ApiError(500, f"internal error: {type(e).__name__}", type="server_error",
