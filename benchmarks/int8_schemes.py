@@ -1,9 +1,11 @@
 """int8 / int4 vision-graph schemes compared on this CPU, or on an emulated one.
 
-    python benchmarks/int8_schemes.py prepare --preset tiny-qwen2 --work /tmp/schemes
-    python benchmarks/int8_schemes.py measure --work /tmp/schemes            # this CPU
-    qemu-x86_64 -cpu Nehalem .venv/bin/python benchmarks/int8_schemes.py measure \\
-        --work /tmp/schemes --label "qemu Nehalem (SSE4.2: widening int16 kernel)"
+    llava-edge bench-int8-schemes prepare --preset tiny-qwen2 --work-dir /tmp/schemes
+    llava-edge bench-int8-schemes measure --work-dir /tmp/schemes            # this CPU
+    qemu-x86_64 -cpu Nehalem .venv/bin/python -m llava_edge bench-int8-schemes measure \\
+        --work-dir /tmp/schemes --label "qemu Nehalem (SSE4.2: widening int16 kernel)"
+
+(``python benchmarks/int8_schemes.py prepare|measure ...`` runs the same commands.)
 
 ``prepare`` (needs torch) builds the preset (random weights), exports the fused fp32
 vision graph, derives one graph per scheme with :mod:`llava_edge.export.vision_quantize`
@@ -21,7 +23,6 @@ JSON and appended to ``WORK/results.jsonl`` with the machine's CPU class.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -41,17 +42,15 @@ SCHEMES: dict[str, tuple[str, dict]] = {
 }
 
 
-def prepare(args) -> None:
+def prepare(work: Path, preset: str = "tiny-qwen2", n_images: int = 8) -> None:
+    """Build ``preset`` (random weights), export its fp32 vision graph, derive one graph
+    per scheme and store ``n_images`` parity images with PyTorch's embeddings in ``work``."""
     from llava_edge.export import vision_parity, vision_quantize
     from llava_edge.export.vision import export_vision, graph_name
     from llava_edge.export.vision_graph import load_vision
-    from llava_edge.presets import get_preset
-    from llava_edge.trainer.init_checkpoint import build_checkpoint
+    from llava_edge.benchmarks.build import ensure_checkpoint
 
-    work = args.work
-    checkpoint = work / "checkpoint"
-    if not (checkpoint / "config.json").is_file():
-        build_checkpoint(get_preset(args.preset), checkpoint)
+    checkpoint = ensure_checkpoint(preset, work)
     export_vision(checkpoint, work / "fp32", precisions=("fp32",), overwrite=True,
                   n_parity_images=2)
     fp32 = work / "fp32" / graph_name("fp32")
@@ -64,74 +63,64 @@ def prepare(args) -> None:
             vision_quantize.quantize_int4(fp32, out, vision_quantize.Int4Config(**kwargs))
         graphs[name] = out.relative_to(work).as_posix()
     loaded = load_vision(checkpoint)
-    images = [image for _, image in vision_parity.synthetic_images(args.images)]
+    images = [image for _, image in vision_parity.synthetic_images(n_images)]
     pixels = vision_parity.preprocess(loaded.processor, images)
     reference = vision_parity.torch_embeds(loaded.encoder(), pixels)
     np.savez(work / "reference.npz", pixels=pixels, embeds=reference)
-    (work / "graphs.json").write_text(json.dumps({"preset": args.preset, "graphs": graphs},
+    (work / "graphs.json").write_text(json.dumps({"preset": preset, "graphs": graphs},
                                                  indent=2))
     print(f"prepared {len(graphs)} graphs and {len(images)} reference images in {work}")
 
 
-def measure(args) -> None:
+def measure(work: Path, label: str | None = None, threads: int = 1, warmup: int = 2,
+            repeats: int = 7) -> dict:
+    """Score and time every graph ``prepare`` left in ``work`` (ONNX Runtime and numpy
+    only: no torch); appends the result to ``work/results.jsonl``, prints and returns it."""
     import onnxruntime as ort
 
     from llava_edge.cpu_features import cpu_info
     from llava_edge.export.vision_parity import compare
 
-    work = args.work
+    from llava_edge.errors import LlavaEdgeError
+
+    if not (work / "graphs.json").is_file():
+        raise LlavaEdgeError(f"{work} has no graphs.json: run `prepare` on it first")
     meta = json.loads((work / "graphs.json").read_text())
     ref = np.load(work / "reference.npz")
     pixels, reference = ref["pixels"], ref["embeds"]
     rows = {}
     for name, rel in meta["graphs"].items():
         options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
+        options.intra_op_num_threads = threads
         session = ort.InferenceSession(str(work / rel), options,
                                        providers=["CPUExecutionProvider"])
         run = lambda i: session.run(None, {"pixel_values": pixels[i:i + 1]})[0]  # noqa: E731
         got = np.concatenate([run(i) for i in range(len(pixels))])
         figures = compare(reference, got)
         times = []
-        for k in range(args.warmup + args.repeats):
+        for k in range(warmup + repeats):
             start = time.perf_counter()
             run(k % len(pixels))
-            if k >= args.warmup:
+            if k >= warmup:
                 times.append(time.perf_counter() - start)
         rows[name] = {"mean_cosine": figures.mean_cosine, "min_cosine": figures.min_cosine,
                       "batch1_ms": 1000 * statistics.median(times)}
         del session
     cpu = cpu_info()
-    result = {"preset": meta["preset"], "label": args.label or cpu.isa_class,
+    result = {"preset": meta["preset"], "label": label or cpu.isa_class,
               "cpu": cpu.to_dict(), "onnxruntime": ort.__version__,
-              "python": platform.python_version(), "threads": args.threads,
-              "repeats": args.repeats, "schemes": rows}
+              "python": platform.python_version(), "threads": threads,
+              "repeats": repeats, "schemes": rows}
     with open(work / "results.jsonl", "a") as f:
         f.write(json.dumps(result) + "\n")
     print(json.dumps(result, indent=2))
     for name, row in rows.items():
         print(f"{name:40s} mean {row['mean_cosine']:.5f} min {row['min_cosine']:.4f} "
               f"{row['batch1_ms']:8.1f} ms", file=sys.stderr)
+    return result
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    pre = sub.add_parser("prepare", help="build the graphs and the PyTorch reference (torch)")
-    pre.add_argument("--preset", default="tiny-qwen2")
-    pre.add_argument("--images", type=int, default=8, help="parity images (synthetic)")
-    pre.add_argument("--work", type=Path, required=True)
-    mea = sub.add_parser("measure", help="score and time every graph (no torch)")
-    mea.add_argument("--work", type=Path, required=True)
-    mea.add_argument("--label", help="what CPU this is (default: its ISA class)")
-    mea.add_argument("--threads", type=int, default=1)
-    mea.add_argument("--warmup", type=int, default=2)
-    mea.add_argument("--repeats", type=int, default=7)
-    args = p.parse_args(argv)
-    args.work.mkdir(parents=True, exist_ok=True)
-    (prepare if args.command == "prepare" else measure)(args)
+if __name__ == "__main__":  # the same command as `llava-edge bench-int8-schemes ...`
+    from llava_edge.cli import main
 
-
-if __name__ == "__main__":
-    main()
+    main(["bench-int8-schemes", *sys.argv[1:]])

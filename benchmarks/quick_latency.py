@@ -1,6 +1,6 @@
 """A short latency table for a bundle: every (vision, LLM) pair it holds, one image.
 
-    python benchmarks/quick_latency.py BUNDLE IMAGE [--repeats 5] [--threads N]
+    llava-edge bench-quick BUNDLE IMAGE [--repeats 5] [--threads N]
 
 Warm-up once, then the median of the repeats per stage. This is the demo's table; the
 full benchmark suite (peers, memory, roofline) is ``llava-edge bench``.
@@ -8,7 +8,6 @@ full benchmark suite (peers, memory, roofline) is ``llava-edge bench``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from dataclasses import asdict
 
@@ -50,22 +49,3 @@ def table(rows: list[dict]) -> str:
                      f"{r['vision_ms']:.1f} | {r['prefill_ms']:.1f} | {r['first_token_ms']:.1f} "
                      f"| {r['decode_tok_s']:.0f} | {r['total_ms']:.1f} |")
     return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle")
-    parser.add_argument("image")
-    parser.add_argument("--prompt", default="Describe the image.")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    args = parser.parse_args()
-    rows = measure(args.bundle, args.image, args.prompt, args.repeats, args.threads,
-                   args.max_new_tokens)
-    print(f"median of {args.repeats} runs after one warm-up, {args.threads or 'all'} thread(s)")
-    print(table(rows))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,11 +1,11 @@
 """What reuse saves: KV prefix reuse and the image-embedding cache, on a preset's bundle.
 
-    python benchmarks/reuse_bench.py --preset tiny                     # a minute
-    python benchmarks/reuse_bench.py --preset tinyllava-1.1b --threads 2 --work-dir /tmp/w
-    python benchmarks/reuse_bench.py --preset tiny --bundle BUNDLE     # skip the build
+    llava-edge bench-reuse --preset tiny                     # a minute
+    llava-edge bench-reuse --preset tinyllava-1.1b --threads 2 --work-dir /tmp/w
+    llava-edge bench-reuse --preset tiny --bundle BUNDLE     # skip the build
 
-Without ``--bundle`` the preset's checkpoint is built (``llava-edge init``, RANDOM
-weights) and exported (``llava-edge export``, fp32 vision + F16 LLM) under ``--work-dir``,
+Without ``--bundle`` the preset's checkpoint is built (RANDOM weights) and exported (fp32
+vision + F16 LLM, :func:`llava_edge.benchmarks.build.ensure_bundle`) under ``--work-dir``,
 or taken from there if it was built before. After a warm-up round, three scenarios,
 each ``--repeats`` times on fresh frames, medians reported:
 
@@ -23,15 +23,11 @@ are the preset's), answers are meaningless.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
 import platform
-import shlex
 import statistics
-import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,18 +40,7 @@ FIELDS = ("prefill_tokens", "reused_tokens", "prefill_ms", "vision_ms", "preproc
 Q1, Q2 = "What is in the image?", "What colour is the largest object?"
 ASIDE = "Say hello."  # a text-only request: moves the KV cache on past the system prompt
 CHAT = ("What is in the image?", "Describe the colours.", "Which object is on the left?")
-
-
-def build_bundle(preset: str, work_dir: Path) -> Path:
-    """The preset's bundle under ``work_dir``, built with the CLI unless already there."""
-    ckpt, bundle = work_dir / f"ckpt-{preset}", work_dir / f"bundle-{preset}"
-    cli = [sys.executable, "-m", "llava_edge"]
-    if not (bundle / "manifest.json").is_file():
-        if not (ckpt / "config.json").is_file():
-            subprocess.run(cli + ["init", "--preset", preset, str(ckpt), "--force"], check=True)
-        subprocess.run(cli + ["export", str(ckpt), "-o", str(bundle), "--no-parity",
-                              "--force"], check=True)
-    return bundle
+RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 
 def frame(seed: int, size=(320, 240)) -> np.ndarray:
@@ -204,32 +189,33 @@ def markdown(res: dict) -> str:
     ])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--bundle", default=None, help="Use this bundle instead of building.")
-    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/llava-edge-reuse-bench"))
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--note", default="", help="A line for the report (e.g. load).")
-    args = parser.parse_args(argv)
+def run_reuse_bench(preset: str = "tiny", bundle: Path | None = None,
+                    work_dir: Path = Path("/tmp/llava-edge-reuse-bench"),
+                    out: Path = RESULTS_ROOT, repeats: int = 5, max_new_tokens: int = 8,
+                    threads: int = 1, note: str = "",
+                    command: str = "llava-edge bench-reuse") -> Path:
+    """Run the three scenarios on ``bundle`` (default: the preset's, built once under
+    ``work_dir``), write results.json and results.md to ``out/reuse-<preset>-<date>/``,
+    print the markdown; returns that folder."""
+    load = {}
+    if bundle is None:
+        from llava_edge.benchmarks.build import ensure_bundle
 
-    bundle = Path(args.bundle) if args.bundle else build_bundle(args.preset, args.work_dir)
+        vision, llm = "fp32", "F16"
+        _, bundle = ensure_bundle(preset, work_dir, vision=(vision,), llm=(llm,),
+                                  purpose="bench-reuse (building a preset)")
+        load = {"vision_precision": vision, "llm_quant": llm}
     now = dt.datetime.now(dt.timezone.utc)
-    built = ("given with --bundle" if args.bundle else
-             f"from --work-dir, made by llava-edge init --preset {args.preset}; "
-             "llava-edge export --no-parity (fp32 vision graph + F16 GGUF)")
-    res = {"preset": args.preset, "weights": "random", "bundle": str(bundle),
-           "bundle_origin": built, "note": args.note,
-           "date": now.isoformat(timespec="seconds"), "repeats": args.repeats,
-           "max_new_tokens": args.max_new_tokens, "n_threads": args.threads,
-           "command": shlex.join(["python", "benchmarks/reuse_bench.py"]
-                                 + (sys.argv[1:] if argv is None else argv)),
-           "machine": machine(), "versions": versions()}
-    n, r = args.max_new_tokens, args.repeats
-    with LlavaEdge.load(bundle, n_threads=args.threads) as model:
+    built = (f"from --work-dir, built from preset {preset} (random weights) and exported "
+             "without parity (fp32 vision graph + F16 GGUF)" if load else
+             "given with --bundle")
+    res = {"preset": preset, "weights": "random", "bundle": str(bundle),
+           "bundle_origin": built, "note": note,
+           "date": now.isoformat(timespec="seconds"), "repeats": repeats,
+           "max_new_tokens": max_new_tokens, "n_threads": threads,
+           "command": command, "machine": machine(), "versions": versions()}
+    n, r = max_new_tokens, repeats
+    with LlavaEdge.load(bundle, n_threads=threads, **load) as model:
         res["vision_precision"], res["llm_quant"] = model.vision_precision, model.llm_quant
         res["n_image_tokens"] = model.n_image_tokens
         same_frame(model, 1, n, 900)  # warm-up: first calls allocate buffers
@@ -238,14 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         res["embedding_cache"] = embedding_cache(model, r, n, 200)
     res["machine"]["loadavg_end"] = os.getloadavg()
 
-    out = args.out / f"reuse-{args.preset}-{now:%Y%m%d}"
+    out = Path(out) / f"reuse-{preset}-{now:%Y%m%d}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     (out / "results.md").write_text(markdown(res))
     print(markdown(res))
     print(f"wrote {out}/results.json and results.md")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return out

@@ -1,10 +1,11 @@
 """Load test for ``llava-edge serve``: N concurrent clients on loopback for a bounded time.
 
-    python benchmarks/serve_load.py --preset tiny --clients 8 --duration 60
-    python benchmarks/serve_load.py --bundle path/to/bundle --clients 4 --duration 120
+    llava-edge bench-serve-load --preset tiny --clients 8 --duration 60
+    llava-edge bench-serve-load --bundle path/to/bundle --clients 4 --duration 120
 
 Starts ``llava-edge serve`` as a subprocess on a free 127.0.0.1 port (``--preset`` builds
-that preset locally, with random weights, and exports it to a bundle first), then runs
+that preset locally, with random weights, and exports it to a bundle under ``--work-dir``
+first, or reuses the one built there before), then runs
 ``--clients`` threads that each send chat requests with an image, one after another,
 until ``--duration`` seconds have passed (half of them streamed, by default). A 429 is an
 answer too: the client waits ``--backoff`` seconds and sends again.
@@ -24,7 +25,6 @@ Writes ``result.json`` and ``README.md`` to ``--out`` (default
 
 from __future__ import annotations
 
-import argparse
 import base64
 import http.client
 import io
@@ -154,18 +154,6 @@ class Client:
 
 
 # -- the server -----------------------------------------------------------------------------
-
-
-def build_bundle(preset: str, work: Path) -> Path:
-    """Build ``preset`` with random weights and export it (fp32 vision, F16 GGUF)."""
-    from llava_edge.export.bundle_export import ExportOptions, export_bundle
-    from llava_edge.presets import get_preset
-    from llava_edge.trainer.init_checkpoint import build_checkpoint
-
-    ckpt = build_checkpoint(get_preset(preset), work / "ckpt").path
-    out = work / "bundle" / preset
-    export_bundle(ckpt, out, ExportOptions(parity=False))
-    return out
 
 
 def free_port() -> int:
@@ -341,74 +329,83 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bundle", help="A bundle directory to serve.")
-    src.add_argument("--preset", help="Build this preset (random weights) and serve it.")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--duration", type=float, default=60.0, help="Seconds of load.")
-    parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--stream-fraction", type=float, default=0.5)
-    parser.add_argument("--max-queue", type=int, default=4)
-    parser.add_argument("--backoff", type=float, default=0.2, help="Seconds after a 429.")
-    parser.add_argument("--threads", type=int, default=1, help="Server CPU threads.")
-    parser.add_argument("--request-timeout", type=float, default=120.0,
-                        help="A request with no answer after this is counted as hung.")
-    parser.add_argument("--warmup", type=float, default=None,
-                        help="Seconds before the memory baseline (default: a tenth).")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+@dataclass
+class ServeLoadOptions:
+    """What ``llava-edge bench-serve-load`` runs (its options, one field each). Give
+    ``bundle`` or ``preset``."""
+
+    bundle: Path | None = None
+    preset: str | None = None
+    work_dir: Path = Path(tempfile.gettempdir()) / "llava-edge-serve-load"
+    clients: int = 8
+    duration: float = 60.0
+    max_tokens: int = 16
+    stream_fraction: float = 0.5
+    max_queue: int = 4
+    backoff: float = 0.2
+    threads: int = 1
+    request_timeout: float = 120.0
+    warmup: float | None = None  # seconds before the memory baseline (default: a tenth)
+    out: Path | None = None
+    command: str = "llava-edge bench-serve-load"  # recorded in the result
+
+
+def run_serve_load(args: ServeLoadOptions) -> dict:
+    """Serve the bundle, load it with the clients, write result.json and README.md to
+    ``args.out`` and print the markdown; returns the result (``summary.passed`` says
+    whether every check held)."""
+    from llava_edge.benchmarks.build import ensure_bundle
 
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    with tempfile.TemporaryDirectory(prefix="serve-load-") as work:
-        bundle = Path(args.bundle) if args.bundle else build_bundle(args.preset, Path(work))
-        manifest = open_bundle(bundle, verify="size").manifest
-        preset = args.preset or manifest.source.preset or bundle.name
-        port, key = free_port(), "load-test-key"
-        server_cmd = [sys.executable, "-m", "llava_edge", "serve", str(bundle), "--port",
-                      str(port), "--threads", str(args.threads), "--max-queue",
-                      str(args.max_queue), "--model-name", preset, "--timeout",
-                      str(args.request_timeout)]
-        env = {**os.environ, "LLAVA_EDGE_API_KEY": key, "OMP_NUM_THREADS": str(args.threads)}
-        machine = machine_info(args.threads)  # the server's threads
-        proc = subprocess.Popen(server_cmd, env=env)
+    bundle = (Path(args.bundle) if args.bundle else
+              ensure_bundle(args.preset, args.work_dir,
+                            purpose="bench-serve-load (building a preset)")[1])
+    manifest = open_bundle(bundle, verify="size").manifest
+    preset = args.preset or manifest.source.preset or bundle.name
+    port, key = free_port(), "load-test-key"
+    server_cmd = [sys.executable, "-m", "llava_edge", "serve", str(bundle), "--port",
+                  str(port), "--threads", str(args.threads), "--max-queue",
+                  str(args.max_queue), "--model-name", preset, "--timeout",
+                  str(args.request_timeout)]
+    env = {**os.environ, "LLAVA_EDGE_API_KEY": key, "OMP_NUM_THREADS": str(args.threads)}
+    machine = machine_info(args.threads)  # the server's threads
+    proc = subprocess.Popen(server_cmd, env=env)
+    try:
+        wait_ready(proc, port)
+        clients = [Client(i, port, key, preset, scene_urls(4), args.max_tokens,
+                          args.stream_fraction, args.backoff, args.request_timeout)
+                   for i in range(args.clients)]
+        rss: list = []
+        stop = threading.Event()
+        t0 = time.monotonic()
+        end = t0 + args.duration
+        sampler = threading.Thread(target=sample_rss, args=(proc.pid, t0, stop, rss, 0.5))
+        sampler.start()
+        threads = [threading.Thread(target=c.run, args=(t0, end)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(args.duration + 2 * args.request_timeout)
+        hung_threads = sum(t.is_alive() for t in threads)
+        elapsed = time.monotonic() - t0
+        stop.set()
+        sampler.join()
+        health = get_json(port, "/health")
+    finally:
+        proc.terminate()
         try:
-            wait_ready(proc, port)
-            clients = [Client(i, port, key, preset, scene_urls(4), args.max_tokens,
-                              args.stream_fraction, args.backoff, args.request_timeout)
-                       for i in range(args.clients)]
-            rss: list = []
-            stop = threading.Event()
-            t0 = time.monotonic()
-            end = t0 + args.duration
-            sampler = threading.Thread(target=sample_rss, args=(proc.pid, t0, stop, rss, 0.5))
-            sampler.start()
-            threads = [threading.Thread(target=c.run, args=(t0, end)) for c in clients]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(args.duration + 2 * args.request_timeout)
-            hung_threads = sum(t.is_alive() for t in threads)
-            elapsed = time.monotonic() - t0
-            stop.set()
-            sampler.join()
-            health = get_json(port, "/health")
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        outcomes = [o for c in clients for o in c.outcomes]
-        summary = summarize(outcomes, elapsed, rss, health,
-                            args.warmup if args.warmup is not None else args.duration / 10)
-        summary["hung_client_threads"] = hung_threads
-        summary["passed"] = summary["passed"] and hung_threads == 0
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    outcomes = [o for c in clients for o in c.outcomes]
+    summary = summarize(outcomes, elapsed, rss, health,
+                        args.warmup if args.warmup is not None else args.duration / 10)
+    summary["hung_client_threads"] = hung_threads
+    summary["passed"] = summary["passed"] and hung_threads == 0
 
     result = {
         "benchmark": "serve-load", "date": date,
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "command": args.command,
         "server_command": " ".join(shlex.quote(a) for a in server_cmd),
         "config": {"preset": preset, "bundle": str(bundle), "clients": args.clients,
                    "duration_s": args.duration, "elapsed_s": elapsed,
@@ -429,8 +426,4 @@ def main() -> None:
     (out / "README.md").write_text(markdown(result))
     print(markdown(result))
     print(f"wrote {out}/result.json and README.md")
-    sys.exit(0 if summary["passed"] else 1)
-
-
-if __name__ == "__main__":
-    main()
+    return result

@@ -1,7 +1,7 @@
 """Vision benchmark: PyTorch eager fp32 against every ONNX Runtime variant, on this CPU.
 
-    python benchmarks/vision_bench.py --preset tinyllava-1.1b
-    python benchmarks/vision_bench.py --checkpoint /tmp/ckpt/tinyllava-1.1b --repeats 3
+    llava-edge bench-vision --preset tinyllava-1.1b
+    llava-edge bench-vision --checkpoint /tmp/ckpt/tinyllava-1.1b --repeats 3
 
 Exports the checkpoint's vision tower + projector with ``export_vision`` (fp32, fp16,
 int8 dynamic and static, int4; variants under their parity gate are benchmarked anyway
@@ -23,14 +23,13 @@ accuracy. Writes ``results.json`` and ``results.md`` into ``--out`` (default
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,34 +39,29 @@ from llava_edge.atomic_dir import write_dir
 
 ROOT = Path(__file__).resolve().parent
 VARIANTS = ("fp32", "fp16", "int8", "int4")
+INT8_METHODS = ("dynamic", "static")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help="build this preset (random weights) in --work-dir, "
-                                      "or reuse the one built there before")
-    src.add_argument("--checkpoint", type=Path, help="an existing LLaVA checkpoint folder")
-    p.add_argument("--out", type=Path, help="results folder (default: "
-                                            "benchmarks/results/vision-<preset>-<date>)")
-    p.add_argument("--work-dir", type=Path,
-                   default=Path(tempfile.gettempdir()) / "llava-edge-bench",
-                   help="where presets are built and graphs exported (reused between runs)")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=os.cpu_count(),
-                   help="intra-op threads for torch and ONNX Runtime (default: all cores)")
-    p.add_argument("--precisions", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--int8-methods", nargs="+", default=["dynamic", "static"],
-                   choices=["dynamic", "static"])
-    p.add_argument("--parity-images", type=int, default=4)
-    p.add_argument("--gemm-size", type=int, default=4096)
-    p.add_argument("--no-kernel-floor", dest="kernel_floor", action="store_false",
-                   help="skip timing ONNX Runtime's GEMM and attention kernels alone at the "
-                        "graph's shapes (see kernel_floor.py)")
-    return p.parse_args(argv)
+@dataclass
+class VisionBenchOptions:
+    """What ``llava-edge bench-vision`` measures (its options, one field each). Give
+    ``preset`` (built with random weights in ``work_dir``, or reused from there) or
+    ``checkpoint``."""
+
+    preset: str | None = None
+    checkpoint: Path | None = None
+    out: Path | None = None  # default: benchmarks/results/vision-<preset>-<date>
+    work_dir: Path = Path(tempfile.gettempdir()) / "llava-edge-bench"
+    batches: tuple[int, ...] = (1, 8)
+    warmup: int = 2
+    repeats: int = 5
+    threads: int = os.cpu_count() or 1
+    precisions: tuple[str, ...] = VARIANTS
+    int8_methods: tuple[str, ...] = INT8_METHODS
+    parity_images: int = 4
+    gemm_size: int = 4096
+    kernel_floor: bool = True  # also time ONNX Runtime's kernels alone (kernel_floor.py)
+    command: str = "llava-edge bench-vision"  # recorded in the report
 
 
 def timed(fn, warmup: int, repeats: int) -> dict:
@@ -119,24 +113,19 @@ def machine_info(threads: int) -> dict:
     return info
 
 
-def resolve_checkpoint(args) -> tuple[Path, str]:
+def resolve_checkpoint(args: VisionBenchOptions) -> tuple[Path, str]:
     """The checkpoint folder and its preset name; builds the preset once if asked."""
+    from llava_edge.benchmarks.build import ensure_checkpoint
     from llava_edge.checkpoint_info import read_json
 
     if args.checkpoint:
         config = read_json(args.checkpoint / "config.json", "config.json")
         return args.checkpoint, (config.get("llava_edge") or {}).get("preset", args.checkpoint.name)
-    from llava_edge.presets import get_preset
-    from llava_edge.trainer.init_checkpoint import build_checkpoint
-
-    path = args.work_dir / "checkpoints" / args.preset
-    if not (path / "config.json").is_file():
-        print(f"building preset {args.preset} (random weights) in {path} ...", flush=True)
-        build_checkpoint(get_preset(args.preset), path)
-    return path, args.preset
+    return ensure_checkpoint(args.preset, args.work_dir, say=lambda m: print(m, flush=True)), \
+        args.preset
 
 
-def export_variants(checkpoint: Path, work: Path, args) -> dict:
+def export_variants(checkpoint: Path, work: Path, args: VisionBenchOptions) -> dict:
     """Export every requested variant. Returns ``variants`` ({label: (graph path, variant
     result)}, int8 labelled by method) and ``exports`` (timing and result per export)."""
     from llava_edge.export.vision import export_vision
@@ -165,8 +154,9 @@ def file_mb(path: Path) -> float:
     return round((size + (data.stat().st_size if data.exists() else 0)) / 1024**2, 1)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_vision_bench(args: VisionBenchOptions) -> Path:
+    """Export the variants, time them against PyTorch eager, write the report; returns
+    the results folder."""
     import torch
 
     from llava_edge.benchmarks.kernel_floor import kernel_floor
@@ -253,9 +243,10 @@ def main(argv=None) -> int:
     report = {
         "benchmark": "vision", "preset": preset, "checkpoint": str(checkpoint),
         "weights": "random (llava-edge preset, seeded): latency only, not accuracy",
-        "date_utc": date, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date_utc": date, "command": args.command,
         "machine": machine_info(args.threads), "versions": tool_versions(),
-        "settings": {"warmup": args.warmup, "repeats": args.repeats, "batches": args.batches,
+        "settings": {"warmup": args.warmup, "repeats": args.repeats,
+                     "batches": list(args.batches),
                      "threads": args.threads, "statistic": "median"},
         "graph": spec.to_dict(), "flops_per_image": flops, "gemm": gemm,
         "export": {m: {"seconds": e["seconds"], "exporter": e["result"].exporter,
@@ -265,7 +256,7 @@ def main(argv=None) -> int:
     }
     write_report(out, report)
     print(f"wrote {out}/results.json and results.md")
-    return 0
+    return out
 
 
 def write_report(out: Path, report: dict) -> None:
@@ -354,6 +345,3 @@ def kernel_floor_markdown(report: dict) -> list[str]:
             f"+ fp32 attention cores {1000 * f['attention_core']['s']:.0f} ms)")
     return lines
 
-
-if __name__ == "__main__":
-    sys.exit(main())

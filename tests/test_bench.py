@@ -10,7 +10,7 @@ import pytest
 
 from llava_edge.benchmarks import analysis, configs, report
 from llava_edge.benchmarks.measure import Sample, memory_status, summarize
-from llava_edge.cli.bench_cmd import _bf16_available
+from llava_edge.benchmarks.run import bf16_available as _bf16_available
 from llava_edge.errors import LlavaEdgeError
 from manifests import make_manifest
 

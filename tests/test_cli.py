@@ -157,3 +157,144 @@ def test_data_shapes_and_check(tmp_path, capsys):
     bad.write_text(json.dumps([{"id": "x", "conversations": [{"from": "gpt", "value": "hi"}]}]))
     assert run(["data", "check", str(bad)]) == 1
     assert "bad.json" in capsys.readouterr().err
+
+
+# -- the benchmarks' commands ---------------------------------------------------------------
+
+BENCH_COMMANDS = [("bench",), ("bench-vision",), ("bench-reuse",), ("bench-serve-load",),
+                  ("bench-quick",), ("bench-int8-schemes", "prepare"),
+                  ("bench-int8-schemes", "measure"), ("data", "shapes-mc")]
+
+
+@pytest.mark.parametrize("path", BENCH_COMMANDS, ids=" ".join)
+def test_every_entry_point_is_a_command_with_help(capsys, path):
+    assert run([*path, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"Usage: llava-edge {' '.join(path)}")
+    assert "--help" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench-vision"], "give one of --preset and --checkpoint"),
+    (["bench-serve-load"], "give one of --preset and --bundle"),
+    (["bench-vision", "--preset", "tiny", "--batches", "1,x"], "--batches: give positive"),
+    (["bench-vision", "--preset", "tiny", "--precisions", "int3"], "unknown precision 'int3'"),
+    (["bench-vision", "--preset", "huge"], "unknown preset 'huge'"),
+    (["bench-int8-schemes", "measure"], "Missing option '--work-dir'"),
+])
+def test_bench_commands_refuse_bad_input_before_any_work(tmp_path, capsys, args, message):
+    assert run([*args, "--work-dir" if args[0] != "bench-int8-schemes" else "--label",
+                str(tmp_path / "w")]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_command_line_records_only_what_was_typed():
+    from llava_edge.cli.common import command_line
+
+    seen = {}
+
+    @click.command("cmd")
+    @click.argument("src")
+    @click.option("--n", default=1)
+    @click.option("--flag/--no-flag", default=True)
+    @click.option("--name", default="x")
+    def cmd(src, n, flag, name):
+        seen["line"] = command_line(click.get_current_context())
+
+    cmd.main(["a b", "--no-flag", "--n", "3"], prog_name="tool", standalone_mode=False)
+    assert seen["line"] == "tool 'a b' --n 3 --no-flag"  # defaults left out
+
+
+def _tiny_int8_work(work):
+    """What `bench-int8-schemes prepare` leaves, in miniature: two graphs (an exact one and
+    a scaled one) and the reference they are scored against."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    work.mkdir()
+    x = helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["b", 4, 8])
+    y = helper.make_tensor_value_info("embeds", TensorProto.FLOAT, ["b", 4, 8])
+    for name, scale in (("exact.onnx", 1.0), ("scaled.onnx", -1.0)):
+        k = helper.make_tensor("k", TensorProto.FLOAT, [], [scale])
+        graph = helper.make_graph([helper.make_node("Mul", ["pixel_values", "k"], ["embeds"])],
+                                  "g", [x], [y], [k])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, work / name)
+    pixels = np.random.default_rng(0).standard_normal((2, 4, 8)).astype(np.float32)
+    np.savez(work / "reference.npz", pixels=pixels, embeds=pixels)
+    (work / "graphs.json").write_text(json.dumps(
+        {"preset": "mini", "graphs": {"exact": "exact.onnx", "scaled": "scaled.onnx"}}))
+
+
+@pytest.mark.parametrize("entry", [["-m", "llava_edge", "bench-int8-schemes"],
+                                   ["benchmarks/int8_schemes.py"]], ids=["cli", "script"])
+def test_int8_schemes_measure_runs_without_torch(tmp_path, entry):
+    """`measure` runs under qemu, where torch is not wanted: neither entry imports it."""
+    from pathlib import Path
+
+    work = tmp_path / "work"
+    _tiny_int8_work(work)
+    root = Path(__file__).resolve().parents[1]
+    code = ("import runpy, sys; sys.argv = sys.argv[1:]; "
+            "sys.modules['torch'] = None; "  # importing torch would now fail
+            "runpy.run_module('llava_edge', run_name='__main__') if sys.argv[0] == '-m' else "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    argv = (["-m", *entry[2:]] if entry[0] == "-m" else entry)
+    out = subprocess.run([sys.executable, "-c", code, *argv, "measure", "--work",
+                          str(work), "--repeats", "1", "--warmup", "0", "--label", "test"],
+                         capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["label"] == "test" and result["preset"] == "mini"
+    assert result["schemes"]["exact"]["mean_cosine"] == pytest.approx(1.0)
+    assert result["schemes"]["scaled"]["mean_cosine"] == pytest.approx(-1.0)
+    assert len((work / "results.jsonl").read_text().splitlines()) == 1
+
+
+def test_ensure_bundle_reuses_a_complete_bundle_and_exports_only_when_needed(tmp_path,
+                                                                           monkeypatch):
+    import llava_edge.bundle as bundle_module
+    import llava_edge.export.bundle_export as bundle_export
+    from llava_edge.benchmarks.build import ensure_bundle
+    from llava_edge.errors import BundleError
+    from manifests import make_manifest
+    from types import SimpleNamespace
+
+    made: dict = {}
+    exports: list = []
+
+    def fake_open(path, verify="size"):
+        if str(path) not in made:
+            raise BundleError(f"{path}: no bundle")
+        return SimpleNamespace(manifest=made[str(path)])
+
+    def fake_export(ckpt, out, options, overwrite=False):
+        exports.append((options.vision_precisions, options.llm_quants, options.mmproj))
+        made[str(out)] = make_manifest(options.vision_precisions, options.llm_quants,
+                                       options.mmproj)
+
+    monkeypatch.setattr(bundle_module, "open_bundle", fake_open)
+    monkeypatch.setattr(bundle_export, "export_bundle", fake_export)
+    ckpt = tmp_path / "tiny" / "checkpoint"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text("{}")  # built before: not built again
+    said: list = []
+
+    got = ensure_bundle("tiny", tmp_path, vision=("int4", "fp32"), llm=("Q4_K_M", "F16"),
+                        mmproj=True, say=said.append)
+    assert got == (ckpt, tmp_path / "tiny" / "bundle")
+    assert exports == [(("int4", "fp32"), ("Q4_K_M", "F16"), True)]
+    assert said == [f"exporting the bundle to {got[1]} ..."]
+    # A subset with the same defaults: reused.
+    assert ensure_bundle("tiny", tmp_path, vision=("int4",), llm=("Q4_K_M", "F16")) == got
+    assert len(exports) == 1
+    # Other defaults, a missing quant or a missing mmproj: exported again.
+    ensure_bundle("tiny", tmp_path, vision=("fp32", "int4"), llm=("Q4_K_M",))
+    ensure_bundle("tiny", tmp_path, vision=("fp32", "int4"), llm=("Q4_K_M", "Q8_0"))
+    ensure_bundle("tiny", tmp_path, vision=("fp32", "int4"), llm=("Q4_K_M", "Q8_0"),
+                  mmproj=True)
+    assert [e[0][0] for e in exports] == ["int4", "fp32", "fp32", "fp32"]
+    assert exports[2][1] == ("Q4_K_M", "Q8_0") and exports[3][2] is True

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_reuse_bench_builds_tiny_and_writes_its_results(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reuse_bench.py"),
+    out = subprocess.run([sys.executable, "-m", "llava_edge", "bench-reuse",
                           "--preset", "tiny", "--work-dir", str(tmp_path / "work"),
                           "--out", str(tmp_path / "results"), "--repeats", "2"],
                          capture_output=True, text=True)
@@ -25,6 +25,8 @@ def test_reuse_bench_builds_tiny_and_writes_its_results(tmp_path):
     assert folder.name.startswith("reuse-tiny-")
     res = json.loads((folder / "results.json").read_text())
     assert res["weights"] == "random" and res["versions"]["llama_cpp_python"]
+    assert res["command"].startswith("llava-edge bench-reuse --preset tiny")
+    assert (res["vision_precision"], res["llm_quant"]) == ("fp32", "F16")
     assert "RANDOM weights" in (folder / "results.md").read_text()
     sf = res["same_frame"]
     assert sf["second_same_frame"]["prefill_tokens"] < sf["first_reuse"]["prefill_tokens"] \

@@ -19,7 +19,8 @@ from llava_edge.data.shapes import (
 )
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.trainer.evaluate import parse_choice
-from llava_edge.trainer.shapes_mc import main, shapes_mc_samples, write_shapes_mc
+from llava_edge.cli import run
+from llava_edge.trainer.shapes_mc import shapes_mc_samples, write_shapes_mc
 
 N_TRAIN = 40
 
@@ -87,7 +88,21 @@ def test_write_shapes_mc_and_its_command(tmp_path: Path, capsys) -> None:
     assert not list(ds.root.glob("*.tmp"))
     with pytest.raises(LlavaEdgeError, match="reply style 'words'"):
         write_shapes_mc(ds.root, reply="words")
-    assert main([str(ds.root)]) == 0
+    capsys.readouterr()
+    assert run(["data", "shapes-mc", str(ds.root)]) == 0  # the command: letters by default
+    assert capsys.readouterr().out == f"wrote {out}\n"
     assert all(len(reply) == 1 for s in json.loads(out.read_text()) for _, reply in _turns(s))
-    assert main([str(tmp_path / "missing")]) == 1
+    assert run(["data", "shapes-mc", str(ds.root), "--per-image", "3", "--reply", "statement",
+                "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"file": str(out)}
+    assert all(len(s["kinds"]) == 3 for s in json.loads(out.read_text()))
+    assert run(["data", "shapes-mc", str(tmp_path / "missing")]) == 1
     assert "is not a dataset written by" in capsys.readouterr().err
+
+
+def test_shapes_mc_command_offers_every_reply_style() -> None:
+    from llava_edge.cli.data_cmd import shapes_mc
+    from llava_edge.data.shapes import MC_REPLIES
+
+    (reply,) = [p for p in shapes_mc.params if p.name == "reply"]
+    assert tuple(reply.type.choices) == MC_REPLIES

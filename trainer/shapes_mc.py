@@ -8,16 +8,14 @@ This writes such questions about the train images, never the eval images, drawn 
 data generator from the same scenes that the images and captions show. The ``tiny-demo``
 recipe trains stage 2 on it next to ``stage2_instruct.json``.
 
-Run as ``python -m llava_edge.trainer.shapes_mc DATASET_DIR [--per-image N] [--reply
+Run as ``llava-edge data shapes-mc DATASET_DIR [--per-image N] [--reply
 letter|statement]``; writes ``DATASET_DIR/stage2_mc.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,27 +81,3 @@ def write_shapes_mc(dataset_dir: str | Path, per_image: int = 4,
     tmp.write_text(json.dumps(samples, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, out)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llava_edge.trainer.shapes_mc",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset_dir")
-    parser.add_argument("--per-image", type=int, default=4,
-                        help="questions (of different kinds) per train image, as one "
-                             "multi-turn conversation")
-    parser.add_argument("--reply", choices=MC_REPLIES, default="letter",
-                        help="answer turns as the letter alone, or as a sentence naming "
-                             "what was asked about and then the letter")
-    args = parser.parse_args(argv)
-    try:
-        out = write_shapes_mc(args.dataset_dir, args.per_image, args.reply)
-    except LlavaEdgeError as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -202,7 +202,7 @@ RECIPES: dict[str, Recipe] = {
             "caption loss falls from 0.68 to 0.29 (shuffled images: 1.37) (measured)",
             "stage 2: lr 1e-3, global batch 8: many small steps for a few-MB model on "
             "2,000 images, instead of 558k / 665k samples in batches of 256 / 128 on 8 GPUs",
-            "stage 2 also trains on stage2_mc.json (python -m llava_edge.trainer.shapes_mc): "
+            "stage 2 also trains on stage2_mc.json (llava-edge data shapes-mc): "
             "multiple-choice questions about the train images in the eval's format, which "
             "stage2_instruct.json never shows (LLaVA-1.5's mix has A-OKVQA for this)",
         ),

@@ -63,6 +63,12 @@ def _register_commands() -> None:
     from llava_edge.cli import bench_cmd
 
     cli.add_command(bench_cmd.bench)
+    from llava_edge.cli import bench_suite_cmd
+
+    for command in (bench_suite_cmd.bench_vision, bench_suite_cmd.bench_reuse,
+                    bench_suite_cmd.bench_serve_load, bench_suite_cmd.bench_quick,
+                    bench_suite_cmd.bench_int8_schemes):
+        cli.add_command(command)
     from llava_edge.cli import demo_cmd
 
     cli.add_command(demo_cmd.demo)

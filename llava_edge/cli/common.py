@@ -74,6 +74,31 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
         yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
+def command_line(ctx: click.Context) -> str:
+    """The command as typed (``llava-edge bench --preset tiny``), with only the options
+    that were given on the command line (defaults left out), for a report to record."""
+    import shlex
+
+    from click.core import ParameterSource
+
+    parts = ctx.command_path.split()
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[param.name]
+        if isinstance(param, click.Argument):
+            parts += [str(v) for v in value] if isinstance(value, tuple) else [str(value)]
+            continue
+        flag = param.opts[0]
+        if isinstance(param, click.Option) and param.is_flag:
+            if param.secondary_opts and not value:
+                flag = param.secondary_opts[0]
+            parts.append(flag)
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1024 or unit == "TB":

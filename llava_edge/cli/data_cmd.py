@@ -49,6 +49,29 @@ def shapes(out_dir: str, n_train: int, n_eval: int, seed: int, image_size: int,
                    + ", ".join(f"{k}: {v}" for k, v in ds.counts.items()))
 
 
+@data.command("shapes-mc")
+@click.argument("dataset_dir", type=click.Path(file_okay=False))
+@click.option("--per-image", default=4, show_default=True, type=click.IntRange(1),
+              help="Questions (of different kinds) per train image, as one multi-turn "
+                   "conversation.")
+@click.option("--reply", type=click.Choice(["letter", "statement"]), default="letter",
+              show_default=True,
+              help="Answer turns as the letter alone, or as a sentence naming what was asked "
+                   "about and then the letter.")
+@json_option
+def shapes_mc(dataset_dir: str, per_image: int, reply: str, as_json: bool) -> None:
+    """Write multiple-choice training questions (stage2_mc.json) about the train images
+    of a dataset made by `llava-edge data shapes`, in the eval's format: the tiny-demo
+    recipe trains stage 2 on them next to stage2_instruct.json."""
+    from llava_edge.trainer.shapes_mc import write_shapes_mc
+
+    out = write_shapes_mc(dataset_dir, per_image, reply)
+    if as_json:
+        emit_json({"file": str(out)})
+    else:
+        click.echo(f"wrote {out}")
+
+
 @data.command()
 @click.argument("json_file", type=click.Path(dir_okay=False))
 @click.option("--image-folder", type=click.Path(file_okay=False),
