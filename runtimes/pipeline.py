@@ -28,9 +28,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
 
@@ -38,12 +37,15 @@ from llava_edge.bundle import Bundle, open_bundle
 from llava_edge.cpu_features import vision_graph_warning
 from llava_edge.errors import PromptError
 from llava_edge.manifest import VisionGraph
-from llava_edge.runtimes.embed_cache import EmbeddingCache, pixel_key
+from llava_edge.runtimes.embed_cache import EmbeddingCache
+from llava_edge.runtimes.generation import Answer, Stream, Timings, _Holder, _Run
 from llava_edge.runtimes.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
-from llava_edge.runtimes.kv_reuse import KVPrefix, position_keys, remaining
+from llava_edge.runtimes.kv_reuse import KVPrefix
 from llava_edge.runtimes.preprocess import preprocess
-from llava_edge.runtimes.prompt import Segment, render, split_at_images, user_message
+from llava_edge.runtimes.prompt import render, split_at_images, user_message
 from llava_edge.runtimes.sampling import Sampler, SamplingParams
+
+__all__ = ["Answer", "LanguageBackend", "LlavaEdge", "Stream", "Timings", "VisionBackend"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,35 +71,6 @@ class LanguageBackend(Protocol):
     def reset(self) -> None: ...
     # Optional: ``truncate(n) -> bool`` keeps the first n positions (prefix reuse);
     # a backend without it is reset before every request.
-
-
-@dataclass
-class Timings:
-    """Milliseconds per stage of one request, and what it reused."""
-
-    preprocess_ms: float = 0.0
-    vision_ms: float = 0.0
-    prefill_ms: float = 0.0
-    decode_ms: float = 0.0
-    first_token_ms: float = 0.0  # from the start of the request to the first new token
-    total_ms: float = 0.0
-    prefill_tokens: int = 0  # prompt positions evaluated by this request
-    reused_tokens: int = 0  # prompt positions taken from the KV cache as they were
-    images_encoded: int = 0  # images run through the vision graph
-    embedding_cache_hits: int = 0  # images whose embeddings came from the cache
-
-
-@dataclass
-class Answer:
-    text: str
-    tokens: list[int]
-    n_prompt_tokens: int  # text tokens + image positions
-    stop_reason: str  # "eos" | "stop" | "length"
-    timings: Timings = field(default_factory=Timings)
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.tokens)
 
 
 class LlavaEdge:
@@ -346,164 +319,6 @@ class LlavaEdge:
         self.close()
 
 
-class _Holder:
-    """Something that holds the model's lock; ``superseded`` once another took it over."""
-
-    superseded = False
-
-
-class _Run(_Holder):
-    """One request's generation: images -> prefill -> tokens, with its timings."""
-
-    def __init__(self, model: LlavaEdge, images: list, bgr: bool, segments: list[Segment],
-                 n_prompt: int, sampler: Sampler, max_new_tokens: int, stop: tuple[str, ...],
-                 t0: float):
-        self.model, self.images, self.bgr, self.segments = model, images, bgr, segments
-        self.n_prompt, self.sampler, self.max_new_tokens, self.stop = (n_prompt, sampler,
-                                                                      max_new_tokens, stop)
-        self.t0 = t0
-        self.timings = Timings()
-        self.generated: list[int] = []
-        self.reason = "length"
-        self.superseded = False  # set when a later request of the same thread took over
-
-    def tokens(self) -> Iterator[int]:
-        """Evaluate the prompt, then yield each new token as it is chosen."""
-        m, t = self.model, self.timings
-        start = time.perf_counter()
-        rgb = [load_image(img, m.max_pixels, bgr=self.bgr) for img in self.images]
-        image_keys = [pixel_key(img) for img in rgb]
-        t.preprocess_ms = _ms(start)
-        m._acquire(self)
-        start = time.perf_counter()
-        try:
-            keys = position_keys(self.segments, image_keys, m.n_image_tokens)
-            keep = m._keep_prefix(keys)
-            todo = remaining(self.segments, m.n_image_tokens, keep)
-            embeds = self._embeddings(rgb, image_keys, {s.image_index for s, _ in todo
-                                                        if s.image_index is not None})
-            start = time.perf_counter()
-            for seg, skip in todo:
-                if seg.image_index is None:
-                    m.llm.eval_tokens(list(seg.tokens[skip:]))
-                    m._kv.extend(seg.tokens[skip:])
-                else:
-                    m.llm.eval_embeddings(embeds[seg.image_index][skip:])
-                    key = image_keys[seg.image_index]
-                    m._kv.extend([(key, r) for r in range(skip, m.n_image_tokens)])
-            t.prefill_ms = _ms(start)
-            t.reused_tokens, t.prefill_tokens = keep, len(keys) - keep
-            start = time.perf_counter()
-            yield from self._decode()
-        finally:
-            m._release(self)
-            t.decode_ms = _ms(start)
-            t.total_ms = _ms(self.t0)
-
-    def _embeddings(self, rgb: list, image_keys: list[bytes],
-                    needed: set[int]) -> dict[int, np.ndarray]:
-        """Embeddings of the images ``needed`` (indices): from the cache, else encoded
-        in one batch (and cached)."""
-        m, t = self.model, self.timings
-        out: dict[int, np.ndarray] = {}
-        todo: dict[bytes, list[int]] = {}  # the same picture twice is encoded once
-        for i in sorted(needed):
-            cached = m.embed_cache.get(image_keys[i])
-            if cached is not None:
-                out[i] = cached
-                t.embedding_cache_hits += 1
-            else:
-                todo.setdefault(image_keys[i], []).append(i)
-        if todo:
-            start = time.perf_counter()
-            pixels = np.stack([preprocess(rgb[idx[0]], m.recipe) for idx in todo.values()])
-            t.preprocess_ms += _ms(start)
-            start = time.perf_counter()
-            encoded = m._encode(pixels)
-            t.vision_ms = _ms(start)
-            t.images_encoded = len(todo)
-            for (key, idx), embeds in zip(todo.items(), encoded):
-                m.embed_cache.put(key, embeds)
-                for i in idx:
-                    out[i] = embeds
-        return out
-
-    def _decode(self) -> Iterator[int]:
-        """Choose tokens from the logits, yield each, evaluate it, until a stop."""
-        m, t = self.model, self.timings
-        while True:
-            token = self.sampler(m.llm.logits(), self.generated)
-            if not self.generated:
-                t.first_token_ms = _ms(self.t0)
-            if m.llm.is_eog(token):
-                self.reason = "eos"
-                return
-            self.generated.append(token)
-            if self.stop and any(s in m.llm.detokenize(self.generated) for s in self.stop):
-                self.reason = "stop"
-                return
-            yield token
-            if self.superseded:
-                return
-            m._holder_thread = threading.get_ident()  # a stream may resume elsewhere
-            if (len(self.generated) >= self.max_new_tokens
-                    or m.llm.n_past >= m.llm.n_ctx):
-                self.reason = "length"
-                return
-            m.llm.eval_tokens([token])
-            m._kv.extend([token])
-
-    def text(self) -> str:
-        text = self.model.llm.detokenize(self.generated)
-        for s in self.stop:
-            if s in text:
-                text = text[: text.index(s)]
-        return text
-
-    def answer(self) -> Answer:
-        return Answer(text=self.text().strip(), tokens=list(self.generated),
-                      n_prompt_tokens=self.n_prompt, stop_reason=self.reason,
-                      timings=self.timings)
-
-
-class Stream:
-    """Iterates over an answer's text pieces; ``answer`` holds the result afterwards.
-
-    Stopping early (``break``, ``close()`` on the iterator, an exception) ends decoding
-    and frees the model at once; what was evaluated stays reusable.
-    """
-
-    def __init__(self, run: _Run, on_done=None):
-        self._run = run
-        self._on_done = on_done  # on_done(answer, completed), once the iteration ends
-        self.answer: Answer | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        sent = ""
-        tokens = self._run.tokens()
-        completed = False
-        try:
-            for _ in tokens:
-                text = self._run.text()
-                # Hold back a piece that ends inside a multi-byte character, or that could
-                # be the start of a stop string.
-                if text.endswith("\ufffd") or any(
-                        text.endswith(s[:k]) for s in self._run.stop for k in range(1, len(s))):
-                    continue
-                if len(text) > len(sent) and text.startswith(sent):
-                    yield text[len(sent):]
-                    sent = text
-            completed = not self._run.superseded
-            text = self._run.text()
-            if len(text) > len(sent) and text.startswith(sent):
-                yield text[len(sent):]
-        finally:
-            tokens.close()  # stopped early: release the model now, not at garbage collection
-            self.answer = self._run.answer()
-            if self._on_done is not None:
-                self._on_done(self.answer, completed)
-
-
 _warned: set[str] = set()  # graphs already warned about in this process
 
 
@@ -523,7 +338,3 @@ def _as_list(image) -> list:
     if isinstance(image, (list, tuple)):
         return list(image)
     return [image]
-
-
-def _ms(t: float) -> float:
-    return (time.perf_counter() - t) * 1000.0
