@@ -21,6 +21,9 @@ Checked and recorded (not asserted as speed targets):
 
 Writes ``result.json`` and ``README.md`` to ``--out`` (default
 ``benchmarks/results/serve-load-<preset>-<date>/``) with the machine, versions and command.
+
+A little over 400 lines: the load test is one tool (clients, the server process, the
+checks and the report) and reads best as one file.
 """
 
 from __future__ import annotations

@@ -16,6 +16,11 @@ One call, :func:`export_vision`, does the whole vision half of ``llava-edge expo
    interrupted export leaves no final file behind.
 
 The result (:class:`VisionExportResult`) is JSON-serialisable for the bundle manifest.
+
+Longer than most modules here (about 500 lines) on purpose: the six steps are one
+transaction over a staging folder (the gates, the int4 fallback and the final move share
+its state), and the argument checks that run before any work, and the move that ends it,
+sit beside it so that the whole contract of a vision export reads in one file.
 """
 
 from __future__ import annotations

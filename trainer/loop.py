@@ -16,6 +16,9 @@ here so that each piece is visible:
   scheduler, RNG and data position;
 * ``metrics.jsonl``, ``loss_curve.png`` and ``train_config.json`` in the output directory,
   and the trained model written there as a Hugging Face checkpoint at the end.
+
+A little over 400 lines, to be read in one sitting (as nanoGPT's ``train.py``): the data,
+model set-up, checkpointing and metrics it calls live in their own modules.
 """
 
 from __future__ import annotations
