@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from llava_edge.export.vision_onnx import make_session
+from llava_edge.export.onnx_export import make_session
 from llava_edge.export.vision_quantize import quantize_int8_dynamic
 
 ATTENTION_CORE = "attention core"

@@ -35,7 +35,7 @@ class TransformersRunner:
         from PIL import Image
         from transformers.generation.streamers import BaseStreamer
 
-        from llava_edge.export.checkpoint import load_llava
+        from llava_edge.export.open_checkpoint import load_llava
 
         torch.set_num_threads(job.threads)
         self.job, self.torch, self.last_text = job, torch, None

@@ -160,7 +160,7 @@ def run_vision_bench(args: VisionBenchOptions) -> Path:
     import torch
 
     from llava_edge.benchmarks.kernel_floor import kernel_floor
-    from llava_edge.export import vision_onnx
+    from llava_edge.export import onnx_export
     from llava_edge.export.vision import tool_versions
     from llava_edge.export.vision_graph import load_vision, vision_flops
 
@@ -190,7 +190,7 @@ def run_vision_bench(args: VisionBenchOptions) -> Path:
         for label, (path, result) in exported["variants"].items():
             print(f"batch {batch}: onnxruntime {label} ...", flush=True)
             start = time.perf_counter()
-            session = vision_onnx.make_session(path, threads=args.threads)
+            session = onnx_export.make_session(path, threads=args.threads)
             load_s = time.perf_counter() - start
             t = timed(lambda: session.run(None, {"pixel_values": pixels}),
                       args.warmup, args.repeats)

@@ -23,7 +23,7 @@ from llava_edge.checkpoint_info import read_json
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.templates import IMAGE_TOKEN, TEMPLATES
 
-from llava_edge.export.checkpoint import check_supported
+from llava_edge.export.open_checkpoint import check_supported
 
 # What --fp16 / --int8 / --int4 mean: (vision precision, LLM quant).
 QUALITY_PRESETS = {"fp32": ("fp32", "F16"), "fp16": ("fp16", "F16"), "int8": ("int8", "Q8_0"),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from llava_edge.errors import LlavaEdgeError
-from llava_edge.export.checkpoint import check_supported
+from llava_edge.export.open_checkpoint import check_supported
 from llava_edge.export.gguf_quantize import INT4_QUANT, normalize_quants, quantize_gguf
 from llava_edge.export.gguf_tensors import SafetensorsCheckpoint, find_llm_prefixes
 from llava_edge.export.gguf_writer import write_llm_gguf
@@ -172,7 +172,7 @@ def _notes(checkpoint_dir: Path, mmproj: bool) -> list[str]:
 
 def _measure(checkpoint_dir: Path, llm_files: dict[str, Path], mmproj_path: Path | None,
              n_threads: int | None, progress: Callable[[int, int], None] | None) -> dict:
-    from llava_edge.export.checkpoint import load_llava
+    from llava_edge.export.open_checkpoint import load_llava
     from llava_edge.export.gguf_parity import measure_parity
 
     loaded = load_llava(checkpoint_dir, "float32")

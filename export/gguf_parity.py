@@ -73,7 +73,7 @@ def parity_prompts(processor, n: int = 3) -> list[str]:
 
 def torch_reference(loaded, prompt: str, image, n_greedy: int = N_GREEDY) -> TorchReference:
     """Run ``prompt`` + ``image`` through the PyTorch model (``loaded``: a
-    :class:`~llava_edge.export.checkpoint.LoadedLlava`)."""
+    :class:`~llava_edge.export.open_checkpoint.LoadedLlava`)."""
     import torch
 
     model, config = loaded.model, loaded.config

@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from llava_edge.errors import LlavaEdgeError
-from llava_edge.export.checkpoint import UnsupportedModelError
+from llava_edge.export.open_checkpoint import UnsupportedModelError
 
 # Where the language model's weights live, by checkpoint layout: (decoder prefix, head).
 LLM_PREFIXES = (

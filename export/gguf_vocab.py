@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llava_edge.errors import LlavaEdgeError
-from llava_edge.export.checkpoint import UnsupportedModelError
+from llava_edge.export.open_checkpoint import UnsupportedModelError
 from llava_edge.runtimes.gguf_keys import HF_NORMALIZER_KEY, HF_SPACE_PREFIX_KEY
 
 # gguf.TokenType values (also SentencePiece's piece types).

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from llava_edge.errors import LlavaEdgeError
-from llava_edge.export.checkpoint import UnsupportedModelError, check_supported
+from llava_edge.export.open_checkpoint import UnsupportedModelError, check_supported
 from llava_edge.export.gguf_tensors import (LLMShape, SafetensorsCheckpoint, iter_converted,
                                             llm_tensor_plan)
 from llava_edge.export.gguf_vocab import GGUFVocab, add_vocab_metadata, read_vocab

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from llava_edge.errors import LlavaEdgeError
-from llava_edge.export.checkpoint import UnsupportedModelError, check_supported
+from llava_edge.export.open_checkpoint import UnsupportedModelError, check_supported
 from llava_edge.export.gguf_tensors import SafetensorsCheckpoint, TensorPlan
 from llava_edge.export.gguf_writer import (FILE_TYPES, WrittenGGUF, gguf_file,
                                            write_planned_tensors)

@@ -33,7 +33,7 @@ def verify_bundle(bundle_dir: str | Path, checkpoint: str | Path, data: str | Pa
                   n_images: int = 4, max_new_tokens: int = 16, n_threads: int | None = None,
                   progress: Callable[[str], None] | None = None) -> dict:
     """Recompute ``bundle_dir``'s parity against ``checkpoint``; see the module docstring."""
-    from llava_edge.export.checkpoint import load_llava
+    from llava_edge.export.open_checkpoint import load_llava
     from llava_edge.export.gguf_parity import measure_parity
     from llava_edge.export.vision_parity import synthetic_images
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from llava_edge.cpu_features import cpu_info
 from llava_edge.errors import LlavaEdgeError
-from llava_edge.export import tensorrt_engine, vision_onnx, vision_parity, vision_quantize
+from llava_edge.export import onnx_export, tensorrt_engine, vision_parity, vision_quantize
 from llava_edge.export.vision_graph import load_vision
 
 logger = logging.getLogger(__name__)
@@ -217,24 +217,24 @@ def export_vision(
     try:
         steps("exporting to ONNX")
         plain = staging / PLAIN_GRAPH_NAME
-        exporter = vision_onnx.export_to_onnx(encoder, plain, external_data=external_data)
+        exporter = onnx_export.export_to_onnx(encoder, plain, external_data=external_data)
         steps("fusing with the ONNX Runtime transformer optimizer")
         fused_fp32 = staging / graph_name("fp32")
-        fused_ops = vision_onnx.optimize_onnx(plain, fused_fp32, spec.num_heads, spec.hidden_size,
+        fused_ops = onnx_export.optimize_onnx(plain, fused_fp32, spec.num_heads, spec.hidden_size,
                                               external_data=external_data)
         metadata = _graph_metadata(spec)
 
         def judge(precision: str, path: Path, method: dict) -> VariantResult:
             """Check the graph at ``path`` and measure it against PyTorch."""
-            vision_onnx.set_metadata(path, metadata | {"llava_edge.precision": precision})
-            vision_onnx.check_onnx(path)
+            onnx_export.set_metadata(path, metadata | {"llava_edge.precision": precision})
+            onnx_export.check_onnx(path)
             steps(f"parity of {precision}")
-            session = vision_onnx.make_session(path)
+            session = onnx_export.make_session(path)
             figures = vision_parity.compare(
                 reference, vision_parity.onnx_embeds(session, pixels, parity_batch))
             del session  # frees the graph's weights before the next variant is built
             return VariantResult(
-                precision=precision, files=[p.name for p in vision_onnx.graph_files(path)],
+                precision=precision, files=[p.name for p in onnx_export.graph_files(path)],
                 written=False, gate=gates[precision],
                 passed=figures.mean_cosine >= gates[precision], parity=figures.to_dict(),
                 method=method)
@@ -286,7 +286,7 @@ def export_vision(
         checkpoint=str(checkpoint_dir), out_dir=str(out_dir), vision_kind=spec.kind,
         image_size=spec.image_size, n_image_tokens=spec.n_image_tokens, n_embd=spec.n_embd,
         graph=spec.to_dict(), preprocess=preprocess_recipe(loaded.processor, checkpoint_dir), exporter=exporter,
-        opset=vision_onnx.OPSET, fused_ops=fused_ops, parity_images=[name for name, _ in named],
+        opset=onnx_export.OPSET, fused_ops=fused_ops, parity_images=[name for name, _ in named],
         variants=variants, engines=engine_results, versions=tool_versions(), plain=plain_result,
         measured_on=cpu_info().to_dict(),
     )
@@ -332,10 +332,10 @@ def _check_gates(gates: Mapping[str, float] | None) -> dict[str, float]:
 
 
 def _final_names(precisions, engines, int4_fallback: bool, plain_graph: bool) -> list[str]:
-    names = [PLAIN_GRAPH_NAME, vision_onnx.data_path(PLAIN_GRAPH_NAME).name] if plain_graph else []
+    names = [PLAIN_GRAPH_NAME, onnx_export.data_path(PLAIN_GRAPH_NAME).name] if plain_graph else []
     graphs = set(precisions) | ({"int8"} if int4_fallback and "int4" in precisions else set())
     for p in graphs:
-        names += [graph_name(p), vision_onnx.data_path(graph_name(p)).name]
+        names += [graph_name(p), onnx_export.data_path(graph_name(p)).name]
     for p in engines:
         names += [engine_name(p), tensorrt_engine.sidecar_path(engine_name(p)).name]
     return names
@@ -382,7 +382,7 @@ def _build_variant(precision: str, fused_fp32: Path, out: Path, int8_method: str
     made."""
     if precision == "fp32":
         return {"method": "ONNX Runtime transformer optimizer", "model_type":
-                vision_onnx.OPTIMIZER_MODEL_TYPE}
+                onnx_export.OPTIMIZER_MODEL_TYPE}
     if precision == "fp16":
         return vision_quantize.to_fp16(fused_fp32, out, external_data=external_data)
     if precision == "int8":
@@ -467,7 +467,7 @@ def _commit(staging: Path, out_dir: Path, variants: list[VariantResult],
             for v in variants:
                 if not v.written:
                     graph = v.files[0]
-                    for name in (graph, vision_onnx.data_path(graph).name):
+                    for name in (graph, onnx_export.data_path(graph).name):
                         (out_dir / name).unlink(missing_ok=True)
         for src, dst in moves:
             os.replace(src, dst)

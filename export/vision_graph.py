@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from llava_edge.errors import LlavaEdgeError
-from llava_edge.export.checkpoint import SUPPORTED_VISION, UnsupportedModelError, check_supported
+from llava_edge.export.open_checkpoint import (SUPPORTED_VISION, UnsupportedModelError,
+                                              check_supported)
 
 SELECT_STRATEGIES = ("default", "full")
 # Projector kinds LLaVA checkpoints name in their config (original-repo keys); llava-hf's

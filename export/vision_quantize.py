@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
-from llava_edge.export.vision_onnx import (EXTERNAL_DATA_THRESHOLD, INPUT_NAME, data_path,
+from llava_edge.export.onnx_export import (EXTERNAL_DATA_THRESHOLD, INPUT_NAME, data_path,
                                            save_onnx)
 
 # Ops kept fp32 in the fp16 graph on top of onnxruntime's default block list (the ops

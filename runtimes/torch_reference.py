@@ -48,7 +48,7 @@ def _load_llava(checkpoint_dir: str | Path, device):
     from transformers import LlavaForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
-    from llava_edge.export.checkpoint import check_supported
+    from llava_edge.export.open_checkpoint import check_supported
 
     check_supported(checkpoint_dir)  # a typed, one-line error for what is not LLaVA
     hf_logging.disable_progress_bar()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llava_edge.export.checkpoint import UnsupportedModelError, check_supported, load_llava
+from llava_edge.export.open_checkpoint import UnsupportedModelError, check_supported, load_llava
 
 
 def _config(tmp_path, **over):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from llava_edge.errors import LlavaEdgeError
-from llava_edge.export.checkpoint import UnsupportedModelError
+from llava_edge.export.open_checkpoint import UnsupportedModelError
 from llava_edge.export.gguf import export_gguf
 from llava_edge.export.gguf_quantize import INT4_QUANT, normalize_quants, quantize_gguf
 from llava_edge.export.gguf_tensors import permute_rotary

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from llava_edge.export.checkpoint import UnsupportedModelError, load_llava
+from llava_edge.export.open_checkpoint import UnsupportedModelError, load_llava
 from llava_edge.export.gguf import export_gguf
 from llava_edge.export.gguf_parity import (logits_parity, mmproj_parity, parity_prompts,
                                            reference_image, tokenizer_parity, torch_reference)

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from llava_edge.export import vision as vision_mod
-from llava_edge.export import vision_onnx, vision_parity, vision_quantize
+from llava_edge.export import onnx_export, vision_parity, vision_quantize
 from llava_edge.export.vision import DEFAULT_GATES, VisionExportError, export_vision
 from llava_edge.export.vision_graph import load_vision
 from llava_edge.runtimes.preprocess import PreprocessRecipe
@@ -76,7 +76,7 @@ def test_graphs_check_fuse_and_carry_metadata(exported):
         assert model.graph.input[0].name == "pixel_values"
         assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
         assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    ops = {p: vision_onnx.op_counts(onnx.load(str(Path(out) / f"vision_{p}.onnx")))
+    ops = {p: onnx_export.op_counts(onnx.load(str(Path(out) / f"vision_{p}.onnx")))
            for p in ("int8", "int4")}
     assert ops["int8"].get("QAttention") == spec["n_layers_run"]
     assert ops["int8"].get("MatMulInteger", 0) > 0 and "ConvInteger" not in ops["int8"]
@@ -121,7 +121,7 @@ def test_batch_1_and_3_run_and_agree(exported):
     checkpoint, result = exported
     pixels = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
     for v in result.variants:
-        session = vision_onnx.make_session(Path(result.out_dir) / v.files[0])
+        session = onnx_export.make_session(Path(result.out_dir) / v.files[0])
         three = session.run(None, {"pixel_values": pixels})[0]
         ones = np.concatenate([session.run(None, {"pixel_values": pixels[i:i + 1]})[0]
                                for i in range(3)])
@@ -161,7 +161,7 @@ def test_fp32_export_smoke(tiny_checkpoint, tmp_path):
     loaded = load_vision(tiny_checkpoint)
     image = Image.new("RGB", (80, 50), (200, 30, 90))
     pixels = vision_parity.preprocess(loaded.processor, [image])
-    ours = vision_onnx.make_session(tmp_path / "out" / "vision_fp32.onnx").run(
+    ours = onnx_export.make_session(tmp_path / "out" / "vision_fp32.onnx").run(
         None, {"pixel_values": pixels})[0]
     from llava_edge.export.vision_graph import reference_features
 
@@ -235,7 +235,7 @@ def test_static_int8_from_calib_dir(tiny_qwen2_checkpoint, tmp_path):
     assert [n for n in result.parity_images if n.startswith("calib/")] == [
         "calib/img0.png", "calib/img1.png", "calib/img2.png", "calib/img3.jpg"]
     model = onnx.load(str(tmp_path / "out" / "vision_int8.onnx"))
-    ops = vision_onnx.op_counts(model)
+    ops = onnx_export.op_counts(model)
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
     weights = _int8_weights(model)  # 7-bit here too (see the saturation test)
     assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights.values()) \
@@ -341,13 +341,13 @@ def test_save_onnx_switches_to_external_data_by_size(tmp_path, monkeypatch):
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    assert vision_onnx.save_onnx(model, tmp_path / "small.onnx") == [tmp_path / "small.onnx"]
-    monkeypatch.setattr(vision_onnx, "EXTERNAL_DATA_THRESHOLD", 1000)
-    files = vision_onnx.save_onnx(model, tmp_path / "big.onnx")
+    assert onnx_export.save_onnx(model, tmp_path / "small.onnx") == [tmp_path / "small.onnx"]
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 1000)
+    files = onnx_export.save_onnx(model, tmp_path / "big.onnx")
     assert files == [tmp_path / "big.onnx", tmp_path / "big.onnx.data"]
     onnx.checker.check_model(str(tmp_path / "big.onnx"))
     x = np.ones((1, 64), np.float32)
-    y = vision_onnx.make_session(tmp_path / "big.onnx").run(None, {"x": x})[0]
+    y = onnx_export.make_session(tmp_path / "big.onnx").run(None, {"x": x})[0]
     np.testing.assert_allclose(y, np.full((1, 64), 64.0))
 
 
@@ -394,7 +394,7 @@ def test_overwrite_replaces_and_drops_stale_variants(tiny_checkpoint, tmp_path):
 def test_unsupported_checkpoint_fails_before_writing(tiny_checkpoint, tmp_path):
     import shutil
 
-    from llava_edge.export.checkpoint import UnsupportedModelError
+    from llava_edge.export.open_checkpoint import UnsupportedModelError
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
@@ -448,7 +448,7 @@ def test_siglip_so400m_dims_export_and_fuse(tmp_path):
     assert result.fused_ops["Attention"] == 27  # layer -1: the whole tower, every layer fused
     for v in result.variants:
         assert v.written and v.parity["mean_cosine"] >= DEFAULT_GATES[v.precision], v
-    session = vision_onnx.make_session(tmp_path / "out" / "vision_int4.onnx")
+    session = onnx_export.make_session(tmp_path / "out" / "vision_int4.onnx")
     out = session.run(None, {"pixel_values": np.zeros((1, 3, 384, 384), np.float32)})[0]
     assert out.shape == (1, 729, 896)
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from llava_edge.export.checkpoint import UnsupportedModelError
+from llava_edge.export.open_checkpoint import UnsupportedModelError
 from llava_edge.export.vision_graph import (VisionEncoder, graph_spec, load_vision,
                                             reference_features)
 

@@ -45,7 +45,7 @@ def without_gpu(monkeypatch):
 def plain_graph(tmp_path_factory, tiny_checkpoint):
     """The un-fused fp32 graph of `tiny` (standard ONNX ops only, what TensorRT parses)."""
     from llava_edge.export.vision_graph import load_vision
-    from llava_edge.export.vision_onnx import export_to_onnx
+    from llava_edge.export.onnx_export import export_to_onnx
 
     path = tmp_path_factory.mktemp("plain") / "plain_fp32.onnx"
     export_to_onnx(load_vision(tiny_checkpoint).encoder(), path)

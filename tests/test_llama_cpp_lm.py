@@ -48,7 +48,7 @@ def test_model_facts_and_tokens(lm, tiny_checkpoint):
 def test_eval_tokens_matches_pytorch(lm, tiny_checkpoint):
     import torch
 
-    from llava_edge.export.checkpoint import load_llava
+    from llava_edge.export.open_checkpoint import load_llava
 
     loaded = load_llava(tiny_checkpoint)
     ids = lm.tokenize("A chat between a curious user and an artificial intelligence assistant.")

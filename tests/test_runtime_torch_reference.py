@@ -77,7 +77,7 @@ def test_language_logits_match_llama_cpp_f16(torch_model, bundle_model):
 
 def test_greedy_answers_equal_bundle_and_transformers_generate(torch_model, bundle_model,
                                                                 tiny_checkpoint):
-    from llava_edge.export.checkpoint import load_llava
+    from llava_edge.export.open_checkpoint import load_llava
 
     loaded = load_llava(tiny_checkpoint)
     n = 16

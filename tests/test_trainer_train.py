@@ -13,7 +13,7 @@ import pytest
 from llava_edge.cli import run
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.trainer import loop
-from llava_edge.trainer.checkpoints import list_checkpoints
+from llava_edge.trainer.resume import list_checkpoints
 from llava_edge.trainer.dataset import BadSampleError
 from llava_edge.trainer.loop import TrainingDivergedError, train
 from llava_edge.trainer.metrics import read_metrics

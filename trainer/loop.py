@@ -37,7 +37,7 @@ from llava_edge.checkpoint_info import read_json
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.templates import IMAGE_TOKEN
 
-from llava_edge.trainer.checkpoints import (checkpoint_root, install_trainable_only_hooks,
+from llava_edge.trainer.resume import (checkpoint_root, install_trainable_only_hooks,
                                             latest_checkpoint, load_checkpoint,
                                             resume_values, save_checkpoint)
 from llava_edge.trainer.collate import Collator
