@@ -20,7 +20,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
+
+from llava_edge.atomic_dir import atomic_path
+from llava_edge.progress import Progress
 
 PROGRESS_TAG = "@@progress"
 # Figures each sample carries; None where a runner cannot separate a stage.
@@ -205,7 +208,7 @@ def memory_status() -> dict[str, float | None]:
     return out
 
 
-def run_job(job: Job, progress: Callable[[int, int], None] = lambda d, t: None) -> dict:
+def run_job(job: Job, progress: Progress = lambda d, t: None) -> dict:
     """Load ``job``'s configuration, run it ``warmup + repeats`` times; the raw result."""
     total = job.warmup + job.repeats
     start = time.perf_counter()
@@ -242,7 +245,7 @@ def summarize(samples: list[dict]) -> dict[str, dict | None]:
     return out
 
 
-def measure_config(job: Job, work: Path, on_progress: Callable[[int, int], None]) -> dict:
+def measure_config(job: Job, work: Path, on_progress: Progress) -> dict:
     """Run ``job`` in a fresh Python process; its result, or ``{"error": ...}``."""
     work.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in job.config["name"])
@@ -288,9 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROGRESS_TAG} {done} {total}", flush=True)
 
     result = run_job(job, progress)
-    tmp = Path(result_path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, result_path)
+    with atomic_path(Path(result_path)) as tmp:
+        tmp.write_text(json.dumps(result))
     return 0
 
 

@@ -10,10 +10,9 @@ bandwidth bound). The folder appears complete or not at all.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from llava_edge.atomic_dir import write_dir
+from llava_edge.atomic_dir import write_dir, write_json
 
 SCHEMA = "llava-edge-bench/1"
 TOP_KEYS = ("schema", "preset", "weights", "date_utc", "command", "machine", "versions",
@@ -56,7 +55,7 @@ def check_report(report: dict) -> None:
 def write_report(out: Path, report: dict) -> Path:
     """Write the four files into ``out`` (replacing it, all or nothing); returns ``out``."""
     def fill(tmp: Path) -> None:
-        (tmp / "results.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_json(tmp / "results.json", report, default=str)
         (tmp / "results.md").write_text(markdown(report))
         latency_chart(report, tmp / "latency.png")
         roofline_chart(report, tmp / "roofline.png")

@@ -24,7 +24,6 @@ are the preset's), answers are meaningless.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llava_edge.atomic_dir import write_json
 from llava_edge.runtimes.pipeline import LlavaEdge
 
 FIELDS = ("prefill_tokens", "reused_tokens", "prefill_ms", "vision_ms", "preprocess_ms",
@@ -226,7 +226,7 @@ def run_reuse_bench(preset: str = "tiny", bundle: Path | None = None,
 
     out = Path(out) / f"reuse-{preset}-{now:%Y%m%d}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    write_json(out / "results.json", res, default=str)
     (out / "results.md").write_text(markdown(res))
     print(markdown(res))
     print(f"wrote {out}/results.json and results.md")

@@ -17,6 +17,7 @@ from typing import Callable
 
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.manifest import Manifest
+from llava_edge.progress import Progress
 
 # Presets that only run quantized: their fp32 PyTorch model does not fit a small machine.
 QUANTIZED_ONLY = {"llava-1.5-7b": {"vision": ("int8", "int4"), "llm": ("Q4_K_M", "Q4_0")}}
@@ -24,7 +25,6 @@ IMAGE_SIZE = 480  # the request's image; every pipeline resizes it to its tower'
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 Say = Callable[[str], None]
-Progress = Callable[[int, int], None]  # (runs done, runs in all)
 
 
 @dataclass

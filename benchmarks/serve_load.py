@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from llava_edge.atomic_dir import write_json
 from llava_edge.benchmarks.vision_bench import machine_info
 from llava_edge.bundle import open_bundle
 
@@ -425,7 +426,7 @@ def run_serve_load(args: ServeLoadOptions) -> dict:
     }
     out = Path(args.out) if args.out else ROOT / "results" / f"serve-load-{preset}-{date}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "result.json", result)
     (out / "README.md").write_text(markdown(result))
     print(markdown(result))
     print(f"wrote {out}/result.json and README.md")

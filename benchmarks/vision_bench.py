@@ -23,7 +23,6 @@ accuracy. Writes ``results.json`` and ``results.md`` into ``--out`` (default
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llava_edge.atomic_dir import write_dir
+from llava_edge.atomic_dir import write_dir, write_json
 
 ROOT = Path(__file__).resolve().parent
 VARIANTS = ("fp32", "fp16", "int8", "int4")
@@ -262,7 +261,7 @@ def run_vision_bench(args: VisionBenchOptions) -> Path:
 def write_report(out: Path, report: dict) -> None:
     """results.json + results.md, moved into place together."""
     def fill(tmp: Path) -> None:
-        (tmp / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(tmp / "results.json", report)
         (tmp / "results.md").write_text(markdown(report))
 
     write_dir(out, fill)

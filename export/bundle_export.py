@@ -12,12 +12,12 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from llava_edge.atomic_dir import write_dir
 from llava_edge.bundle import write_manifest
 from llava_edge.manifest import (ImageSpec, LanguageModel, Manifest, Mmproj, PromptSpec, Source,
                                  TensorrtEngine, VisionGraph)
+from llava_edge.progress import StageProgress
 from llava_edge.runtimes.preprocess import PreprocessRecipe
 from llava_edge.checkpoint_info import read_json
 from llava_edge.errors import LlavaEdgeError
@@ -29,7 +29,6 @@ from llava_edge.export.open_checkpoint import check_supported
 QUALITY_PRESETS = {"fp32": ("fp32", "F16"), "fp16": ("fp16", "F16"), "int8": ("int8", "Q8_0"),
                    "int4": ("int4", "Q4_K_M")}
 
-ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -60,7 +59,7 @@ def _unique(items) -> tuple:
 
 
 def export_bundle(checkpoint: str | Path, out_dir: str | Path, options: ExportOptions,
-                  progress: ProgressFn | None = None, overwrite: bool = False) -> Manifest:
+                  progress: StageProgress | None = None, overwrite: bool = False) -> Manifest:
     """Export ``checkpoint`` into the bundle directory ``out_dir``; return its manifest."""
     from llava_edge.export.gguf import export_gguf
     from llava_edge.export.vision import export_vision

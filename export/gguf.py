@@ -18,17 +18,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.export.open_checkpoint import check_supported
 from llava_edge.export.gguf_quantize import INT4_QUANT, normalize_quants, quantize_gguf
 from llava_edge.export.gguf_tensors import SafetensorsCheckpoint, find_llm_prefixes
 from llava_edge.export.gguf_writer import write_llm_gguf
+from llava_edge.progress import Progress, StageProgress
 
-#: ``progress(stage, done, total)``; stages: ``"convert F16"`` (bytes), ``"quantize Q4_K_M"``
-#: (tensors), ``"mmproj"`` (bytes), ``"parity"`` (GGUF files checked).
-ProgressFn = Callable[[str, int, int], None]
 __all__ = ["export_gguf", "GGUFExportResult", "GGUFFile", "INT4_QUANT", "llm_file_name"]
 
 
@@ -91,13 +89,16 @@ def _base_type(checkpoint_dir: Path) -> str:
 
 def export_gguf(checkpoint_dir: str | Path, out_dir: str | Path,
                 quants: str | Iterable[str] = ("F16",), mmproj: bool = False,
-                parity: bool = True, progress: ProgressFn | None = None,
+                parity: bool = True, progress: StageProgress | None = None,
                 n_threads: int | None = None, mmproj_type: str = "F16",
                 overwrite: bool = False, name: str | None = None) -> GGUFExportResult:
     """Write the checkpoint's language model as GGUF in each of ``quants`` (``F16``,
     ``BF16``, ``Q8_0``, ``Q6_K``, ``Q5_K_M``, ``Q4_K_M``, ``Q4_0``, ...), optionally the
     mmproj, and measure parity against PyTorch (``parity=False`` skips the PyTorch
-    model, which needs the checkpoint's float32 size in memory)."""
+    model, which needs the checkpoint's float32 size in memory).
+
+    ``progress(stage, done, total)``; stages: ``"convert F16"`` (bytes), ``"quantize
+    Q4_K_M"`` (tensors), ``"mmproj"`` (bytes), ``"parity"`` (GGUF files checked)."""
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     check_supported(checkpoint_dir)
     quants = normalize_quants(quants)
@@ -109,7 +110,7 @@ def export_gguf(checkpoint_dir: str | Path, out_dir: str | Path,
         raise LlavaEdgeError(f"{existing[0]} exists (pass overwrite=True to replace it)")
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def report(stage: str) -> Callable[[int, int], None] | None:
+    def report(stage: str) -> Progress | None:
         return (lambda done, total: progress(stage, done, total)) if progress else None
 
     base_type = _base_type(checkpoint_dir)
@@ -171,7 +172,7 @@ def _notes(checkpoint_dir: Path, mmproj: bool) -> list[str]:
 
 
 def _measure(checkpoint_dir: Path, llm_files: dict[str, Path], mmproj_path: Path | None,
-             n_threads: int | None, progress: Callable[[int, int], None] | None) -> dict:
+             n_threads: int | None, progress: Progress | None) -> dict:
     from llava_edge.export.open_checkpoint import load_llava
     from llava_edge.export.gguf_parity import measure_parity
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import llama_cpp
 
+from llava_edge.atomic_dir import atomic_path
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.progress import Progress
 from llava_edge.runtimes.gguf_check import check_gguf
 from llava_edge.runtimes.llama_cpp_lm import set_fields
 from llava_edge.runtimes.llama_log import capture_llama_log, last_error
@@ -64,7 +66,7 @@ def normalize_quants(quants: str | Iterable[str]) -> list[str]:
 
 
 def quantize_gguf(src: str | Path, dst: str | Path, quant: str, n_threads: int | None = None,
-                  progress: Callable[[int, int], None] | None = None,
+                  progress: Progress | None = None,
                   verbose: bool = False) -> Path:
     """Quantize the GGUF model ``src`` to ``quant`` (e.g. ``"Q4_K_M"``) into ``dst``.
 
@@ -77,14 +79,13 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str, n_threads: int |
     params = llama_cpp.llama_model_quantize_default_params()
     set_fields(params, ftype=QUANT_TYPES[quant], nthread=n_threads or (os.cpu_count() or 1))
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
 
     def on_log(text: str) -> None:
         m = _PROGRESS_LINE.search(text)
         if m and progress:
             progress(int(m.group(1)), int(m.group(2)))
 
-    try:
+    with atomic_path(dst) as tmp:
         llama_cpp.llama_backend_init()
         with capture_llama_log(on_log, verbose=verbose) as log:
             rc = llama_cpp.llama_model_quantize(str(src).encode("utf-8"),
@@ -93,7 +94,4 @@ def quantize_gguf(src: str | Path, dst: str | Path, quant: str, n_threads: int |
             raise LlavaEdgeError(f"{src}: llama.cpp could not quantize to {quant} (code {rc}: "
                                  f"{last_error(log) or 'no message'})")
         check_gguf(tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dst

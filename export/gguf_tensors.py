@@ -47,6 +47,8 @@ _LAYER_NAMES = {
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
+# Every layer needs these (the biases are optional: Qwen2 has some, Llama none).
+_REQUIRED_LAYER_NAMES = tuple(g for hf, g in _LAYER_NAMES.items() if not hf.endswith(".bias"))
 _IGNORED = re.compile(r"rotary_emb\.inv_freq$")
 _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
 # Pages of a memory map stay resident (and count in RSS) until it is closed; reopening a
@@ -169,14 +171,23 @@ class LLMShape:
     tied_embeddings: bool
 
 
+def find_prefix(names: list[str], prefixes: tuple[str, ...], what: str,
+                where: Path | None = None) -> str:
+    """The first of ``prefixes`` that some tensor name starts with; none: a
+    :class:`CheckpointWeightsError` saying no ``what`` weights were found (in ``where``)."""
+    for prefix in prefixes:
+        if any(n.startswith(prefix) for n in names):
+            return prefix
+    raise CheckpointWeightsError(
+        (f"{where}: " if where else "") + f"no {what} weights found (expected keys "
+        "starting with " + " or ".join(repr(p) for p in prefixes) + ")")
+
+
 def find_llm_prefixes(names: list[str]) -> tuple[str, str]:
     """The (decoder, lm_head) key prefixes used by this checkpoint."""
-    for decoder, head in LLM_PREFIXES:
-        if any(n.startswith(decoder) for n in names):
-            return decoder, head
-    raise CheckpointWeightsError(
-        "no language-model weights found (expected keys starting with "
-        + " or ".join(repr(d) for d, _ in LLM_PREFIXES) + ")")
+    heads = dict(LLM_PREFIXES)
+    decoder = find_prefix(names, tuple(heads), "language-model")
+    return decoder, heads[decoder]
 
 
 def llm_tensor_plan(ckpt: SafetensorsCheckpoint, shape: LLMShape,
@@ -239,9 +250,7 @@ def llm_tensor_plan(ckpt: SafetensorsCheckpoint, shape: LLMShape,
             raise CheckpointWeightsError(f"{ckpt.path}: language-model tensor for "
                                          f"{required!r} is missing")
     for layer in range(shape.n_layers):
-        for suffix in ("attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
-                       "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight",
-                       "ffn_up.weight", "ffn_down.weight"):
+        for suffix in _REQUIRED_LAYER_NAMES:
             if f"blk.{layer}.{suffix}" not in got:
                 raise CheckpointWeightsError(f"{ckpt.path}: layer {layer} has no tensor for "
                                              f"{suffix!r}")

@@ -15,19 +15,19 @@ a Mistral with ``sliding_window`` shorter than its context matches only up to th
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from llava_edge.atomic_dir import atomic_path
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.export.open_checkpoint import UnsupportedModelError, check_supported
 from llava_edge.export.gguf_tensors import (LLMShape, SafetensorsCheckpoint, iter_converted,
                                             llm_tensor_plan)
 from llava_edge.export.gguf_vocab import GGUFVocab, add_vocab_metadata, read_vocab
+from llava_edge.progress import Progress
 
 # Hugging Face text model type -> GGUF architecture.
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
@@ -130,7 +130,7 @@ def _add_hparams(writer, cfg: LLMConfig, n_vocab: int) -> None:
 
 def write_llm_gguf(checkpoint_dir: str | Path, out_path: str | Path, out_type: str = "F16",
                    name: str | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> WrittenGGUF:
+                   progress: Progress | None = None) -> WrittenGGUF:
     """Write the checkpoint's language model to ``out_path`` as GGUF (``out_type`` F32 or
     F16). ``progress(done_bytes, total_bytes)`` is called as tensors are written."""
     import gguf
@@ -164,15 +164,13 @@ def gguf_file(out_path: Path, arch: str) -> Iterator:
     import gguf
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    writer = gguf.GGUFWriter(tmp, arch)
-    try:
-        yield writer
-        os.replace(tmp, out_path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(out_path) as tmp:
+        writer = gguf.GGUFWriter(tmp, arch)
+        try:
+            yield writer
+        except BaseException:
+            writer.close()
+            raise
 
 
 def write_planned_tensors(writer, ckpt, plans, progress=None) -> None:

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Callable
 
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.export.open_checkpoint import UnsupportedModelError, check_supported
-from llava_edge.export.gguf_tensors import SafetensorsCheckpoint, TensorPlan
+from llava_edge.export.gguf_tensors import SafetensorsCheckpoint, TensorPlan, find_prefix
 from llava_edge.export.gguf_writer import (FILE_TYPES, WrittenGGUF, gguf_file,
                                            write_planned_tensors)
+from llava_edge.progress import Progress
 
 # llava-hf files name the tower `vision_tower.vision_model.*`; transformers 5 saves the
 # bare vision transformer (`vision_tower.*`). Longer prefixes first.
@@ -80,20 +80,12 @@ def feature_layer_index(feature_layer, n_layers: int) -> int:
     return index
 
 
-def _prefix(names: list[str], options: tuple[str, ...], what: str, path: Path) -> str:
-    for prefix in options:
-        if any(n.startswith(prefix) for n in names):
-            return prefix
-    raise LlavaEdgeError(f"{path}: no {what} weights found (expected keys starting with "
-                         + " or ".join(repr(p) for p in options) + ")")
-
-
 def mmproj_tensor_plan(ckpt: SafetensorsCheckpoint, n_layers_kept: int,
                        out_type: str) -> list[TensorPlan]:
     """The GGUF tensors of the vision tower (first ``n_layers_kept`` layers) + projector."""
     names = ckpt.names()
-    vision = _prefix(names, VISION_PREFIXES, "vision tower", ckpt.path)
-    projector = _prefix(names, PROJECTOR_PREFIXES, "projector", ckpt.path)
+    vision = find_prefix(names, VISION_PREFIXES, "vision tower", ckpt.path)
+    projector = find_prefix(names, PROJECTOR_PREFIXES, "projector", ckpt.path)
     plans = []
 
     def add(source: str, name: str) -> None:
@@ -130,7 +122,7 @@ def mmproj_tensor_plan(ckpt: SafetensorsCheckpoint, n_layers_kept: int,
 
 def write_mmproj(checkpoint_dir: str | Path, out_path: str | Path, out_type: str = "F16",
                  name: str | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> WrittenGGUF:
+                 progress: Progress | None = None) -> WrittenGGUF:
     """Write the checkpoint's vision tower and projector as an mmproj GGUF file."""
     import gguf
     from transformers import AutoConfig, AutoProcessor

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import tempfile
 import warnings
 from collections import Counter
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import onnx
 
+from llava_edge.atomic_dir import atomic_path
 from llava_edge.errors import LlavaEdgeError
 
 logger = logging.getLogger(__name__)
@@ -212,9 +212,8 @@ def set_metadata(path: str | Path, metadata: dict[str, str]) -> None:
             existing[key].value = str(value)
         else:
             model.metadata_props.add(key=key, value=str(value))
-    tmp = path.with_name(path.name + ".meta-tmp")
-    onnx.save_model(model, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        onnx.save_model(model, str(tmp))
 
 
 def make_session(path: str | Path | bytes, threads: int = 0):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -28,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from llava_edge import __version__
+from llava_edge.atomic_dir import write_file_atomic, write_json
+from llava_edge.bundle import sha256_file
 from llava_edge.errors import LlavaEdgeError
 
 logger = logging.getLogger(__name__)
@@ -215,13 +216,13 @@ def build_trt_engine(
         "profile": {k: list(v) if isinstance(v, tuple) else v
                     for k, v in asdict(batch_profile).items()},
         "onnx": onnx_path.name,
-        "onnx_sha256": _sha256(onnx_path),
+        "onnx_sha256": sha256_file(onnx_path),
         "engine_sha256": hashlib.sha256(engine_bytes).hexdigest(),
         "created_by": f"llava-edge {__version__}",
     }
     _write_engine_and_sidecar(out_path, engine_bytes, sidecar)
     if cache_path:
-        _atomic_write(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+        write_file_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     return sidecar
 
 
@@ -337,29 +338,12 @@ def _make_calibrator(trt, pixels: np.ndarray, batch_size: int):
     return _Calibrator()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_engine_and_sidecar(out_path: Path, engine: bytes, sidecar: dict) -> None:
     """Engine first, then its sidecar; if the sidecar fails, the engine goes too."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out_path, engine)
+    write_file_atomic(out_path, engine)
     try:
-        _atomic_write(sidecar_path(out_path), (json.dumps(sidecar, indent=2) + "\n").encode())
+        write_json(sidecar_path(out_path), sidecar)
     except BaseException:
         out_path.unlink(missing_ok=True)
         raise

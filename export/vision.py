@@ -39,6 +39,7 @@ from llava_edge.cpu_features import cpu_info
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.export import onnx_export, tensorrt_engine, vision_parity, vision_quantize
 from llava_edge.export.vision_graph import load_vision
+from llava_edge.progress import StageProgress
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ PARITY_BATCH = 4
 # seed from the parity images, so that int8 is not judged on the images it was fitted to.
 _SYNTHETIC_CALIBRATION_SEED = 1
 
-ProgressFn = Callable[[str, int, int], None]
 
 
 class VisionExportError(LlavaEdgeError):
@@ -147,7 +147,7 @@ def export_vision(
     allow_degraded: bool = False,
     int4_fallback: bool = False,
     max_batch: int = 8,
-    progress: ProgressFn | None = None,
+    progress: StageProgress | None = None,
     *,
     int8_method: str = "auto",
     tensorrt: Sequence[str] = (),
@@ -361,7 +361,7 @@ def _check_out_dir(out_dir: Path, precisions, engines, int4_fallback: bool, plai
 class _Steps:
     """Counts steps and reports them to the caller's progress function."""
 
-    def __init__(self, progress: ProgressFn | None, total: int):
+    def __init__(self, progress: StageProgress | None, total: int):
         self.progress, self.total, self.done = progress, total, 0
 
     def __call__(self, step: str) -> None:

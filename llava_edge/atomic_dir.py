@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,21 +34,42 @@ def write_dir(out: str | Path, fill: Callable[[Path], T]) -> T:
     return result
 
 
-def write_file_atomic(out: str | Path, data: bytes, mode: int = 0o644) -> Path:
-    """Write ``data`` to a temporary sibling of ``out``, then rename it to ``out``: a
-    reader sees the old file or the whole new one, never a part (an exception or Ctrl-C
-    leaves no temporary file behind)."""
+@contextmanager
+def atomic_path(out: str | Path, *, mode: int | None = None,
+                suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary sibling of ``out`` (a name that does not exist yet) for the block
+    to write by any means (a library, a subprocess), then rename it to ``out``: a reader
+    sees the old file or the whole new one, never a part. An exception or Ctrl-C leaves
+    ``out`` as it was and no temporary file behind. ``mode``: given to the file before
+    the rename (None: as its writer created it); ``suffix`` ends the temporary name, for
+    writers that go by it (``.tmp.png``)."""
     out = Path(out)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}{suffix}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)  # mkstemp makes it private; results are meant to be read
+        yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, out)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_file_atomic(out: str | Path, data: bytes, mode: int = 0o644) -> Path:
+    """Write ``data`` to ``out`` through :func:`atomic_path`: a reader sees the old file
+    or the whole new one, never a part."""
+    out = Path(out)
+    with atomic_path(out, mode=mode) as tmp, open(tmp, "xb") as f:
+        f.write(data)
     return out
+
+
+def write_json(out: str | Path, obj: object, *, default: Callable | None = None,
+               ensure_ascii: bool = True) -> Path:
+    """Write ``obj`` as JSON (indent 2, a final newline) with :func:`write_file_atomic`;
+    ``default`` and ``ensure_ascii`` as in :func:`json.dumps`."""
+    text = json.dumps(obj, indent=2, default=default, ensure_ascii=ensure_ascii) + "\n"
+    return write_file_atomic(out, text.encode("utf-8"))
 
 
 def _replace(tmp: Path, out: Path) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from llava_edge.atomic_dir import write_file_atomic
+from llava_edge.atomic_dir import write_json
 from llava_edge.errors import BundleError
 from llava_edge.manifest import (BUNDLE_FORMAT, SCHEMA_VERSION, FileEntry, LanguageModel,
                                  Manifest, ManifestError, VisionGraph)
@@ -59,8 +59,7 @@ def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Manifest:
         Manifest.from_dict(json.loads(json.dumps(full.to_dict())))  # what readers will see
     except ManifestError as e:
         raise BundleError(f"{bundle_dir}: the manifest being written is invalid: {e}") from None
-    text = json.dumps(full.to_dict(), indent=2) + "\n"
-    write_file_atomic(bundle_dir / MANIFEST_NAME, text.encode("utf-8"))
+    write_json(bundle_dir / MANIFEST_NAME, full.to_dict())
     return full
 
 

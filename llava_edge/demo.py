@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llava_edge.atomic_dir import write_json
 from llava_edge.errors import LlavaEdgeError
 
 #: What the demo is held to: PyTorch accuracy on the held-out multiple-choice eval, the
@@ -182,7 +183,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = lambda line: None)
         latency=latency,
     )
     summary.bars = check_bars(summary)
-    (work / "demo_summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    write_json(work / "demo_summary.json", summary.to_dict())
     return summary
 
 
@@ -206,7 +207,7 @@ def train_stage(settings: dict, processes: int) -> Path:
     out = Path(settings["output_dir"])
     out.parent.mkdir(parents=True, exist_ok=True)
     config_file = out.parent / f"{out.name}_config.json"
-    config_file.write_text(json.dumps(settings, indent=2) + "\n")
+    write_json(config_file, settings)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc_per_node", str(processes), "-m", "llava_edge", "train",
            "--config", str(config_file), "--force", "--json"]

@@ -35,6 +35,7 @@ from llava_edge.manifest import DEFAULT_N_CTX
 from llava_edge.runtimes.gguf_check import check_gguf
 from llava_edge.runtimes.gguf_keys import HF_NORMALIZER_KEY, HF_SPACE_PREFIX_KEY
 from llava_edge.runtimes.llama_log import capture_llama_log, last_error, set_llama_logging
+from llava_edge.runtimes.sampling import checked_token_ids
 
 # Tokens llama.cpp matches as whole pieces of text when parsing specials.
 _SPECIAL_ATTRS = (llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
@@ -212,13 +213,9 @@ class LlamaCppLM:
     def eval_tokens(self, tokens: list[int]) -> None:
         """Append ``tokens`` to the sequence (positions ``n_past``, ``n_past + 1``, ...)."""
         self._check_open()
-        tokens = [int(t) for t in tokens]
+        tokens = checked_token_ids(tokens, self.n_vocab, LlamaCppError)
         if not tokens:
             return
-        bad = [t for t in tokens if not 0 <= t < self.n_vocab]
-        if bad:
-            raise LlamaCppError(f"token id {bad[0]} is out of range (vocabulary of "
-                                f"{self.n_vocab})")
         self._check_room(len(tokens))
         batch = self._token_batch
         for start in range(0, len(tokens), self.n_batch):

@@ -71,3 +71,13 @@ class Sampler:
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max())
     return e / e.sum()
+
+
+def checked_token_ids(tokens, n_vocab: int, error: type[Exception]) -> list[int]:
+    """``tokens`` as a list of ints, for a language backend's ``eval_tokens``; raises
+    ``error`` naming the first id outside the vocabulary (``0 <= id < n_vocab``)."""
+    tokens = [int(t) for t in tokens]
+    bad = [t for t in tokens if not 0 <= t < n_vocab]
+    if bad:
+        raise error(f"token id {bad[0]} is out of range (vocabulary of {n_vocab})")
+    return tokens

@@ -25,6 +25,7 @@ import numpy as np
 
 from llava_edge.errors import LlavaEdgeError, require_extra
 from llava_edge.runtimes.images import DEFAULT_MAX_PIXELS
+from llava_edge.runtimes.sampling import checked_token_ids
 
 # End-of-turn tokens of common chat templates. llama.cpp counts them as end of generation
 # (``llama_vocab_is_eog``) when the vocabulary has them, so the reference does the same.
@@ -172,13 +173,9 @@ class TorchLanguageBackend:
         """Append ``tokens`` to the sequence (positions ``n_past``, ``n_past + 1``, ...)."""
         import torch
 
-        tokens = [int(t) for t in tokens]
+        tokens = checked_token_ids(tokens, self.n_vocab, TorchReferenceError)
         if not tokens:
             return
-        bad = [t for t in tokens if not 0 <= t < self.n_vocab]
-        if bad:
-            raise TorchReferenceError(f"token id {bad[0]} is out of range (vocabulary of "
-                                      f"{self.n_vocab})")
         self._forward(input_ids=torch.tensor([tokens], device=self.device))
 
     def eval_embeddings(self, embeds: np.ndarray) -> None:

@@ -177,14 +177,10 @@ def test_checking_without_tensorrt_says_so(tmp_path, without_tensorrt):
 
 
 def test_failed_sidecar_write_removes_the_engine(tmp_path, monkeypatch):
-    real = te._atomic_write
-
     def failing(path, data):
-        if path.suffix == ".json":
-            raise OSError("disk full")
-        return real(path, data)
+        raise OSError("disk full")
 
-    monkeypatch.setattr(te, "_atomic_write", failing)
+    monkeypatch.setattr(te, "write_json", failing)
     with pytest.raises(OSError):
         _engine_with_sidecar(tmp_path)
     assert list(tmp_path.iterdir()) == []

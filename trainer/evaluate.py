@@ -23,9 +23,10 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.progress import Progress
 from llava_edge.templates import IMAGE_TOKEN
 
 _OPTION_LINE = re.compile(r"^([A-Z])\.\s", re.MULTILINE)
@@ -92,7 +93,7 @@ def normalize_answer(text: str) -> str:
 
 
 def evaluate(samples: list[dict], answer: Answerer, image_folder: str | Path | None = None,
-             progress: Callable[[int, int], None] | None = None) -> EvalReport:
+             progress: Progress | None = None) -> EvalReport:
     """Ask ``answer`` every sample's first question and score the replies."""
     from PIL import Image
 

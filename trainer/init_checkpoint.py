@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from llava_edge import __version__
 from llava_edge.atomic_dir import write_dir
 from llava_edge.presets import PresetSpec
+from llava_edge.progress import Progress
 from llava_edge.templates import IMAGE_TOKEN, TEMPLATES
 
 from llava_edge.trainer.safetensors_stream import PlannedTensor, StreamingShardWriter
@@ -64,7 +64,7 @@ def build_checkpoint(
     out_dir: str | Path,
     seed: int = 0,
     overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> BuiltCheckpoint:
     """Write the checkpoint for ``spec`` to ``out_dir`` and describe what was written.
 
@@ -81,7 +81,7 @@ def build_checkpoint(
 
 
 def _write_checkpoint(spec: PresetSpec, out: Path, seed: int,
-                      progress: Callable[[int, int], None] | None) -> BuiltCheckpoint:
+                      progress: Progress | None) -> BuiltCheckpoint:
     import torch
     from transformers import GenerationConfig, LlavaForConditionalGeneration, LlavaProcessor
 

@@ -24,7 +24,6 @@ model set-up, checkpointing and metrics it calls live in their own modules.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from llava_edge import __version__
+from llava_edge.atomic_dir import write_json
 from llava_edge.checkpoint_info import read_json
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.templates import IMAGE_TOKEN
@@ -157,9 +157,9 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
     elif main:
         metrics.reset()
     if main:
-        _write_json(run_dir / CONFIG_FILE, {"config": config.to_dict(),
-                                            "provenance": provenance or {},
-                                            "llava_edge_version": __version__})
+        write_json(run_dir / CONFIG_FILE, {"config": config.to_dict(),
+                                           "provenance": provenance or {},
+                                           "llava_edge_version": __version__}, default=str)
 
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=PlanSampler(plan, first_step, total_steps),
@@ -412,8 +412,3 @@ def _set_deepspeed_batch_sizes(accelerator, config: TrainConfig, plan: StepPlan)
     ds["gradient_accumulation_steps"] = plan.accumulation_steps
     ds["train_batch_size"] = config.global_batch_size
 
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from llava_edge.atomic_dir import atomic_path
 
 
 @dataclass
@@ -39,9 +40,8 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """Keep only the records up to ``step`` (for a resumed run)."""
         kept = [r for r in read_metrics(self.path) if r["step"] <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def reset(self) -> None:
         self.path.write_text("")
@@ -86,7 +86,6 @@ def plot_loss_curve(records: list[dict], out: str | Path, title: str = "training
         lr_ax.set_ylabel("learning rate", color="gray")
     ax.legend(loc="upper right")
     fig.tight_layout()
-    tmp = Path(out).with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(out, suffix=".tmp.png") as tmp:  # savefig goes by the name's ending
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, out)

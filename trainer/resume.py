@@ -19,6 +19,7 @@ import re
 import shutil
 from pathlib import Path
 
+from llava_edge.atomic_dir import write_json
 from llava_edge.errors import LlavaEdgeError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -102,7 +103,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        write_json(tmp / STATE_FILE, state)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for _, old in list_checkpoints(run_dir)[:-keep]:

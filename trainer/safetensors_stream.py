@@ -14,6 +14,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from llava_edge.atomic_dir import write_json
+
 _DTYPES = {"float32": ("F32", 4), "float16": ("F16", 2), "bfloat16": ("BF16", 2)}
 
 
@@ -102,5 +104,5 @@ class StreamingShardWriter:
         if len(self.shards) > 1:
             weight_map = {t.name: self.names[k] for k, t in self._queue}
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (self.out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+            write_json(self.out / "model.safetensors.index.json", index)
         return total

@@ -15,11 +15,11 @@ letter|statement]``; writes ``DATASET_DIR/stage2_mc.json``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from llava_edge.atomic_dir import write_json
 from llava_edge.data.shapes import EVAL_KINDS, MC_REPLIES, mc_sample, train_scene
 from llava_edge.errors import LlavaEdgeError
 
@@ -76,8 +76,4 @@ def write_shapes_mc(dataset_dir: str | Path, per_image: int = 4,
         raise LlavaEdgeError(f"{root} is not a dataset written by `llava-edge data shapes` "
                              f"({info_path.name}: {e})") from None
     samples = shapes_mc_samples(seed, n_train, per_image, options, reply)
-    out = root / MC_TRAIN_FILE
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(samples, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_json(root / MC_TRAIN_FILE, samples)

@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterator
 
 import click
 
+from llava_edge.progress import Progress
+
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the result as JSON on stdout."
 )
@@ -54,7 +56,7 @@ def emit_json(obj: Any) -> None:
 
 
 @contextmanager
-def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+def progress_bar(description: str, enabled: bool = True) -> Iterator[Progress]:
     """Yield an ``update(done, total)`` callback that drives a progress bar on stderr.
 
     The bar is drawn only on an interactive terminal; elsewhere (CI logs, pipes) the

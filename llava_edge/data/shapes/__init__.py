@@ -55,25 +55,12 @@ from llava_edge.data.shapes.config import (
     ShapesConfigError,
     ShapesDataset,
 )
-from llava_edge.data.shapes.scenes import (
-    Scene,
-    Shape,
-    location_phrase,
-    sample_scene,
-)
 from llava_edge.data.shapes.drawing import (
     render_scene,
     shape_box,
 )
 from llava_edge.data.shapes.refer import (
     refer,
-)
-from llava_edge.data.shapes.texts import (
-    QA,
-    caption,
-    conversation_turns,
-    detailed_description,
-    reasoning_qa,
 )
 from llava_edge.data.shapes.samples import (
     MCQuestion,
@@ -86,6 +73,19 @@ from llava_edge.data.shapes.samples import (
     stage2_sample,
     text_only_sample,
     train_scene,
+)
+from llava_edge.data.shapes.scenes import (
+    Scene,
+    Shape,
+    location_phrase,
+    sample_scene,
+)
+from llava_edge.data.shapes.texts import (
+    QA,
+    caption,
+    conversation_turns,
+    detailed_description,
+    reasoning_qa,
 )
 from llava_edge.data.shapes.writing import (
     generate_shapes,

@@ -21,8 +21,8 @@ from llava_edge.data.shapes.config import (
     _STREAM_TRAIN_SCENE,
     _rng,
 )
-from llava_edge.data.shapes.scenes import Scene, location_phrase, sample_scene
 from llava_edge.data.shapes.refer import refer
+from llava_edge.data.shapes.scenes import Scene, location_phrase, sample_scene
 from llava_edge.data.shapes.texts import (
     QA,
     caption,

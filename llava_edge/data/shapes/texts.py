@@ -15,8 +15,8 @@ from llava_edge.data.shapes.config import (
     ROW_WORDS,
     SIZES,
 )
-from llava_edge.data.shapes.scenes import Scene, Shape
 from llava_edge.data.shapes.refer import refer
+from llava_edge.data.shapes.scenes import Scene, Shape
 
 
 def _join(items: Sequence[str]) -> str:

@@ -3,14 +3,13 @@ folder that appears complete or not at all."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from llava_edge.atomic_dir import write_dir
+from llava_edge.atomic_dir import write_dir, write_json
 from llava_edge.data.shapes.config import (
     BACKGROUND,
     COLORS,
@@ -31,7 +30,6 @@ from llava_edge.data.shapes.config import (
     _STREAM_TRAIN_SCENE,
     _rng,
 )
-from llava_edge.data.shapes.scenes import sample_scene
 from llava_edge.data.shapes.drawing import render_scene
 from llava_edge.data.shapes.samples import (
     eval_kinds,
@@ -42,11 +40,13 @@ from llava_edge.data.shapes.samples import (
     stage2_sample,
     text_only_sample,
 )
+from llava_edge.data.shapes.scenes import sample_scene
+from llava_edge.progress import Progress
 
 
 def _write_json(path: Path, data: object) -> None:
     # Fixed formatting and key order so the same seed gives the same bytes.
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(path, data, ensure_ascii=False)
 
 
 _OPTIONS_README = {"fixed": "every possible answer, in one fixed order per question kind",
@@ -77,7 +77,7 @@ def _readme(config: ShapesConfig, counts: Mapping[str, int]) -> str:
 
 
 def _build(
-    tmp: Path, config: ShapesConfig, progress: Callable[[int, int], None] | None
+    tmp: Path, config: ShapesConfig, progress: Progress | None
 ) -> dict[str, int]:
     """Write the whole dataset into ``tmp``; return the sample count per file."""
     seed = config.seed
@@ -157,7 +157,7 @@ def _check_output(out: Path, overwrite: bool) -> None:
 def generate_shapes(
     out_dir: str | Path,
     config: ShapesConfig,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     *,
     overwrite: bool = False,
 ) -> ShapesDataset:
