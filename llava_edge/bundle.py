@@ -54,12 +54,13 @@ def write_manifest(bundle_dir: str | Path, manifest: Manifest) -> Manifest:
     for rel in full.referenced_files():
         if rel not in files:
             raise BundleError(f"{bundle_dir}: manifest names {rel}, which is not in the bundle")
+    data = full.to_dict()  # plain JSON already: what readers will see
     try:
         full.check_consistent()
-        Manifest.from_dict(json.loads(json.dumps(full.to_dict())))  # what readers will see
+        Manifest.from_dict(data)
     except ManifestError as e:
         raise BundleError(f"{bundle_dir}: the manifest being written is invalid: {e}") from None
-    write_json(bundle_dir / MANIFEST_NAME, full.to_dict())
+    write_json(bundle_dir / MANIFEST_NAME, data)
     return full
 
 

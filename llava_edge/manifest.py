@@ -372,22 +372,21 @@ def _pick(entries, key: str, value: str | None, what: str):
 def _recipe(f: _Fields) -> PreprocessRecipe:
     """The preprocessing recipe, every field checked (a wrong one would give wrong pixels
     without an error)."""
-    values = {}
-    for spec in dataclasses.fields(PreprocessRecipe):
-        optional = "None" in str(spec.type) or spec.default is not dataclasses.MISSING
-        kind = {"resample": int, "rescale_factor": float, "pad_to_square": bool}.get(
-            spec.name, list if spec.name in ("image_mean", "image_std") else int)
-        if optional:
-            default = None if spec.default is dataclasses.MISSING else spec.default
-            values[spec.name] = f.opt(spec.name, kind, default, positive=kind is int)
-        else:
-            values[spec.name] = f.req(spec.name, kind)
-    for key in ("image_mean", "image_std"):
-        stats = values[key]
-        if len(stats) != 3 or not all(_is(x, float) for x in stats):
-            raise ManifestError(f"{f.at(key)} must be 3 numbers, got {_show(stats)}")
-        values[key] = tuple(float(x) for x in stats)
-    recipe = PreprocessRecipe(**values)
+    def size(key: str) -> int | None:
+        return f.opt(key, int, positive=True)
+
+    def stats(key: str) -> tuple[float, float, float]:
+        values = f.req(key, list)
+        if len(values) != 3 or not all(_is(x, float) for x in values):
+            raise ManifestError(f"{f.at(key)} must be 3 numbers, got {_show(values)}")
+        return tuple(float(x) for x in values)
+
+    recipe = PreprocessRecipe(
+        resize_shortest_edge=size("resize_shortest_edge"), resize_height=size("resize_height"),
+        resize_width=size("resize_width"), crop_height=size("crop_height"),
+        crop_width=size("crop_width"), resample=f.req("resample", int),
+        rescale_factor=f.req("rescale_factor", float), image_mean=stats("image_mean"),
+        image_std=stats("image_std"), pad_to_square=f.opt("pad_to_square", bool, False))
     if not (recipe.crop_height or (recipe.resize_height and recipe.resize_width)):
         raise ManifestError(f"{f.path} has neither a crop size nor a fixed resize size")
     return recipe

@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from llava_edge.atomic_dir import write_dir, write_json
 from llava_edge.data.shapes.config import (
     BACKGROUND,
