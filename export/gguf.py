@@ -9,7 +9,8 @@
 Steps: the language model is written once at the checkpoint's precision (F32 for a
 float32 checkpoint, else F16), every requested type is quantized from that file by
 llama.cpp, the optional mmproj (vision tower + projector for stock llama.cpp) is written,
-and the parity figures (:mod:`gguf_parity`) are measured against PyTorch. Each file
+and the parity figures (:mod:`gguf_parity`) are measured against PyTorch; the export
+fails when the GGUF's tokenization differs from the checkpoint's (:mod:`tokenizer_parity`). Each file
 appears under its final name only when complete; if a step fails, the files this call
 created are removed.
 """
@@ -175,11 +176,15 @@ def _measure(checkpoint_dir: Path, llm_files: dict[str, Path], mmproj_path: Path
              n_threads: int | None, progress: Progress | None) -> dict:
     from llava_edge.export.open_checkpoint import load_llava
     from llava_edge.export.gguf_parity import measure_parity
+    from llava_edge.export.tokenizer_parity import check_tokenizer_parity
 
     loaded = load_llava(checkpoint_dir, "float32")
     if progress:
         progress(0, 1)
     figures = measure_parity(loaded, llm_files, mmproj_path, n_threads=n_threads)
+    # A GGUF that tokenizes differently from its checkpoint answers other prompts than
+    # the ones the user wrote: not an export.
+    check_tokenizer_parity(figures["tokenization"], next(iter(llm_files.values())))
     if progress:
         progress(1, 1)
     return figures

@@ -3,10 +3,8 @@
 Three measurements, each returning a plain dict (JSON-serialisable, for the bundle
 manifest):
 
-* :func:`tokenizer_parity`: llama.cpp's tokenization (through
-  :class:`~llava_edge.runtimes.llama_cpp_lm.LlamaCppLM`) against the Hugging Face
-  tokenizer's on :mod:`parity_corpus` plus the chat template rendered on its
-  conversations; detokenization is compared too.
+* tokenization: llava-edge's and stock llama.cpp's against the Hugging Face
+  tokenizer's (:mod:`tokenizer_parity`).
 * :func:`logits_parity`: prompts that mix text and an image, run the way the runtime
   runs them: the prompt is tokenized whole, the text before the ``<image>`` token is
   evaluated, then the image embeddings (the projector output PyTorch computes for a real
@@ -27,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llava_edge.export.parity_corpus import CHAT_QUESTIONS, corpus_conversations, corpus_strings
+from llava_edge.export.parity_corpus import CHAT_QUESTIONS
+from llava_edge.export.tokenizer_parity import tokenizer_parity
 from llava_edge.runtimes.llama_cpp_lm import LlamaCppLM
 
 # Minimum top-1 agreement with PyTorch, by GGUF type. F16/Q8_0/Q4_K_M are the issue's
@@ -36,7 +35,6 @@ from llava_edge.runtimes.llama_cpp_lm import LlamaCppLM
 TOP1_THRESHOLDS = {"F32": 1.0, "F16": 1.0, "BF16": 0.98, "Q8_0": 0.98, "Q6_K": 0.95,
                    "Q5_K_M": 0.93, "Q4_K_M": 0.90}
 N_GREEDY = 32
-_MAX_EXAMPLES = 5
 
 
 @dataclass
@@ -199,34 +197,6 @@ def _context_for(references: list[TorchReference]) -> int:
     longest = max((len(r.ids) - 1 + r.image_embeds.shape[0] + len(r.greedy) for r in references),
                   default=1)
     return max(64, longest + 8)
-
-
-def tokenizer_parity(tokenizer, gguf_path: str | Path) -> dict:
-    """Tokenize the corpus with the Hugging Face ``tokenizer`` and with llama.cpp."""
-    specials = sorted({t.content for t in tokenizer.added_tokens_decoder.values()})
-    strings = corpus_strings(specials)
-    if tokenizer.chat_template:
-        for i, messages in enumerate(corpus_conversations()):
-            strings.append(tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=i % 2 == 0))
-    mismatches, same_tokens, same_text = [], 0, 0
-    with LlamaCppLM(gguf_path, n_ctx=16) as lm:
-        for text in strings:
-            expected = tokenizer(text).input_ids
-            got = lm.tokenize(text)
-            if got == expected:
-                same_tokens += 1
-            elif len(mismatches) < _MAX_EXAMPLES:
-                mismatches.append({"text": text, "hf": expected, "gguf": got})
-            if lm.detokenize(expected, special=True) == tokenizer.decode(expected):
-                same_text += 1
-    return {
-        "n_strings": len(strings),
-        "identical": same_tokens,
-        "agreement": same_tokens / len(strings),
-        "detokenize_identical": same_text,
-        "mismatch_examples": mismatches,
-    }
 
 
 def mmproj_parity(loaded, mmproj_path: str | Path, llm_gguf: str | Path, image=None,

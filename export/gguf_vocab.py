@@ -13,12 +13,36 @@ follow, as CONTROL when special, USER_DEFINED otherwise. The embedding matrix is
 larger than the tokenizer (llava-hf pads 32002 tokens to 32064 rows); the missing ids
 get ``[PAD<id>]`` tokens of type UNUSED, as llama.cpp's converter writes them.
 
-llama.cpp's SentencePiece tokenizer puts a space before the text after every special
-token; Hugging Face's current Llama tokenizers (``legacy=False``, Metaspace with
-``prepend_scheme="first"``) only at the very start. For those, ``add_space_prefix`` is
-written false and the Hugging Face rule is recorded under the llava-edge key the runtime
-applies (:mod:`llava_edge.runtimes.llama_cpp_lm`); likewise a Unicode normalizer (NFC for
-Qwen2) that llama.cpp does not apply.
+Where SentencePiece's "▁" prefix goes is decided from the tokenizer's behaviour, so
+that the file tokenizes right in stock llama.cpp (Ollama, llama-cpp-python's ``Llama``)
+and exactly right in llava-edge. llama.cpp knows one switch, ``add_space_prefix``: a
+prefix at the start of the text and after every special token. Hugging Face has three
+behaviours, found in the wild in these layouts:
+
+=====================================================  ==================  ================
+tokenizer (what transformers loads, not the file)      Hugging Face puts    GGUF gets
+=====================================================  ==================  ================
+normalizer Prepend("▁") + Replace (transformers 4)     before every piece   true
+Metaspace ``prepend_scheme="always"``                  before every piece   true + "always"
+Metaspace ``"first"`` (transformers 5's Llama, Mistral)  at the start only  true + "first"
+Metaspace ``"never"`` (``add_prefix_space=False``)     nowhere              false
+Metaspace with ``split=true`` (tokenizers < 0.14)      per word             refused
+byte-level BPE (Qwen2), no prefix space                nowhere              (none)
+byte-level BPE with ``add_prefix_space=true``          before every piece   refused
+=====================================================  ==================  ================
+
+("every piece": every stretch of text between special tokens.) Metaspace never puts a
+second "▁" before a piece that starts with a space; llama.cpp does, hence "always". A
+bare ``tokenizer.model`` is read as transformers converts it (Metaspace "first"). The
+two refused layouts have no llama.cpp equivalent: stock tools would tokenize words
+differently whatever the metadata said.
+
+For "first" and "always", llama.cpp's switch is written true (every text that starts with
+a word then tokenizes right in stock tools, the first word included) and llava-edge's key
+``space_prefix`` tells its runtime to load with the switch off and prefix where Hugging
+Face does (:mod:`llava_edge.runtimes.llama_cpp_vocab`). A Unicode normalizer (NFC for
+Qwen2) that llama.cpp does not apply is recorded the same way. The export measures both
+tokenizations on a fixed corpus (:mod:`tokenizer_parity`).
 """
 
 from __future__ import annotations
@@ -85,13 +109,22 @@ def read_vocab(checkpoint_dir: str | Path, n_vocab: int) -> GGUFVocab:
         hf = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise LlavaEdgeError(f"{path}: cannot load the tokenizer ({e})") from None
-    tokenizer_json = _read_tokenizer_json(path)
+    # What the loaded tokenizer does, not the file: transformers converts a bare
+    # tokenizer.model in memory and applies options (legacy, add_prefix_space) at load.
+    tokenizer_json = _backend_json(hf) or _read_tokenizer_json(path)
     is_bpe_json = bool(tokenizer_json) and tokenizer_json.get("model", {}).get("type") == "BPE"
+    if tokenizer_json and any(m.get("split", True) for m in _metaspace(tokenizer_json)):
+        # each "▁word" tokenized apart (tokenizers' default before 0.14): runs of spaces
+        # come out differently from llama.cpp's whole-text SentencePiece
+        raise UnsupportedModelError(
+            f"{path}: the tokenizer's Metaspace pre-tokenizer has split=true (written by "
+            "tokenizers < 0.14, or set so): it tokenizes every word apart, which llama.cpp's "
+            "SentencePiece tokenizer cannot do; re-save the tokenizer with split=false")
     if (path / "tokenizer.model").is_file():
         vocab = _sentencepiece_vocab(path / "tokenizer.model", tokenizer_json)
     elif is_bpe_json and _byte_level(tokenizer_json):
         vocab = _byte_level_bpe_vocab(path, tokenizer_json)
-    elif is_bpe_json and _metaspace(tokenizer_json):
+    elif is_bpe_json and (_metaspace(tokenizer_json) or _prepends(tokenizer_json)):
         # transformers 5 saves Llama tokenizers as tokenizer.json only
         vocab = _sentencepiece_vocab_from_json(tokenizer_json)
     else:
@@ -127,6 +160,11 @@ def read_vocab(checkpoint_dir: str | Path, n_vocab: int) -> GGUFVocab:
     return vocab
 
 
+def _backend_json(hf) -> dict | None:
+    backend = getattr(hf, "backend_tokenizer", None)
+    return json.loads(backend.to_str()) if backend is not None else None
+
+
 def _read_tokenizer_json(path: Path) -> dict | None:
     file = path / "tokenizer.json"
     if not file.is_file():
@@ -157,19 +195,27 @@ def _metaspace(tokenizer_json: dict) -> list[dict]:
             if c.get("type") == "Metaspace"]
 
 
+def _prepends(tokenizer_json: dict) -> list[dict]:
+    return [c for c in _components(tokenizer_json.get("normalizer"))
+            if c.get("type") == "Prepend"]
+
+
 def _space_prefix(tokenizer_json: dict | None, default: bool) -> tuple[bool, str | None]:
-    """(``add_space_prefix`` for llama.cpp, llava-edge's Hugging Face prefix rule)."""
+    """(``add_space_prefix`` for llama.cpp, llava-edge's Hugging Face prefix rule); see the
+    table in the module docstring."""
     if tokenizer_json is None:
         return default, None
     metaspace = _metaspace(tokenizer_json)
-    prepend = [c for c in _components(tokenizer_json.get("normalizer"))
-               if c.get("type") == "Prepend"]
     if metaspace:
-        scheme = metaspace[0].get("prepend_scheme", "always")
-        if scheme == "first":  # llama.cpp cannot express "only at the start"; the runtime does
-            return False, "first"
-        return scheme == "always", None
-    if prepend:  # legacy Llama tokenizer: a space before every piece of text
+        scheme = metaspace[0].get("prepend_scheme")
+        if scheme is None:  # tokenizers < 0.14 wrote add_prefix_space instead
+            scheme = "always" if metaspace[0].get("add_prefix_space", True) else "never"
+        if scheme == "never":
+            return False, None
+        # "first" (start only) and "always" (every piece, but never a second "▁") are
+        # both true for llama.cpp, exact for llava-edge's runtime with its key.
+        return True, scheme
+    if _prepends(tokenizer_json):  # Prepend("▁") normalizer: llama.cpp's own rule
         return True, None
     return default, None
 
@@ -247,6 +293,13 @@ def _byte_level_bpe_vocab(path: Path, tokenizer_json: dict) -> GGUFVocab:
                 f"{', '.join(KNOWN_PRE_TOKENIZERS.values())})")
     else:
         pre = "gpt2"  # ByteLevel with its built-in GPT-2 regex
+    if any(c.get("type") == "ByteLevel" and c.get("add_prefix_space")
+           for c in _components(tokenizer_json.get("pre_tokenizer"))):
+        # llama.cpp's BPE tokenizer ignores add_space_prefix: stock tools would tokenize
+        # every first word differently, and no metadata can tell them otherwise.
+        raise UnsupportedModelError(
+            f"{path}: byte-level BPE with add_prefix_space=true (a space before the first "
+            "word) cannot be expressed in GGUF: llama.cpp's BPE tokenizer never adds one")
 
     normalizer = None
     for step in _components(tokenizer_json.get("normalizer")):

@@ -224,8 +224,10 @@ def _parse(r: _Reader, path: Path, size: int) -> GGUFInfo:
         tensors.append(GGUFTensorInfo(name, shape, ggml_type, offset, _nbytes(shape, ggml_type)))
 
     data_offset = -(-r.pos // alignment) * alignment
-    required = data_offset + max(
-        (t.offset + (t.nbytes or 0) for t in tensors), default=0)
+    # a file without tensors (a vocabulary alone, as llama.cpp's ggml-vocab-*.gguf) may
+    # end right after its header, before the padding
+    required = data_offset + max(t.offset + (t.nbytes or 0) for t in tensors) if tensors \
+        else r.pos
     if required > size:
         last = max(tensors, key=lambda t: t.offset + (t.nbytes or 0))
         raise GGUFFormatError(

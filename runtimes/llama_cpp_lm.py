@@ -7,13 +7,10 @@ a ``llama_batch`` whose ``embd`` field is filled instead of ``token``, at the po
 that follow the text already evaluated, so the model sees exactly what the PyTorch LLaVA
 model sees when it splices image features into its input embeddings.
 
-Tokenization matches the Hugging Face tokenizer the GGUF was exported from: llama.cpp's
-SentencePiece tokenizer always adds a space after every special token, while Hugging
-Face's (``legacy=False``) adds one only at the start of the text, and llama.cpp does not
-apply a tokenizer's Unicode normalizer. The exporter records what the Hugging Face
-tokenizer does in two metadata keys (:mod:`llava_edge.runtimes.gguf_keys`) and
-:meth:`LlamaCppLM.tokenize` applies them. GGUF files from other converters carry neither
-key and tokenize as llama.cpp does.
+Tokenization matches the Hugging Face tokenizer the GGUF was exported from: the rules
+the exporter recorded in llava-edge's metadata keys are applied around llama.cpp's
+tokenizer (:mod:`llava_edge.runtimes.llama_cpp_vocab`). GGUF files from other converters
+carry no such key and tokenize as llama.cpp does.
 
 One instance holds one model, one context and one sequence (seq id 0); it is not
 thread-safe.
@@ -23,38 +20,20 @@ from __future__ import annotations
 
 import ctypes
 import os
-import unicodedata
 from pathlib import Path
 
 import numpy as np
 
 import llama_cpp
 
-from llava_edge.errors import LlavaEdgeError
 from llava_edge.manifest import DEFAULT_N_CTX
 from llava_edge.runtimes.gguf_check import check_gguf
-from llava_edge.runtimes.gguf_keys import HF_NORMALIZER_KEY, HF_SPACE_PREFIX_KEY
-from llava_edge.runtimes.llama_log import capture_llama_log, last_error, set_llama_logging
+from llava_edge.runtimes.llama_cpp_vocab import (HFRules, LlamaCppError, Vocab, load_model,
+                                                 set_fields)
+from llava_edge.runtimes.llama_log import capture_llama_log, last_error
 from llava_edge.runtimes.sampling import checked_token_ids
 
-# Tokens llama.cpp matches as whole pieces of text when parsing specials.
-_SPECIAL_ATTRS = (llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
-                  | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN)
-
-
-class LlamaCppError(LlavaEdgeError):
-    """llama.cpp refused a model, a context or an input."""
-
-
-def set_fields(struct, **values) -> None:
-    """Set fields of a llama.cpp ctypes parameter struct. A ctypes ``Structure`` takes any
-    attribute name silently, so a field renamed upstream would otherwise be ignored."""
-    names = {name for name, *_ in type(struct)._fields_}
-    for name, value in values.items():
-        if name not in names:
-            raise AttributeError(f"{type(struct).__name__} has no field {name!r} in this "
-                                 "llama-cpp-python")
-        setattr(struct, name, value)
+__all__ = ["LlamaCppLM", "LlamaCppError", "set_fields"]
 
 
 class LlamaCppLM:
@@ -87,22 +66,14 @@ class LlamaCppLM:
         # Before llama.cpp sees the file: a truncated or corrupt one would crash it.
         info = check_gguf(self.path)
         self.metadata = info.metadata
-        self._space_prefix = info.metadata.get(HF_SPACE_PREFIX_KEY)
-        self._normalizer = info.metadata.get(HF_NORMALIZER_KEY)
+        rules = HFRules.from_metadata(info.metadata)
 
-        set_llama_logging(verbose)
-        llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         self.mmap = (not repack) if mmap is None else mmap
         set_fields(model_params, n_gpu_layers=n_gpu_layers, use_extra_bufts=repack,
                     load_mode=(llama_cpp.LLAMA_LOAD_MODE_MMAP if self.mmap
                                else llama_cpp.LLAMA_LOAD_MODE_NONE))
-        with capture_llama_log(verbose=verbose) as log:
-            self._model = llama_cpp.llama_model_load_from_file(
-                str(self.path).encode("utf-8"), model_params)
-        if not self._model:
-            raise LlamaCppError(f"{self.path}: llama.cpp could not load the model "
-                                f"({last_error(log) or 'no message'})")
+        self._model = load_model(self.path, model_params, rules.overrides, verbose)
 
         ctx_params = llama_cpp.llama_context_default_params()
         threads = n_threads or max(1, os.cpu_count() or 1)
@@ -118,16 +89,15 @@ class LlamaCppLM:
             raise LlamaCppError(f"{self.path}: llama.cpp could not create a context with "
                                 f"n_ctx={n_ctx} ({last_error(log) or 'no message'})")
 
-        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._vocab = Vocab(self._model, rules)
         # llama.cpp may round n_ctx up and clamp n_batch to it; a batch larger than
         # the context's n_batch would abort the process, so use what it settled on.
         self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
         self.n_batch = min(n_batch, llama_cpp.llama_n_batch(self._ctx))
         self.n_embd = llama_cpp.llama_model_n_embd(self._model)
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self.n_vocab = self._vocab.n_vocab
         self.n_past = 0
         self._has_logits = False
-        self._special_texts: tuple[str, ...] | None = None
         self._token_batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._embd_batch = llama_cpp.llama_batch_init(self.n_batch, self.n_embd, 1)
 
@@ -135,78 +105,32 @@ class LlamaCppLM:
 
     @property
     def bos_token(self) -> int:
-        return llama_cpp.llama_vocab_bos(self._vocab)
+        return self._vocab.bos_token
 
     @property
     def eos_token(self) -> int:
-        return llama_cpp.llama_vocab_eos(self._vocab)
+        return self._vocab.eos_token
 
     @property
     def add_bos(self) -> bool:
         """Whether the model's tokenizer starts a prompt with BOS."""
-        return bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        return self._vocab.add_bos
 
     def is_eog(self, token: int) -> bool:
         """True for tokens that end generation (EOS, EOT, ``<|im_end|>``, ...)."""
-        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        return self._vocab.is_eog(token)
 
     def tokenize(self, text: str, add_bos: bool | None = None, special: bool = True) -> list[int]:
         """Token ids of ``text`` (with BOS first when ``add_bos``, default: as the model's
         tokenizer does). ``special``: recognise special tokens such as ``<image>`` in the
         text, as Hugging Face tokenizers do."""
         self._check_open()
-        if add_bos is None:
-            add_bos = self.add_bos
-        text = self._hf_compatible(text, special)
-        data = text.encode("utf-8")
-        n_max = len(data) + 2
-        while True:
-            tokens = (llama_cpp.llama_token * n_max)()
-            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), tokens, n_max,
-                                         add_bos, special)
-            if n >= 0:
-                return list(tokens[:n])
-            n_max = -n  # the buffer was too small; llama.cpp says how many are needed
-
-    def _hf_compatible(self, text: str, special: bool) -> str:
-        if self._normalizer and self._normalizer.upper() in ("NFC", "NFD", "NFKC", "NFKD"):
-            text = unicodedata.normalize(self._normalizer.upper(), text)
-        # Metaspace "first": one space before the text, unless it starts with a space or
-        # with a special token (then the first piece is not at offset 0 of the input).
-        if (self._space_prefix == "first" and text and not text.startswith(" ")
-                and not (special and text.startswith(self._special_token_texts()))):
-            text = " " + text
-        return text
-
-    def _special_token_texts(self) -> tuple[str, ...]:
-        if self._special_texts is None:
-            texts = []
-            for token in range(self.n_vocab):
-                if llama_cpp.llama_vocab_get_attr(self._vocab, token) & _SPECIAL_ATTRS:
-                    texts.append(llama_cpp.llama_vocab_get_text(self._vocab, token)
-                                 .decode("utf-8", errors="replace"))
-            self._special_texts = tuple(t for t in texts if t)
-        return self._special_texts
+        return self._vocab.tokenize(text, add_bos, special)
 
     def detokenize(self, tokens: list[int], special: bool = False) -> str:
         """The text of ``tokens``; special tokens are rendered only when ``special``."""
         self._check_open()
-        if not tokens:
-            return ""
-        arr = (llama_cpp.llama_token * len(tokens))(*tokens)
-        size = 16 * len(tokens) + 16
-        while True:
-            buf = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_detokenize(self._vocab, arr, len(tokens), buf, size,
-                                           False, special)
-            if n >= 0:
-                text = buf.raw[:n].decode("utf-8", errors="replace")
-                break
-            size = -n
-        if self._space_prefix == "first" and text.startswith(" "):
-            # the prefix space tokenize() adds; Hugging Face's decoder strips it too
-            text = text[1:]
-        return text
+        return self._vocab.detokenize(tokens, special)
 
     # -- evaluation -----------------------------------------------------------------
 

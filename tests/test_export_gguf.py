@@ -57,8 +57,9 @@ def test_llama_gguf_round_trip(tiny_checkpoint, tiny_gguf):
             meta["tokenizer.ggml.unknown_token_id"],
             meta["tokenizer.ggml.padding_token_id"]) == (1, 2, 0, 1431)
     assert meta["tokenizer.ggml.add_bos_token"] and not meta["tokenizer.ggml.add_eos_token"]
-    # Hugging Face adds the SentencePiece space only at the start of the text
-    assert meta["tokenizer.ggml.add_space_prefix"] is False
+    # Hugging Face adds the SentencePiece space only at the start of the text: stock
+    # llama.cpp prefixes the start too (and after special tokens), llava-edge the start only
+    assert meta["tokenizer.ggml.add_space_prefix"] is True
     assert meta["llava_edge.tokenizer.space_prefix"] == "first"
     template = meta["tokenizer.chat_template"]
     assert "ASSISTANT:" in template and "{% generation %}" not in template

@@ -267,3 +267,26 @@ def test_mistral_language_model(tiny_checkpoint, tmp_path, one_torch_thread):
             for p in parity_prompts(loaded.processor, 2)]
     figures = logits_parity(refs, result.llm_file("F16"), "F16", THREADS)
     assert figures["top1_agreement"] == 1.0 and figures["greedy_identical"] == 2
+
+
+def test_export_fails_when_stock_llama_cpp_would_misread_first_words(tiny_checkpoint, tmp_path,
+                                                                     monkeypatch):
+    """The tokenizer gate: a GGUF that stock llama.cpp tokenizes wrongly on text that
+    starts with a word (here: the old add_space_prefix=false metadata) is not exported,
+    and nothing is left behind."""
+    from llava_edge.export import gguf_writer
+    from llava_edge.export.tokenizer_parity import TokenizerParityError
+
+    real = gguf_writer.read_vocab
+
+    def old_metadata(path, n):
+        vocab = real(path, n)
+        vocab.add_space_prefix = False
+        return vocab
+
+    monkeypatch.setattr(gguf_writer, "read_vocab", old_metadata)
+    out = tmp_path / "out"
+    with pytest.raises(TokenizerParityError, match="llm-F16.gguf: stock llama.cpp would "
+                                                   "tokenize .* texts that start with a word"):
+        export_gguf(tiny_checkpoint, out, quants=("F16",), n_threads=THREADS)
+    assert list(out.iterdir()) == []
