@@ -298,3 +298,23 @@ def test_ensure_bundle_reuses_a_complete_bundle_and_exports_only_when_needed(tmp
                   mmproj=True)
     assert [e[0][0] for e in exports] == ["int4", "fp32", "fp32", "fp32"]
     assert exports[2][1] == ("Q4_K_M", "Q8_0") and exports[3][2] is True
+
+
+def test_info_shows_the_tokenizer_parity_of_a_bundle(tiny_bundle, tmp_path):
+    """Both mismatch counts the export measured (llava-edge's runtime and stock
+    llama.cpp against the checkpoint's tokenizer) are shown with the bundle."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["parity"]["llm"] = {"tokenization": {
+        "n_strings": 578, "runtime_mismatches": 0, "stock_llama_cpp_mismatches": 86,
+        "stock_llama_cpp_word_start_mismatches": 0}}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(cli, ["info", str(bundle)])
+    assert result.exit_code == 0, result.output
+    assert ("578 test strings: llava-edge differs on 0, stock llama.cpp on 86 (0 starting "
+            "with a word)") in result.output

@@ -95,6 +95,12 @@ def _print_bundle(m: Manifest, path: Path) -> None:
         rows.append((f"llm {e.quant}",
                      f"{e.file} ({human_bytes(m.files[e.file].size)})"
                      + (f", top-1 {fig['top1_agreement']:.1%} vs PyTorch" if fig else "")))
+    tok = (m.parity.get("llm") or {}).get("tokenization") or {}
+    if "runtime_mismatches" in tok:
+        rows.append(("tokenizer", f"{tok['n_strings']} test strings: llava-edge differs on "
+                     f"{tok['runtime_mismatches']}, stock llama.cpp on "
+                     f"{tok['stock_llama_cpp_mismatches']} "
+                     f"({tok['stock_llama_cpp_word_start_mismatches']} starting with a word)"))
     if m.mmproj:
         rows.append(("mmproj", m.mmproj.file))
     rows.append(("defaults", f"vision {m.vision_entry().precision}, "
