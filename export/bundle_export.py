@@ -21,6 +21,7 @@ from llava_edge.progress import StageProgress
 from llava_edge.runtimes.preprocess import PreprocessRecipe
 from llava_edge.checkpoint_info import read_json
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.hub import resolve_model
 from llava_edge.templates import IMAGE_TOKEN, TEMPLATES
 
 from llava_edge.export.open_checkpoint import check_supported
@@ -60,11 +61,12 @@ def _unique(items) -> tuple:
 
 def export_bundle(checkpoint: str | Path, out_dir: str | Path, options: ExportOptions,
                   progress: StageProgress | None = None, overwrite: bool = False) -> Manifest:
-    """Export ``checkpoint`` into the bundle directory ``out_dir``; return its manifest."""
+    """Export ``checkpoint`` (a directory or a Hub id, see :func:`~llava_edge.hub.resolve_model`)
+    into the bundle directory ``out_dir``; return its manifest."""
     from llava_edge.export.gguf import export_gguf
     from llava_edge.export.vision import export_vision
 
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    checkpoint, out_dir = resolve_model(checkpoint, "MODEL"), Path(out_dir)
     config = check_supported(checkpoint)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise LlavaEdgeError(f"{out_dir} exists and is not empty (use --force to replace it)")

@@ -14,7 +14,8 @@ from llava_edge.errors import LlavaEdgeError
 
 SUPPORTED_VISION = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
 SUPPORTED_TEXT = {"llama", "mistral", "qwen2"}
-SUPPORTED_PROJECTOR_ACTS = {"gelu", "gelu_pytorch_tanh", "relu", "silu"}
+# "linear" (identity): the original LLaVA linear projector, see trainer/assemble.py.
+SUPPORTED_PROJECTOR_ACTS = {"gelu", "gelu_pytorch_tanh", "linear", "relu", "silu"}
 
 
 class UnsupportedModelError(LlavaEdgeError):

@@ -179,7 +179,9 @@ def describe_checkpoint(path: str | Path) -> CheckpointInfo:
                                             text.get("num_attention_heads")),
         },
         projector={
-            "type": "mlp2x_" + str(top["projector_hidden_act"]),
+            # "linear" is the original LLaVA linear projector (trainer/assemble.py).
+            "type": ("linear" if top["projector_hidden_act"] == "linear"
+                     else "mlp2x_" + str(top["projector_hidden_act"])),
             "vision_feature_layer": top["vision_feature_layer"],
             "vision_feature_select_strategy": top["vision_feature_select_strategy"],
         },

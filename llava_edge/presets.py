@@ -84,11 +84,17 @@ class PresetSpec:
 
 
 def image_tokens(kind: str, image_size: int, patch_size: int, select_strategy: str) -> int:
-    """Image tokens per image: patches, plus CLIP's CLS token when the strategy keeps it."""
+    """Image tokens per image: patches, plus CLIP's CLS token when the strategy keeps it.
+
+    transformers' ``default`` strategy drops the tower's first token whatever it is: CLIP's
+    CLS, but a real patch in SigLIP (as original LLaVA's ``patch`` select feature does;
+    a converted checkpoint can carry it)."""
     n = (image_size // patch_size) ** 2
     has_cls = kind == "clip"
     if select_strategy == "full" and has_cls:
         n += 1
+    if select_strategy == "default" and not has_cls:
+        n -= 1
     return n
 
 

@@ -167,6 +167,12 @@ def make_config(spec: PresetSpec, tokenizer, seed: int = 0):
 
 def make_image_processor(spec: PresetSpec):
     """The image processor the source model family uses, at the preset's resolution."""
+    return family_image_processor(spec.vision.kind, spec.vision.image_size)
+
+
+def family_image_processor(kind: str, size: int):
+    """The image processor of a vision family (``"clip"``: OpenAI CLIP's resize, crop and
+    statistics; ``"siglip"``: a plain resize, mean/std 0.5) at ``size`` pixels."""
     import transformers
 
     # transformers 5 has a torchvision and a Pillow backend; use the Pillow one by name
@@ -175,8 +181,7 @@ def make_image_processor(spec: PresetSpec):
                           or transformers.CLIPImageProcessor)
     SiglipImageProcessor = (getattr(transformers, "SiglipImageProcessorPil", None)
                             or transformers.SiglipImageProcessor)
-    size = spec.vision.image_size
-    if spec.vision.kind == "clip":
+    if kind == "clip":
         return CLIPImageProcessor(
             size={"shortest_edge": size}, crop_size={"height": size, "width": size},
             do_resize=True, do_center_crop=True, resample=3, do_rescale=True,

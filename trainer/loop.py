@@ -35,6 +35,7 @@ from llava_edge import __version__
 from llava_edge.atomic_dir import write_json
 from llava_edge.checkpoint_info import read_json
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.hub import resolve_model
 from llava_edge.templates import IMAGE_TOKEN
 
 from llava_edge.trainer.resume import (checkpoint_root, install_trainable_only_hooks,
@@ -105,9 +106,12 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
     checkpoint = _prepare_run_dir(run_dir, resume, force, accelerator)
     set_seed(config.seed)
 
+    # A Hub id is downloaded once (by the main process; the others then find it cached).
+    with accelerator.main_process_first():
+        model_dir = resolve_model(config.model, "--model")
     # Data first (its errors are quick to find), then the weights.
-    source_config = _read_llava_config(Path(config.model))
-    processor = AutoProcessor.from_pretrained(config.model)
+    source_config = _read_llava_config(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
     tokenizer = processor.tokenizer
     chat_format = make_chat_format(config.template, tokenizer, source_config)
     encoder = ConversationEncoder(chat_format, tokenizer,
@@ -118,7 +122,7 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
     plan = StepPlan(len(dataset), config.global_batch_size, config.micro_batch_size,
                     accelerator.num_processes, accelerator.process_index, config.seed)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * plan.steps_per_epoch))
-    model = LlavaForConditionalGeneration.from_pretrained(config.model, dtype=torch.float32)
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     # The output folder only now: a run that fails on its data or model leaves none behind.
     if main:
         checkpoint_root(run_dir).parent.mkdir(parents=True, exist_ok=True)

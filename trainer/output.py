@@ -57,6 +57,8 @@ def updated_block(block: dict | None, training: dict, template: str) -> dict:
         history.append(block["training"])
     block.setdefault("template", template)
     block["random_init"] = False
+    if block.get("projector") == "fresh" and (training.get("trained") or {}).get("projector"):
+        block["projector"] = "trained"  # `init --vision/--llm` said "fresh" until now
     block["training"] = training
     block["training_history"] = history
     return block

@@ -29,7 +29,7 @@ def _gates(_ctx, _param, values: tuple[str, ...]) -> dict[str, float]:
 
 
 @click.command()
-@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.argument("model")  # a directory or a Hub id: export_bundle resolves it
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Bundle directory to write.")
 @click.option("--fp16", "quality", flag_value="fp16", help="fp16 vision graph + F16 LLM.")
@@ -54,8 +54,9 @@ def _gates(_ctx, _param, values: tuple[str, ...]) -> dict[str, float]:
 @json_option
 def export(model, out_dir, quality, vision_precision, llm_quant, mmproj, trt, calib_dir,
            gates, allow_degraded, no_parity, force, as_json):
-    """Split the LLaVA checkpoint MODEL into a vision graph and a GGUF language model,
-    measure both against PyTorch, and write one self-describing bundle to OUT.
+    """Split the LLaVA checkpoint MODEL (a directory or a Hugging Face Hub id,
+    org/name[@revision]) into a vision graph and a GGUF language model, measure both
+    against PyTorch, and write one self-describing bundle to OUT.
 
     Without a quality flag: fp32 vision + F16 LLM. --vision-precision / --llm-quant add
     variants; the quality flag's pair is the bundle's default.

@@ -36,7 +36,7 @@ def _flag(name: str, help: str):
 @click.option("--stage", type=click.IntRange(1, 2), help="1: align (projector); 2: instruct.")
 @click.option("--model", type=click.Path(file_okay=False),
               help="Checkpoint to start from: `llava-edge init` output, stage 1's output, or "
-                   "any llava-hf LLaVA directory.")
+                   "any llava-hf LLaVA directory or Hub id (org/name[@revision]).")
 @click.option("--data", multiple=True, type=click.Path(dir_okay=False),
               help="LLaVA JSON file (repeat to mix several).")
 @click.option("--image-folder", type=click.Path(file_okay=False),
