@@ -58,8 +58,15 @@ class PreprocessRecipe:
     @classmethod
     def from_hf(cls, image_processor: dict, pad_to_square: bool = False) -> "PreprocessRecipe":
         """From the ``image_processor`` dict of a HF ``processor_config.json`` (or a
-        ``preprocessor_config.json``)."""
+        ``preprocessor_config.json``). ``pad_to_square``: pad first (the checkpoint was
+        trained so); a ``LlavaImageProcessor`` with ``do_pad`` pads by itself, so the
+        recipe pads for it too."""
         p = image_processor
+        # LlavaImageProcessor's do_pad is expand2square; other processors' do_pad means
+        # something else (LLaVA-NeXT pads its tiles), so it counts for this one alone.
+        if p.get("do_pad") and str(p.get("image_processor_type", "")).startswith(
+                "LlavaImageProcessor"):
+            pad_to_square = True
         size = p.get("size") or {}
         crop = p.get("crop_size") if p.get("do_center_crop", False) else None
         if isinstance(crop, int):

@@ -42,10 +42,11 @@ def cli(verbose: bool) -> None:
 
 
 def _register_commands() -> None:
-    from llava_edge.cli import (data_cmd, eval_cmd, export_cmd, info_cmd, init_cmd, run_cmd,
-                                train_cmd, verify_cmd)
+    from llava_edge.cli import (convert_cmd, data_cmd, eval_cmd, export_cmd, info_cmd, init_cmd,
+                                run_cmd, train_cmd, verify_cmd)
 
     cli.add_command(init_cmd.init)
+    cli.add_command(convert_cmd.convert)
     cli.add_command(data_cmd.data)
     cli.add_command(info_cmd.info)
     cli.add_command(train_cmd.train)
