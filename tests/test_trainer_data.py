@@ -9,8 +9,8 @@ from PIL import Image
 
 from llava_edge.trainer.collate import Collator
 from llava_edge.trainer.conversation import IGNORE_INDEX, ConversationEncoder, make_chat_format
-from llava_edge.trainer.dataset import (BadSample, Example, LlavaDataset, image_tokens_per_image,
-                                        mean_color, pad_to_square)
+from llava_edge.runtimes.preprocess import expand_to_square
+from llava_edge.trainer.dataset import BadSample, Example, LlavaDataset, image_tokens_per_image
 from llava_edge.trainer.step_plan import StepPlan
 
 
@@ -35,14 +35,16 @@ def test_image_tokens_come_from_the_processor(processor):
 
 
 def test_pad_to_square_centres_on_the_mean_colour(processor):
-    fill = mean_color(processor.image_processor)
-    assert fill == (123, 117, 104)  # OpenAI CLIP mean x 255, as LLaVA-1.5 pads
+    """Training pads as the runtime does (one function): LLaVA-1.5's expand2square fills
+    with int(mean * 255), truncated, not rounded."""
+    mean = processor.image_processor.image_mean
+    fill = (122, 116, 104)  # OpenAI CLIP mean x 255, truncated
     wide = Image.new("RGB", (40, 20), (255, 0, 0))
-    square = pad_to_square(wide, fill)
+    square = expand_to_square(wide, mean)
     assert square.size == (40, 40)
     assert square.getpixel((0, 0)) == fill and square.getpixel((20, 20)) == (255, 0, 0)
     assert square.getpixel((20, 9)) == fill and square.getpixel((20, 10)) == (255, 0, 0)
-    assert pad_to_square(square, fill) is square
+    assert expand_to_square(square, mean) is square
 
 
 def test_aspect_ratio_pad_versus_square(processor, tiny_checkpoint, tmp_path):

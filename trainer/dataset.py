@@ -19,6 +19,7 @@ from PIL import Image
 
 from llava_edge.data.llava_format import LlavaFormatError, check_sample, read_llava_json
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.runtimes.preprocess import expand_to_square
 from llava_edge.templates import IMAGE_TOKEN
 
 from llava_edge.trainer.conversation import ConversationEncoder, SampleError
@@ -56,22 +57,6 @@ def read_samples(path: str | Path) -> list:
     return samples
 
 
-def pad_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
-    """Centre ``image`` on a square canvas of colour ``fill`` (LLaVA-1.5's ``expand2square``)."""
-    width, height = image.size
-    if width == height:
-        return image
-    side = max(width, height)
-    canvas = Image.new(image.mode, (side, side), fill)
-    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
-    return canvas
-
-
-def mean_color(image_processor) -> tuple[int, int, int]:
-    """The processor's normalisation mean as an RGB colour (what padding is filled with)."""
-    return tuple(int(round(m * 255)) for m in image_processor.image_mean)
-
-
 def image_tokens_per_image(processor) -> int:
     """How many tokens the processor expands one ``<image>`` into, asked of the processor
     itself on a blank image, so that the training text matches what it does at inference."""
@@ -95,7 +80,6 @@ class LlavaDataset:
         self.image_processor = processor.image_processor
         self.encoder = encoder
         self.pad = image_aspect_ratio == "pad"
-        self.fill = mean_color(self.image_processor)
         # (file index, index in file, sample) for every sample, in file order.
         self.entries: list[tuple[int, int, object]] = []
         for k, path in enumerate(self.files):
@@ -140,7 +124,7 @@ class LlavaDataset:
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise _ImageError(f"cannot read image {relative!r}: {e}") from e
         if self.pad:
-            image = pad_to_square(image, self.fill)
+            image = expand_to_square(image, self.image_processor.image_mean)
         return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 

@@ -169,7 +169,6 @@ class TorchAnswerer:
 
         from llava_edge.checkpoint_info import image_aspect_ratio, read_json
         from llava_edge.trainer.conversation import make_chat_format
-        from llava_edge.trainer.dataset import mean_color
 
         hf_logging.disable_progress_bar()
         path = Path(checkpoint)
@@ -184,7 +183,6 @@ class TorchAnswerer:
         self.processor = AutoProcessor.from_pretrained(path)
         self.format = make_chat_format(template, self.processor.tokenizer, config)
         self.pad = image_aspect_ratio(config) == "pad"
-        self.fill = mean_color(self.processor.image_processor)
         self.max_new_tokens = max_new_tokens
         tokenizer = self.processor.tokenizer
         stops = {tokenizer.eos_token_id} | {
@@ -195,12 +193,12 @@ class TorchAnswerer:
 
     def __call__(self, image, prompt: str) -> str:
         from llava_edge.trainer.conversation import to_messages
-        from llava_edge.trainer.dataset import pad_to_square
+        from llava_edge.runtimes.preprocess import expand_to_square
 
         user = to_messages([{"from": "human", "value": prompt}])[0]["content"]
         text = self.format.prompt(user)
         if image is not None and self.pad:
-            image = pad_to_square(image, self.fill)
+            image = expand_to_square(image, self.processor.image_processor.image_mean)
         if image is None and IMAGE_TOKEN in text:
             raise LlavaEdgeError("the prompt has an <image> marker but no image was given")
         inputs = self.processor(text=text, images=image, return_tensors="pt").to(
