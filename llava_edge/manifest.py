@@ -234,6 +234,48 @@ class Mmproj:
 
 
 @dataclass(frozen=True)
+class AnyresSpec:
+    """LLaVA-NeXT's tiling (:mod:`llava_edge.runtimes.anyres`); absent for LLaVA-1.5.
+
+    Each image becomes a base view plus a grid of tiles chosen from ``pinpoints``; the
+    vision graph runs on all of them as one batch, and the runtime packs the features
+    (unpad, ``image_newline`` after every row) into ``AnyresPlan.n_positions`` rows.
+    ``image.n_tokens`` is then the features of one tile."""
+
+    pinpoints: tuple[tuple[int, int], ...]  # (height, width), multiples of tile_size
+    tile_size: int                          # the tower's input size
+    patch_size: int
+    strategy: str                           # vision_feature_select_strategy: default | full
+    num_additional_image_tokens: int        # tokens besides the patches (CLIP's CLS: 1)
+    newline_file: str                       # float32 [n_embd] .npy: the image_newline vector
+    merge: str = "spatial_unpad"            # mm_patch_merge_type; the only one supported
+
+    @classmethod
+    def read(cls, f: _Fields) -> "AnyresSpec":
+        pins = f.req("pinpoints", list)
+        if not pins or not all(isinstance(p, list) and len(p) == 2
+                               and all(_is(x, int) and x > 0 for x in p) for p in pins):
+            raise ManifestError(f"{f.at('pinpoints')} must be a non-empty list of "
+                                f"[height, width] pairs, got {_show(pins)}")
+        strategy = f.req("strategy", str)
+        if strategy not in ("default", "full"):
+            raise ManifestError(f"{f.at('strategy')} must be 'default' or 'full', got "
+                                f"{_show(strategy)}")
+        merge = f.opt("merge", str, "spatial_unpad")
+        if merge != "spatial_unpad":
+            raise ManifestError(f"{f.at('merge')} {merge!r} is not supported by this "
+                                "llava-edge (it runs 'spatial_unpad')")
+        extra = f.req("num_additional_image_tokens", int)
+        if extra < 0:
+            raise ManifestError(f"{f.at('num_additional_image_tokens')} must not be negative")
+        return cls(pinpoints=tuple((p[0], p[1]) for p in pins),
+                   tile_size=f.req("tile_size", int, positive=True),
+                   patch_size=f.req("patch_size", int, positive=True), strategy=strategy,
+                   num_additional_image_tokens=extra,
+                   newline_file=f.req("newline_file", str), merge=merge)
+
+
+@dataclass(frozen=True)
 class FileEntry:
     size: int
     sha256: str
@@ -259,6 +301,7 @@ class Manifest:
     source: Source = Source()
     tensorrt: tuple[TensorrtEngine, ...] = ()
     mmproj: Mmproj | None = None
+    anyres: AnyresSpec | None = None  # LLaVA-NeXT bundles only
     parity: dict = field(default_factory=dict)  # figures at export, and measured_on
     tools: dict = field(default_factory=dict)   # versions of the tools that wrote it
     created: str | None = None
@@ -292,6 +335,8 @@ class Manifest:
             source=Source.read(f.obj("source")),
             tensorrt=tuple(TensorrtEngine.read(e) for e in f.objects("tensorrt")),
             mmproj=Mmproj.read(f.obj("mmproj")) if f.data.get("mmproj") is not None else None,
+            anyres=(AnyresSpec.read(f.obj("anyres")) if f.data.get("anyres") is not None
+                    else None),
             parity=f.opt("parity", dict, {}), tools=f.opt("tools", dict, {}),
             created=f.opt("created", str),
             files={name: FileEntry.read(_Fields(entry, f"files[{name!r}]"))
@@ -338,6 +383,7 @@ class Manifest:
         refs = [name for v in self.vision for name in v.files]
         refs += [e.file for e in self.llm] + [e.file for e in self.tensorrt]
         refs += [e.sidecar for e in self.tensorrt if e.sidecar]
+        refs += [self.anyres.newline_file] if self.anyres else []
         return refs + ([self.mmproj.file] if self.mmproj else [])
 
     def check_consistent(self) -> None:

@@ -229,3 +229,51 @@ def test_no_field_of_a_real_manifest_breaks_loading_unnamed(tiny_bundle, tmp_pat
             except BundleError:
                 pass
     assert cases > 400
+
+
+def _next_bundle(tmp_path) -> Manifest:
+    import numpy as np
+
+    from llava_edge.manifest import AnyresSpec
+
+    np.save(tmp_path / "image_newline.npy", np.zeros(256, np.float32))
+    spec = AnyresSpec(pinpoints=((64, 64), (64, 128), (128, 64)), tile_size=64, patch_size=16,
+                      strategy="default", num_additional_image_tokens=1,
+                      newline_file="image_newline.npy")
+    return _bundle(tmp_path, anyres=spec)
+
+
+def test_anyres_section_round_trips_and_names_its_file(tmp_path):
+    written = _next_bundle(tmp_path)
+    assert "image_newline.npy" in written.files
+    bundle = open_bundle(tmp_path)
+    assert bundle.manifest.anyres == written.anyres
+    assert bundle.manifest.anyres.pinpoints[1] == (64, 128)
+    data = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert Manifest.from_dict(data).to_dict() == data
+    (tmp_path / "image_newline.npy").unlink()
+    with pytest.raises(BundleError, match="image_newline.npy is missing"):
+        open_bundle(tmp_path)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("pinpoints", [], "anyres.pinpoints must be a non-empty list"),
+    ("pinpoints", [[64]], "anyres.pinpoints must be a non-empty list"),
+    ("strategy", "cls", "anyres.strategy must be 'default' or 'full'"),
+    ("merge", "flat", "anyres.merge 'flat' is not supported"),
+    ("tile_size", None, "anyres.tile_size is missing"),
+    ("newline_file", None, "anyres.newline_file is missing"),
+    ("num_additional_image_tokens", -1, "must not be negative"),
+])
+def test_anyres_fields_are_checked_and_named(tmp_path, field, value, message):
+    _next_bundle(tmp_path)
+
+    def change(data):
+        if value is None:
+            del data["anyres"][field]
+        else:
+            data["anyres"][field] = value
+
+    _edit(tmp_path, change)
+    with pytest.raises(BundleError, match=message):
+        open_bundle(tmp_path)
