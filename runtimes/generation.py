@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from llava_edge.runtimes.embed_cache import pixel_key
-from llava_edge.runtimes.images import load_image
+from llava_edge.runtimes.image_embeds import encode_images
 from llava_edge.runtimes.kv_reuse import position_keys, remaining
-from llava_edge.runtimes.preprocess import preprocess
 from llava_edge.runtimes.prompt import Segment
 from llava_edge.runtimes.sampling import Sampler
 
@@ -61,31 +60,33 @@ class _Holder:
 class _Run(_Holder):
     """One request's generation: images -> prefill -> tokens, with its timings."""
 
-    def __init__(self, model: LlavaEdge, images: list, bgr: bool, segments: list[Segment],
-                 n_prompt: int, sampler: Sampler, max_new_tokens: int, stop: tuple[str, ...],
-                 t0: float):
-        self.model, self.images, self.bgr, self.segments = model, images, bgr, segments
+    def __init__(self, model: LlavaEdge, images: list, image_rows: list[int],
+                 segments: list[Segment], n_prompt: int, sampler: Sampler, max_new_tokens: int,
+                 stop: tuple[str, ...], t0: float, load_ms: float = 0.0):
+        # images: decoded RGB; image_rows: the positions each takes in the sequence
+        self.model, self.images, self.image_rows, self.segments = (model, images, image_rows,
+                                                                   segments)
         self.n_prompt, self.sampler, self.max_new_tokens, self.stop = (n_prompt, sampler,
                                                                       max_new_tokens, stop)
         self.t0 = t0
-        self.timings = Timings()
+        self.timings = Timings(preprocess_ms=load_ms)
         self.generated: list[int] = []
         self.reason = "length"
         self.superseded = False  # set when a later request of the same thread took over
 
     def tokens(self) -> Iterator[int]:
         """Evaluate the prompt, then yield each new token as it is chosen."""
-        m, t = self.model, self.timings
+        m, t, rgb, rows = self.model, self.timings, self.images, self.image_rows
         start = time.perf_counter()
-        rgb = [load_image(img, m.max_pixels, bgr=self.bgr) for img in self.images]
-        image_keys = [pixel_key(img) for img in rgb]
-        t.preprocess_ms = _ms(start)
+        # the layout's tag: the same pixels tiled another way are other rows
+        image_keys = [pixel_key(img) + m.layout.cache_tag for img in rgb]
+        t.preprocess_ms += _ms(start)
         m._acquire(self)
         start = time.perf_counter()
         try:
-            keys = position_keys(self.segments, image_keys, m.n_image_tokens)
+            keys = position_keys(self.segments, image_keys, rows)
             keep = m._keep_prefix(keys)
-            todo = remaining(self.segments, m.n_image_tokens, keep)
+            todo = remaining(self.segments, rows, keep)
             embeds = self._embeddings(rgb, image_keys, {s.image_index for s, _ in todo
                                                         if s.image_index is not None})
             start = time.perf_counter()
@@ -96,7 +97,7 @@ class _Run(_Holder):
                 else:
                     m.llm.eval_embeddings(embeds[seg.image_index][skip:])
                     key = image_keys[seg.image_index]
-                    m._kv.extend([(key, r) for r in range(skip, m.n_image_tokens)])
+                    m._kv.extend([(key, r) for r in range(skip, rows[seg.image_index])])
             t.prefill_ms = _ms(start)
             t.reused_tokens, t.prefill_tokens = keep, len(keys) - keep
             start = time.perf_counter()
@@ -122,10 +123,14 @@ class _Run(_Holder):
                 todo.setdefault(image_keys[i], []).append(i)
         if todo:
             start = time.perf_counter()
-            pixels = np.stack([preprocess(rgb[idx[0]], m.recipe) for idx in todo.values()])
-            t.preprocess_ms += _ms(start)
-            start = time.perf_counter()
-            encoded = m._encode(pixels)
+
+            def views_made() -> None:
+                nonlocal start
+                t.preprocess_ms += _ms(start)
+                start = time.perf_counter()
+
+            encoded = encode_images(m.layout, [rgb[idx[0]] for idx in todo.values()],
+                                    m._encode, on_views=views_made)
             t.vision_ms = _ms(start)
             t.images_encoded = len(todo)
             for (key, idx), embeds in zip(todo.items(), encoded):

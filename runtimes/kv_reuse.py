@@ -24,25 +24,26 @@ PositionKey = Union[int, tuple[bytes, int]]
 
 
 def position_keys(segments: Sequence[Segment], image_keys: Sequence[bytes],
-                  n_image_tokens: int) -> list[PositionKey]:
-    """One key per position of a request: its text tokens and image rows, in order."""
+                  image_rows: Sequence[int]) -> list[PositionKey]:
+    """One key per position of a request: its text tokens and image rows, in order
+    (``image_rows[i]``: the positions image ``i`` takes)."""
     keys: list[PositionKey] = []
     for seg in segments:
         if seg.image_index is None:
             keys.extend(seg.tokens)
         else:
             key = image_keys[seg.image_index]
-            keys.extend((key, row) for row in range(n_image_tokens))
+            keys.extend((key, row) for row in range(image_rows[seg.image_index]))
     return keys
 
 
-def remaining(segments: Sequence[Segment], n_image_tokens: int,
+def remaining(segments: Sequence[Segment], image_rows: Sequence[int],
               keep: int) -> list[tuple[Segment, int]]:
     """The segments still to evaluate once ``keep`` leading positions are reused, each
     with how many of its own leading positions to skip."""
     out, pos = [], 0
     for seg in segments:
-        size = n_image_tokens if seg.image_index is not None else len(seg.tokens)
+        size = image_rows[seg.image_index] if seg.image_index is not None else len(seg.tokens)
         if pos + size > keep:
             out.append((seg, max(0, keep - pos)))
         pos += size

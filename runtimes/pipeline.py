@@ -39,9 +39,9 @@ from llava_edge.errors import PromptError
 from llava_edge.manifest import VisionGraph
 from llava_edge.runtimes.embed_cache import EmbeddingCache
 from llava_edge.runtimes.generation import Answer, Stream, Timings, _Holder, _Run
+from llava_edge.runtimes.image_embeds import encode_images, image_layout
 from llava_edge.runtimes.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
 from llava_edge.runtimes.kv_reuse import KVPrefix
-from llava_edge.runtimes.preprocess import preprocess
 from llava_edge.runtimes.prompt import render, split_at_images, user_message
 from llava_edge.runtimes.sampling import Sampler, SamplingParams
 
@@ -78,14 +78,17 @@ class LlavaEdge:
 
     def __init__(self, bundle: Bundle, vision: VisionBackend, llm: LanguageBackend,
                  max_pixels: int = DEFAULT_MAX_PIXELS, reuse_prefix: bool = True,
-                 embed_cache_size: int = 16):
+                 embed_cache_size: int = 16, max_tiles: int | None = None):
         self.bundle = bundle
         self.vision = vision
         self.llm = llm
         self.max_pixels = max_pixels
         m = bundle.manifest
         self.recipe = m.preprocess
+        # rows per view from the vision graph; an image takes layout.n_positions(image)
         self.n_image_tokens = m.image.n_tokens
+        self.layout = image_layout(
+            m, bundle.file(m.anyres.newline_file) if m.anyres else None, max_tiles)
         self.image_token_id = m.image.token_id
         self.template = m.prompt.chat_template
         self.special_tokens = m.prompt.special_tokens
@@ -106,13 +109,16 @@ class LlavaEdge:
              providers: str | None = "auto",
              verify: str = "hash", max_pixels: int = DEFAULT_MAX_PIXELS,
              verbose: bool = False, reuse_prefix: bool = True,
-             embed_cache_size: int = 16) -> "LlavaEdge":
+             embed_cache_size: int = 16, max_tiles: int | None = None) -> "LlavaEdge":
         """Open and check ``bundle``, then load its vision graph and language model.
 
         ``repack``: llama.cpp's load-time weight repacking (faster decode; slower prefill
         and more memory on some CPUs, see :class:`LlamaCppLM`);
         ``reuse_prefix``: keep the KV cache's common prefix between requests;
-        ``embed_cache_size``: images whose embeddings are kept (0: none).
+        ``embed_cache_size``: images whose embeddings are kept (0: none);
+        ``max_tiles``: LLaVA-NeXT bundles only, at most this many views per image (the
+        base view included; None: as transformers tiles), fewer image positions and a
+        faster first token for less detail.
         """
         from llava_edge.runtimes.llama_cpp_lm import LlamaCppLM
         from llava_edge.runtimes.vision_onnx import OnnxVisionEncoder
@@ -127,25 +133,28 @@ class LlavaEdge:
                          n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, repack=repack,
                          verbose=verbose)
         model = cls(b, vision, llm, max_pixels=max_pixels, reuse_prefix=reuse_prefix,
-                    embed_cache_size=embed_cache_size)
+                    embed_cache_size=embed_cache_size, max_tiles=max_tiles)
         model.vision_precision, model.llm_quant = v.precision, lm.quant
         return model
 
     # -- images -------------------------------------------------------------------------
 
     def pixel_values(self, images: Sequence[ImageInput], bgr: bool = False) -> np.ndarray:
-        """[n, 3, H, W] float32 for ``images``."""
-        return np.stack([preprocess(load_image(img, self.max_pixels, bgr=bgr), self.recipe)
-                         for img in images])
+        """The views of ``images`` as the vision graph takes them, [n_views, 3, H, W]
+        float32: one per image, or (LLaVA-NeXT) each image's tiles, image after image."""
+        return np.concatenate([self.layout.views(load_image(img, self.max_pixels, bgr=bgr))
+                               for img in images])
 
     def embed(self, image: ImageInput, bgr: bool = False) -> np.ndarray:
-        """Image embeddings [n_image_tokens, n_embd] for one image, as the LLM sees them."""
-        return self._encode(self.pixel_values([image], bgr))[0]
+        """The rows one image takes in the LLM's sequence, [n_positions, n_embd], as they
+        are injected (LLaVA-NeXT: the tiles' features packed, newlines included)."""
+        rgb = load_image(image, self.max_pixels, bgr=bgr)
+        return encode_images(self.layout, [rgb], self._encode)[0]
 
     def _encode(self, pixels: np.ndarray) -> np.ndarray:
         embeds = self.vision.encode(pixels)
         if embeds.shape[1] != self.n_image_tokens:
-            raise PromptError(f"the vision graph gave {embeds.shape[1]} image tokens, the "
+            raise PromptError(f"the vision graph gave {embeds.shape[1]} rows per view, the "
                               f"bundle says {self.n_image_tokens}")
         return embeds
 
@@ -213,17 +222,25 @@ class LlavaEdge:
 
     def _start(self, ids, images, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
                seed, stop, bgr, t0) -> "_Run":
-        n_prompt = len(ids) - len(images) + len(images) * self.n_image_tokens
+        # Decoded now (outside the lock): each image's positions depend on its size.
+        start = time.perf_counter()
+        rgb = [load_image(img, self.max_pixels, bgr=bgr) for img in images]
+        rows = [self.layout.n_positions(img) for img in rgb]
+        load_ms = (time.perf_counter() - start) * 1000.0
+        n_text = len(ids) - len(images)
+        n_prompt = n_text + sum(rows)
         if n_prompt >= self.llm.n_ctx:
+            shown = (f"x {rows[0]}" if len(set(rows)) == 1
+                     else f"of {' + '.join(map(str, rows))}")
             raise PromptError(f"the prompt needs {n_prompt} positions ({len(images)} image(s) "
-                              f"x {self.n_image_tokens} + {len(ids) - len(images)} text tokens)"
-                              f", more than the context of {self.llm.n_ctx} (n_ctx)")
+                              f"{shown} + {n_text} text tokens), more than the context of "
+                              f"{self.llm.n_ctx} (n_ctx)")
         if max_new_tokens < 1:
             raise PromptError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         sampler = Sampler(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
                                          repeat_penalty=repeat_penalty, seed=seed))
-        return _Run(self, images, bgr, split_at_images(ids, self.image_token_id), n_prompt,
-                    sampler, max_new_tokens, tuple(stop) + self.stop, t0)
+        return _Run(self, rgb, rows, split_at_images(ids, self.image_token_id), n_prompt,
+                    sampler, max_new_tokens, tuple(stop) + self.stop, t0, load_ms)
 
     def ask_messages(self, messages: list[dict],
                      images: ImageInput | Sequence[ImageInput] | None = None,

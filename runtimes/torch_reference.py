@@ -251,7 +251,8 @@ def load_reference(bundle_dir: str | Path, checkpoint_dir: str | Path, vision: s
                    n_ctx: int | None = None, device: str | None = None,
                    providers: str | None = "auto", verify: str = "hash",
                    max_pixels: int = DEFAULT_MAX_PIXELS, verbose: bool = False,
-                   reuse_prefix: bool = True, embed_cache_size: int = 16, **llama_kwargs):
+                   reuse_prefix: bool = True, embed_cache_size: int = 16,
+                   max_tiles: int | None = None, **llama_kwargs):
     """A :class:`~llava_edge.runtimes.pipeline.LlavaEdge` on ``bundle_dir`` whose vision
     half is ``vision`` (``"onnx"``: the bundle's graph; ``"torch"``: ``checkpoint_dir``) and
     whose language half is ``llm`` (``"llama.cpp"``: the bundle's GGUF; ``"torch"``).
@@ -270,6 +271,9 @@ def load_reference(bundle_dir: str | Path, checkpoint_dir: str | Path, vision: s
             raise TorchReferenceError(f"{half} backend {choice!r} is not one of "
                                       f"{', '.join(BACKEND_CHOICES[half])}")
     bundle = open_bundle(bundle_dir, verify=verify)
+    if vision == "torch" and bundle.manifest.anyres is not None:
+        raise TorchReferenceError(f"{bundle_dir}: the torch vision backend runs LLaVA-1.5 "
+                                  "bundles; this one is LLaVA-NeXT (tiled images)")
     n_ctx = n_ctx or bundle.manifest.prompt.n_ctx  # as LlavaEdge.load
     shared = None
     if "torch" in (vision, llm):
@@ -304,7 +308,8 @@ def load_reference(bundle_dir: str | Path, checkpoint_dir: str | Path, vision: s
                                  verbose=verbose, **llama_kwargs)
         llm_quant = entry.quant
     model = LlavaEdge(bundle, vision_backend, llm_backend, max_pixels=max_pixels,
-                      reuse_prefix=reuse_prefix, embed_cache_size=embed_cache_size)
+                      reuse_prefix=reuse_prefix, embed_cache_size=embed_cache_size,
+                      max_tiles=max_tiles)
     # LlavaEdge.load sets these two; the CLI and reports read them.
     model.vision_precision, model.llm_quant = vision_precision, llm_quant
     return model

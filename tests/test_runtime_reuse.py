@@ -146,17 +146,17 @@ def test_prefix_bookkeeping_splits_text_and_image_runs():
     from llava_edge.runtimes.prompt import Segment
 
     segs = [Segment(tokens=(1, 2, 3)), Segment(image_index=0), Segment(tokens=(4, 5))]
-    keys = position_keys(segs, [b"img"], 4)
+    keys = position_keys(segs, [b"img"], [4])
     assert keys == [1, 2, 3, (b"img", 0), (b"img", 1), (b"img", 2), (b"img", 3), 4, 5]
-    assert remaining(segs, 4, 0) == [(segs[0], 0), (segs[1], 0), (segs[2], 0)]
-    assert remaining(segs, 4, 5) == [(segs[1], 2), (segs[2], 0)]  # inside the image
-    assert remaining(segs, 4, 8) == [(segs[2], 1)]
+    assert remaining(segs, [4], 0) == [(segs[0], 0), (segs[1], 0), (segs[2], 0)]
+    assert remaining(segs, [4], 5) == [(segs[1], 2), (segs[2], 0)]  # inside the image
+    assert remaining(segs, [4], 8) == [(segs[2], 1)]
     kv = KVPrefix()
     kv.extend(keys[:6])
     assert kv.reusable(keys, n_past=6) == 6
     assert kv.reusable(keys, n_past=5) == 0  # the backend changed behind our back
     assert kv.reusable(keys[:6], n_past=6) == 5  # the last position is always evaluated
-    assert kv.reusable(position_keys(segs, [b"other"], 4), n_past=6) == 3
+    assert kv.reusable(position_keys(segs, [b"other"], [4]), n_past=6) == 3
 
 
 # -- image embeddings cache -----------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Callable
 import click
 
 from llava_edge.cli.common import json_option, sampling_options
+from llava_edge.cli.run_cmd import max_tiles_option
 from llava_edge.errors import LlavaEdgeError
 
 HELP = ("commands: /image PATH (attach an image to your next message), /reset (forget the "
@@ -29,9 +30,10 @@ HELP = ("commands: /image PATH (attach an image to your next message), /reset (f
 @click.option("--threads", "n_threads", type=int, default=None,
               help="CPU threads (default: all cores).")
 @click.option("--stats", is_flag=True, help="After each answer, print its timings to stderr.")
+@max_tiles_option
 @json_option
 def chat(bundle, images, system, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
-         seed, vision_precision, llm_quant, n_ctx, n_threads, stats, as_json):
+         seed, vision_precision, llm_quant, n_ctx, n_threads, stats, max_tiles, as_json):
     """Chat with BUNDLE: type a message, get a streamed answer; the conversation is kept.
 
     \b
@@ -47,7 +49,7 @@ def chat(bundle, images, system, max_new_tokens, temperature, top_k, top_p, repe
     from llava_edge.runtimes.pipeline import LlavaEdge
 
     with LlavaEdge.load(bundle, vision_precision=vision_precision, llm_quant=llm_quant,
-                        n_ctx=n_ctx, n_threads=n_threads) as model:
+                        n_ctx=n_ctx, n_threads=n_threads, max_tiles=max_tiles) as model:
         session = model.chat(system=system, max_new_tokens=max_new_tokens,
                              temperature=temperature, top_k=top_k, top_p=top_p,
                              repeat_penalty=repeat_penalty, seed=seed)

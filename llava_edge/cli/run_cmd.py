@@ -10,6 +10,10 @@ from llava_edge.cli.common import emit_json, json_option, sampling_options
 
 threads_option = click.option("--threads", "n_threads", type=int, default=None,
                               help="CPU threads (default: all cores).")
+max_tiles_option = click.option(
+    "--max-tiles", type=click.IntRange(min=1), default=None,
+    help="LLaVA-NeXT bundles: at most N views per image, the base view included (fewer "
+         "image positions, faster first token, less detail; default: as transformers).")
 # PyTorch reference backends (runtimes/torch_reference.py): run the checkpoint in
 # transformers in place of a half of the bundle, to compare.
 reference_option = click.option(
@@ -45,13 +49,14 @@ def _check_reference(reference_checkpoint, **backends) -> None:
 @click.option("--llm-quant", default=None, help="Which GGUF of the bundle.")
 @click.option("--n-ctx", type=int, default=None, help="Context length (default: bundle's).")
 @click.option("--stream", "streaming", is_flag=True, help="Print the answer as it is decoded.")
+@max_tiles_option
 @threads_option
 @reference_option
 @vision_backend_option
 @llm_backend_option
 @json_option
 def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
-        seed, system, vision_precision, llm_quant, n_ctx, streaming, n_threads,
+        seed, system, vision_precision, llm_quant, n_ctx, streaming, max_tiles, n_threads,
         reference_checkpoint, vision_backend, llm_backend, as_json):
     """Answer PROMPT about the image(s) with BUNDLE."""
     from llava_edge.runtimes.pipeline import LlavaEdge
@@ -64,10 +69,11 @@ def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repea
         loaded = load_reference(bundle, reference_checkpoint, vision=vision_backend,
                                 llm=llm_backend, n_threads=n_threads,
                                 vision_precision=vision_precision, llm_quant=llm_quant,
-                                n_ctx=n_ctx)
+                                n_ctx=n_ctx, max_tiles=max_tiles)
     else:
         loaded = LlavaEdge.load(bundle, vision_precision=vision_precision,
-                                llm_quant=llm_quant, n_ctx=n_ctx, n_threads=n_threads)
+                                llm_quant=llm_quant, n_ctx=n_ctx, n_threads=n_threads,
+                                max_tiles=max_tiles)
     with loaded as model:
         stream = model.stream(list(images), prompt, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_k=top_k, top_p=top_p,
@@ -94,20 +100,22 @@ def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repea
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
               help="Where to save the embeddings (.npy).")
 @click.option("--vision-precision", default=None)
+@max_tiles_option
 @threads_option
 @reference_option
 @vision_backend_option
 @llm_backend_option
 @json_option
-def embed(bundle, image, out_file, vision_precision, n_threads, reference_checkpoint,
-          vision_backend, llm_backend, as_json):
-    """Save the image embeddings [n_image_tokens, n_embd] that BUNDLE's vision graph gives
-    IMAGE, as the LLM sees them (for debugging and comparing backends)."""
+def embed(bundle, image, out_file, vision_precision, max_tiles, n_threads,
+          reference_checkpoint, vision_backend, llm_backend, as_json):
+    """Save the rows IMAGE takes in the LLM's sequence, [n_positions, n_embd], as they are
+    injected (LLaVA-NeXT: the tiles' features packed with the newlines), for debugging
+    and comparing backends."""
     import numpy as np
 
     from llava_edge.bundle import open_bundle
+    from llava_edge.runtimes.image_embeds import encode_images, image_layout
     from llava_edge.runtimes.images import load_image
-    from llava_edge.runtimes.preprocess import preprocess
     from llava_edge.runtimes.vision_onnx import OnnxVisionEncoder
 
     # --llm-backend is accepted for symmetry with `run`; embed uses no language model.
@@ -127,8 +135,9 @@ def embed(bundle, image, out_file, vision_precision, n_threads, reference_checkp
         entry = b.vision_entry(vision_precision)
         encoder, precision = OnnxVisionEncoder(b.file(entry.file), n_threads=n_threads), \
             entry.precision
-    pixels = preprocess(load_image(image), b.manifest.preprocess)
-    embeds = encoder.encode(pixels[None])[0]
+    m = b.manifest
+    layout = image_layout(m, b.file(m.anyres.newline_file) if m.anyres else None, max_tiles)
+    embeds = encode_images(layout, [load_image(image)], encoder.encode)[0]
     np.save(out_file, embeds)
     result = {"file": out_file, "shape": list(embeds.shape), "vision_precision": precision,
               "mean": float(embeds.mean()), "std": float(embeds.std())}

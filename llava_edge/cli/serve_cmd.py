@@ -6,7 +6,7 @@ import ipaddress
 
 import click
 
-from llava_edge.cli.run_cmd import threads_option
+from llava_edge.cli.run_cmd import max_tiles_option, threads_option
 
 
 @click.command()
@@ -35,9 +35,10 @@ from llava_edge.cli.run_cmd import threads_option
 @click.option("--llm-quant", default=None, help="Which GGUF of the bundle.")
 @click.option("--n-ctx", type=int, default=None, help="Context length (default: bundle's).")
 @threads_option
+@max_tiles_option
 def serve(bundle, host, port, max_queue, api_key, model_name, timeout_s, max_body_mb,
           max_image_pixels, allow_remote_images, vision_precision, llm_quant, n_ctx,
-          n_threads):
+          n_threads, max_tiles):
     """Serve BUNDLE with an OpenAI-compatible API: POST /v1/chat/completions (images as
     base64 data: URLs, streaming as server-sent events), GET /v1/models, GET /health.
 
@@ -61,7 +62,8 @@ def serve(bundle, host, port, max_queue, api_key, model_name, timeout_s, max_bod
                    "this port can use the model.", err=True)
     max_pixels = max_image_pixels or DEFAULT_MAX_PIXELS
     model = LlavaEdge.load(bundle, vision_precision=vision_precision, llm_quant=llm_quant,
-                           n_ctx=n_ctx, n_threads=n_threads, max_pixels=max_pixels)
+                           n_ctx=n_ctx, n_threads=n_threads, max_pixels=max_pixels,
+                           max_tiles=max_tiles)
     worker = Worker(model, max_queue=max_queue).start()
     config = ServeConfig(model_name=model_name or Path(bundle).resolve().name, api_key=api_key,
                          max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout_s,
