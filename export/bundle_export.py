@@ -15,8 +15,8 @@ from pathlib import Path
 
 from llava_edge.atomic_dir import write_dir
 from llava_edge.bundle import write_manifest
-from llava_edge.manifest import (ImageSpec, LanguageModel, Manifest, Mmproj, PromptSpec, Source,
-                                 TensorrtEngine, VisionGraph)
+from llava_edge.manifest import (AnyresSpec, ImageSpec, LanguageModel, Manifest, Mmproj,
+                                 PromptSpec, Source, TensorrtEngine, VisionGraph)
 from llava_edge.progress import StageProgress
 from llava_edge.runtimes.preprocess import PreprocessRecipe
 from llava_edge.checkpoint_info import read_json
@@ -68,6 +68,10 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, options: ExportOp
 
     checkpoint, out_dir = resolve_model(checkpoint, "MODEL"), Path(out_dir)
     config = check_supported(checkpoint)
+    if options.mmproj:  # refused before the vision export's minutes, not after
+        from llava_edge.export.mmproj import check_mmproj_supported
+
+        check_mmproj_supported(checkpoint, config)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise LlavaEdgeError(f"{out_dir} exists and is not empty (use --force to replace it)")
 
@@ -130,6 +134,8 @@ def _manifest(checkpoint: Path, config: dict, options: ExportOptions, vision, ll
         tensorrt=engines,
         llm=llm_entries,
         mmproj=mmproj,
+        # LLaVA-NeXT: image.n_tokens above is per view; the runtime tiles and packs
+        anyres=AnyresSpec(**vision.anyres) if vision.anyres else None,
         defaults={"vision": default_vision, "llm": options.llm_quants[0]},
         parity={"vision": {v.precision: v.parity for v in vision.variants},
                 "vision_gates": {v.precision: {"gate": v.gate, "passed": v.passed,

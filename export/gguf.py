@@ -101,7 +101,11 @@ def export_gguf(checkpoint_dir: str | Path, out_dir: str | Path,
     ``progress(stage, done, total)``; stages: ``"convert F16"`` (bytes), ``"quantize
     Q4_K_M"`` (tensors), ``"mmproj"`` (bytes), ``"parity"`` (GGUF files checked)."""
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
-    check_supported(checkpoint_dir)
+    config = check_supported(checkpoint_dir)
+    if mmproj:
+        from llava_edge.export.mmproj import check_mmproj_supported
+
+        check_mmproj_supported(checkpoint_dir, config)
     quants = normalize_quants(quants)
     planned = [out_dir / llm_file_name(q) for q in quants]
     if mmproj:

@@ -16,6 +16,11 @@ manifest):
 
 The reference is the checkpoint in float32 PyTorch. Nothing here is specific to the
 random-weight presets: run it on a trained checkpoint to get figures that mean more.
+
+LLaVA-NeXT checkpoints are measured the same way: the injected image embeddings are
+transformers' packed rows for the reference image (base view, unpadded grid, newlines),
+and that image is wider than tall (:func:`parity_image`), so that the tiling and the
+unpadding take part.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ class TorchReference:
     prompt: str
     ids: list[int]  # the prompt's token ids, the image as one image token
     image_at: int  # index of the image token in `ids`
-    image_embeds: np.ndarray  # [n_image_tokens, n_embd], the projector output
+    image_embeds: np.ndarray  # [n_image_tokens, n_embd]: the projector output (NeXT: packed)
     logits: np.ndarray  # [n_positions, n_vocab] over the expanded sequence
     greedy: list[int]  # greedy continuation
 
@@ -54,6 +59,18 @@ def reference_image(size: int, seed: int = 0):
     from llava_edge.data.shapes import render_scene, sample_scene
 
     return render_scene(sample_scene(np.random.default_rng(seed)), size).convert("RGB")
+
+
+def parity_image(config, seed: int = 0):
+    """The image the logits are measured with: a shapes scene at the tower's size, or for
+    LLaVA-NeXT (``config.model_type == "llava_next"``) one 1.5 times as wide as tall
+    (96 x 64 for a 64-pixel tower), which picks a wide grid and leaves padded feature
+    columns for the unpadding to cut."""
+    size = config.vision_config.image_size
+    if config.model_type != "llava_next":
+        return reference_image(size, seed)
+    wide = 3 * size // 2
+    return reference_image(wide, seed).crop((0, (wide - size) // 2, wide, (wide + size) // 2))
 
 
 def parity_prompts(processor, n: int = 3) -> list[str]:
@@ -81,11 +98,13 @@ def torch_reference(loaded, prompt: str, image, n_greedy: int = N_GREEDY) -> Tor
     at = expanded.index(image_id)
     n_image = sum(1 for t in expanded if t == image_id)
     ids = expanded[:at] + [image_id] + expanded[at + n_image:]
+    # LLaVA-NeXT also needs each image's size, to tile and unpad as its processor did
+    sizes = {"image_sizes": inputs["image_sizes"]} if "image_sizes" in inputs else {}
     with torch.no_grad():
         features = model.get_image_features(
             pixel_values=inputs["pixel_values"],
             vision_feature_layer=config.vision_feature_layer,
-            vision_feature_select_strategy=config.vision_feature_select_strategy,
+            vision_feature_select_strategy=config.vision_feature_select_strategy, **sizes,
         ).pooler_output[0]
         out = model(**inputs, use_cache=True)
         logits = out.logits[0].float().numpy()
@@ -246,14 +265,16 @@ def measure_parity(loaded, llm_files: dict[str, Path], mmproj_path: Path | None 
     import torch
     import transformers
 
-    image = reference_image(loaded.config.vision_config.image_size)
+    image = parity_image(loaded.config)
     references = [torch_reference(loaded, p, image, n_greedy)
                   for p in parity_prompts(loaded.processor, n_prompts)]
     first = next(iter(llm_files.values()))
     figures = {
         "reference": {"framework": f"torch {torch.__version__}, transformers "
                                    f"{transformers.__version__}", "dtype": "float32",
-                      "image": "synthetic shapes scene, seed 0", "n_prompts": len(references),
+                      "image": f"synthetic shapes scene, seed 0, {image.width}x{image.height}",
+                      "image_positions": int(references[0].image_embeds.shape[0]),
+                      "n_prompts": len(references),
                       "greedy_tokens": n_greedy},
         "tokenization": tokenizer_parity(loaded.processor.tokenizer, first),
         "logits": {quant: logits_parity(references, path, quant, n_threads)

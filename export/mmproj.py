@@ -80,6 +80,18 @@ def feature_layer_index(feature_layer, n_layers: int) -> int:
     return index
 
 
+def check_mmproj_supported(path: str | Path, config: dict) -> None:
+    """Refuse, naming the reason, a checkpoint (its ``config.json`` dict) this writer has
+    no mmproj for: LLaVA-NeXT, whose llama.cpp path is another."""
+    if config.get("model_type") == "llava_next":
+        raise UnsupportedModelError(
+            f"{path}: an mmproj for LLaVA-NeXT (llava_next) checkpoints is not written yet: "
+            "llama.cpp runs LLaVA-1.6 through its own anyres path (clip.vision."
+            "image_grid_pinpoints, mm_patch_merge_type spatial_unpad and a model.image_newline "
+            "tensor), a later step for llava-edge. Export without --mmproj: llava-edge's "
+            "runtime does not need it")
+
+
 def mmproj_tensor_plan(ckpt: SafetensorsCheckpoint, n_layers_kept: int,
                        out_type: str) -> list[TensorPlan]:
     """The GGUF tensors of the vision tower (first ``n_layers_kept`` layers) + projector."""
@@ -130,7 +142,7 @@ def write_mmproj(checkpoint_dir: str | Path, out_path: str | Path, out_type: str
     if out_type not in FILE_TYPES:
         raise LlavaEdgeError(f"mmproj type must be F32 or F16, not {out_type!r}")
     path, out_path = Path(checkpoint_dir), Path(out_path)
-    check_supported(path)
+    check_mmproj_supported(path, check_supported(path))
     config = AutoConfig.from_pretrained(path)
     v = config.vision_config
     kind = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}[v.model_type]

@@ -9,9 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from llava_edge.checkpoint_info import read_json
+from llava_edge.checkpoint_info import MODEL_TYPES, read_json
 from llava_edge.errors import LlavaEdgeError
 
+#: How LLaVA-NeXT lays out a grid's features (the original LLaVA's ``mm_patch_merge_type``;
+#: transformers implements this one only, whatever a config says).
+SUPPORTED_PATCH_MERGE = ("spatial_unpad",)
 SUPPORTED_VISION = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
 SUPPORTED_TEXT = {"llama", "mistral", "qwen2"}
 # "linear" (identity): the original LLaVA linear projector, see trainer/assemble.py.
@@ -27,13 +30,18 @@ class LoadedLlava:
     """A checkpoint opened in PyTorch: the model in eval mode, its processor and config."""
 
     path: Path
-    model: object  # transformers.LlavaForConditionalGeneration
-    processor: object  # transformers.LlavaProcessor
-    config: object  # transformers.LlavaConfig
+    model: object  # transformers.LlavaForConditionalGeneration (or LlavaNext...)
+    processor: object  # transformers.LlavaProcessor (or LlavaNextProcessor)
+    config: object  # transformers.LlavaConfig (or LlavaNextConfig)
 
     @property
     def vision_kind(self) -> str:
         return SUPPORTED_VISION[self.config.vision_config.model_type]
+
+    @property
+    def is_next(self) -> bool:
+        """LLaVA-NeXT: each image is a base view plus grid tiles, packed."""
+        return self.config.model_type == "llava_next"
 
     def generate_greedy(self, image, prompt: str, max_new_tokens: int) -> list[int]:
         """transformers' own ``generate`` (greedy) on one image and one user prompt, with
@@ -60,10 +68,11 @@ def check_supported(path: str | Path) -> dict:
     path = Path(path)
     config = read_json(path / "config.json", "config.json")
     model_type = config.get("model_type")
-    if model_type != "llava":
+    if model_type not in MODEL_TYPES:
         raise UnsupportedModelError(
             f"{path}: model_type {model_type!r} is not supported; llava-edge exports "
-            "LlavaForConditionalGeneration ('llava') checkpoints")
+            + " and ".join(f"{cls} ({t!r})" for t, cls in MODEL_TYPES.items())
+            + " checkpoints")
     vision = (config.get("vision_config") or {}).get("model_type")
     if vision not in SUPPORTED_VISION:
         raise UnsupportedModelError(
@@ -79,17 +88,55 @@ def check_supported(path: str | Path) -> dict:
         raise UnsupportedModelError(
             f"{path}: projector activation {act!r} is not supported (supported: "
             f"{', '.join(sorted(SUPPORTED_PROJECTOR_ACTS))})")
+    if model_type == "llava_next":
+        _check_next(path, config)
     return config
+
+
+def _check_next(path: Path, config: dict) -> None:
+    """What of a LLaVA-NeXT config the export cannot reproduce, named: a patch merge other
+    than ``spatial_unpad`` (original-LLaVA configs carry the key; transformers ignores it
+    and would silently run something else), grid pinpoints that are not multiples of the
+    tile size, a select strategy that leaves a CLS token in every tile of a grid."""
+    merge = config.get("mm_patch_merge_type")
+    if merge is not None and merge not in SUPPORTED_PATCH_MERGE:
+        raise UnsupportedModelError(
+            f"{path}: mm_patch_merge_type {merge!r} is not supported (supported: "
+            f"{', '.join(SUPPORTED_PATCH_MERGE)})")
+    try:  # a plan for one tile-sized image checks the pinpoints, strategy and tower
+        next_plan(config, (1, 1))
+    except LlavaEdgeError as exc:
+        raise UnsupportedModelError(f"{path}: {exc}") from None
+
+
+def next_plan(config: dict, image_size: tuple[int, int]):
+    """The :class:`~llava_edge.runtimes.anyres.AnyresPlan` of an image of ``image_size``
+    (height, width) for a LLaVA-NeXT ``config.json`` dict, transformers' defaults filled
+    in for the keys it leaves out (LlavaNextConfig's pinpoints, CLIP's sizes)."""
+    from llava_edge.checkpoint_info import NEXT_DEFAULT_PINPOINTS, vision_defaults
+    from llava_edge.runtimes.anyres import AnyresPlan
+
+    filled = {**config, "vision_config": vision_defaults(config),
+              "image_grid_pinpoints": config.get("image_grid_pinpoints")
+              or NEXT_DEFAULT_PINPOINTS}
+    return AnyresPlan.from_hf_config(filled, image_size)
+
+
+def model_class(model_type: str):
+    """transformers' class for a supported ``model_type`` (``llava``, ``llava_next``)."""
+    import transformers
+
+    return getattr(transformers, MODEL_TYPES[model_type])
 
 
 def load_llava(path: str | Path, dtype: str = "float32") -> LoadedLlava:
     """Load the checkpoint at ``path`` in PyTorch (eval mode, ``dtype``) with its processor."""
     import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor
 
     path = Path(path)
-    check_supported(path)
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype))
+    config = check_supported(path)
+    model = model_class(config["model_type"]).from_pretrained(path, dtype=getattr(torch, dtype))
     model.eval()
     processor = AutoProcessor.from_pretrained(path)
     return LoadedLlava(path=path, model=model, processor=processor, config=model.config)

@@ -3,7 +3,9 @@
 End to end, through the runtime's own code path (numpy preprocessing, ONNX Runtime,
 llama.cpp with injected embeddings), not the exporter's:
 
-1. embeddings: every vision graph vs PyTorch on the parity images;
+1. embeddings: every vision graph vs PyTorch on the parity images (LLaVA-NeXT: the
+   runtime's views, graph and packing vs transformers' packed features, on images of
+   several aspect ratios);
 2. logits: every GGUF vs PyTorch on prompts mixing text and an injected image;
 3. greedy answers: the bundle's default pair and its most exact pair vs
    ``transformers.generate`` on a few images and questions;
@@ -44,7 +46,8 @@ def verify_bundle(bundle_dir: str | Path, checkpoint: str | Path, data: str | Pa
     images = [img for _, img in synthetic_images(max(n_images, 8))]
 
     say("vision graphs")
-    vision = {v.precision: _vision_figures(bundle, v, loaded, images, n_threads)
+    figures_of = _vision_figures if m.anyres is None else _packed_figures
+    vision = {v.precision: figures_of(bundle, v, loaded, images, n_threads)
               for v in m.vision}
     say("language models")
     llm = measure_parity(loaded, {e.quant: bundle.file(e.file) for e in m.llm},
@@ -96,6 +99,31 @@ def _vision_figures(bundle, entry: dict, loaded, images, n_threads) -> dict:
         else feats.float().numpy()
     figures = compare(ref.reshape(got.shape), got).to_dict()
     figures["preprocess_max_abs_err"] = float(np.abs(ours - hf_pixels.numpy()).max())
+    return figures
+
+
+def _packed_figures(bundle, entry, loaded, images, n_threads) -> dict:
+    """LLaVA-NeXT: each image's rows as the runtime makes them (its views, the graph, its
+    packing with the bundle's ``image_newline``) against transformers' packed features;
+    and the runtime's views against the HF processor's."""
+    from llava_edge.export.anyres_export import hf_packed_features, packed_parity
+    from llava_edge.export.vision_parity import tiling_images
+    from llava_edge.runtimes.image_embeds import encode_images, image_layout
+    from llava_edge.runtimes.images import load_image
+    from llava_edge.runtimes.vision_onnx import OnnxVisionEncoder
+
+    m = bundle.manifest
+    images = images + [image for _, image in tiling_images()]
+    rgb = [load_image(image) for image in images]
+    layout = image_layout(m, bundle.file(m.anyres.newline_file))
+    encoder = OnnxVisionEncoder(bundle.file(entry.file), n_threads=n_threads)
+    figures = packed_parity(hf_packed_features(loaded, images),
+                            encode_images(layout, rgb, encoder.encode))
+    # the HF processor pads every image's views to the most any image has
+    hf = loaded.processor.image_processor(images=images, return_tensors="np")["pixel_values"]
+    ours = [layout.views(image) for image in rgb]
+    figures["preprocess_max_abs_err"] = max(float(np.abs(v - hf[i, :len(v)]).max())
+                                            for i, v in enumerate(ours))
     return figures
 
 

@@ -17,7 +17,11 @@ One call, :func:`export_vision`, does the whole vision half of ``llava-edge expo
 
 The result (:class:`VisionExportResult`) is JSON-serialisable for the bundle manifest.
 
-Longer than most modules here (about 500 lines) on purpose: the six steps are one
+LLaVA-NeXT checkpoints export the same per-view graph; their parity is measured on the
+anyres views of images of several aspect ratios, plus a packed-features check per
+variant, and ``image_newline.npy`` is written with the graphs (:mod:`anyres_export`).
+
+Longer than most modules here (about 570 lines) on purpose: the six steps are one
 transaction over a staging folder (the gates, the int4 fallback and the final move share
 its state), and the argument checks that run before any work, and the move that ends it,
 sit beside it so that the whole contract of a vision export reads in one file.
@@ -37,14 +41,17 @@ import numpy as np
 
 from llava_edge.cpu_features import cpu_info
 from llava_edge.errors import LlavaEdgeError
-from llava_edge.export import onnx_export, tensorrt_engine, vision_parity, vision_quantize
+from llava_edge.export import (anyres_export, onnx_export, tensorrt_engine, vision_parity,
+                               vision_quantize)
+from llava_edge.export.open_checkpoint import check_supported
 from llava_edge.export.vision_graph import load_vision
 from llava_edge.progress import StageProgress
 
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
-#: Minimum mean per-token cosine similarity to PyTorch for a variant to be written.
+#: Minimum mean per-token cosine similarity to PyTorch for a variant to be written (for
+#: LLaVA-NeXT, of its packed rows too).
 DEFAULT_GATES: Mapping[str, float] = {"fp32": 0.99999, "fp16": 0.999, "int8": 0.99, "int4": 0.98}
 INT8_METHODS = ("auto", "dynamic", "static")
 ENGINE_PRECISIONS = tensorrt_engine.PRECISIONS
@@ -68,7 +75,7 @@ class VariantResult:
     written: bool
     gate: float
     passed: bool
-    parity: dict | None  # ParityFigures.to_dict()
+    parity: dict | None  # ParityFigures.to_dict(); LLaVA-NeXT: and "packed" (packed_parity)
     method: dict = field(default_factory=dict)  # how it was made (quantizer settings)
     note: str | None = None
     fallback: str | None = None  # the precision written instead (int4 -> int8)
@@ -97,7 +104,7 @@ class VisionExportResult:
     out_dir: str
     vision_kind: str
     image_size: int
-    n_image_tokens: int
+    n_image_tokens: int  # per view: per image for LLaVA-1.5, per tile for LLaVA-NeXT
     n_embd: int
     graph: dict  # VisionGraphSpec.to_dict()
     preprocess: dict  # PreprocessRecipe.to_dict(): what the runtime does to an image
@@ -112,6 +119,9 @@ class VisionExportResult:
     # The CPU the parity figures were measured on (CpuInfo.to_dict()): int8 arithmetic
     # differs between CPU classes, so a figure means little without it.
     measured_on: dict = field(default_factory=dict)
+    # LLaVA-NeXT: the manifest's anyres section (AnyresSpec's fields); its newline_file
+    # was written next to the graphs. None for LLaVA-1.5.
+    anyres: dict | None = None
 
     def variant(self, precision: str) -> VariantResult:
         """The result for ``precision`` (KeyError if it was not requested)."""
@@ -190,7 +200,8 @@ def export_vision(
     if n_parity_images < 1:
         raise VisionExportError(f"n_parity_images must be at least 1, got {n_parity_images}")
     calib_images = vision_parity.folder_images(calib_dir) if calib_dir is not None else []
-    _check_out_dir(out_dir, precisions, engines, int4_fallback, plain_graph, overwrite)
+    tiled = check_supported(checkpoint_dir)["model_type"] == "llava_next"
+    _check_out_dir(out_dir, precisions, engines, int4_fallback, plain_graph, overwrite, tiled)
 
     fallback_steps = 2 if int4_fallback and "int4" in precisions and "int8" not in precisions else 0
     steps = _Steps(progress, total=5 + 2 * len(precisions) + fallback_steps + len(engines)
@@ -198,15 +209,36 @@ def export_vision(
     steps("loading vision tower and projector")
     loaded = load_vision(checkpoint_dir)
     spec, encoder = loaded.spec, loaded.encoder()
+    tiling = anyres_export.Tiling.of(loaded) if loaded.is_next else None
+
+    def views(images: list) -> tuple[np.ndarray, list[int]]:
+        """The graph's inputs for ``images`` and how many each image has: one view per
+        image from the HF processor (LLaVA-1.5), or each image's anyres views."""
+        if tiling is None:
+            return vision_parity.preprocess(loaded.processor, images), [1] * len(images)
+        return tiling.views(images)
 
     steps("computing PyTorch reference embeddings")
-    named = vision_parity.synthetic_images(n_parity_images) + [
+    named = vision_parity.synthetic_images(n_parity_images) + (
+        vision_parity.tiling_images() if tiling else []) + [
         (f"calib/{name}", image) for name, image in calib_images]
-    pixels = vision_parity.preprocess(loaded.processor, [image for _, image in named])
+    images = [image for _, image in named]
+    pixels, counts = views(images)
     reference = vision_parity.torch_embeds(encoder, pixels, PARITY_BATCH)
+    packed_reference = anyres_export.hf_packed_features(loaded, images) if tiling else None
+
+    def measure(candidate: np.ndarray) -> dict:
+        """Figures of a graph's outputs for ``pixels``: per view and (LLaVA-NeXT) packed."""
+        figures = vision_parity.compare(reference, candidate).to_dict()
+        if tiling is not None:  # figures per view, of len(images) images
+            figures |= {"n_views": figures["n_images"], "n_images": len(images)}
+            figures["packed"] = anyres_export.packed_parity(
+                packed_reference, tiling.pack(images, candidate, counts, loaded.image_newline))
+        return figures
+
     may_build_int8 = "int8" in precisions or (int4_fallback and "int4" in precisions)
     needs_calibration = "int8" in engines or (int8_method == "static" and may_build_int8)
-    calibration = (_calibration_pixels(loaded.processor, calib_images, n_parity_images)
+    calibration = (_calibration_pixels(lambda ims: views(ims)[0], calib_images, n_parity_images)
                    if needs_calibration else None)
     parity_batch = min(PARITY_BATCH, max_batch)
 
@@ -230,14 +262,12 @@ def export_vision(
             onnx_export.check_onnx(path)
             steps(f"parity of {precision}")
             session = onnx_export.make_session(path)
-            figures = vision_parity.compare(
-                reference, vision_parity.onnx_embeds(session, pixels, parity_batch))
+            figures = measure(vision_parity.onnx_embeds(session, pixels, parity_batch))
             del session  # frees the graph's weights before the next variant is built
             return VariantResult(
                 precision=precision, files=[p.name for p in onnx_export.graph_files(path)],
                 written=False, gate=gates[precision],
-                passed=figures.mean_cosine >= gates[precision], parity=figures.to_dict(),
-                method=method)
+                passed=_meets(figures, gates[precision]), parity=figures, method=method)
 
         def build(precision: str) -> VariantResult:
             steps(f"building {precision}")
@@ -265,16 +295,20 @@ def export_vision(
                 timing_cache, gates[precision]))
             engine = engine_results[-1]
             if engine.sidecar is not None:
-                figures = vision_parity.compare(reference, tensorrt_engine.run_engine(
+                engine.parity = measure(tensorrt_engine.run_engine(
                     staging / engine_name(precision), pixels, parity_batch))
-                engine.parity = figures.to_dict()
-                engine.passed = figures.mean_cosine >= engine.gate
+                engine.passed = _meets(engine.parity, engine.gate)
                 _decide(engine, allow_degraded)
 
         steps("writing files")
         variants = [results[p] for p in PRECISIONS if p in results]
+        extra = []
+        if tiling is not None:  # the runtime's packing needs it whichever graph it runs
+            anyres_export.save_newline(staging / anyres_export.NEWLINE_FILE,
+                                       loaded.image_newline)
+            extra.append(anyres_export.NEWLINE_FILE)
         _commit(staging, out_dir, variants + ([plain_result] if plain_result else []),
-                engine_results, overwrite)
+                engine_results, overwrite, extra)
         finished = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -289,6 +323,7 @@ def export_vision(
         opset=onnx_export.OPSET, fused_ops=fused_ops, parity_images=[name for name, _ in named],
         variants=variants, engines=engine_results, versions=tool_versions(), plain=plain_result,
         measured_on=cpu_info().to_dict(),
+        anyres=asdict(tiling.manifest_spec()) if tiling is not None else None,
     )
 
 
@@ -331,8 +366,10 @@ def _check_gates(gates: Mapping[str, float] | None) -> dict[str, float]:
     return merged
 
 
-def _final_names(precisions, engines, int4_fallback: bool, plain_graph: bool) -> list[str]:
+def _final_names(precisions, engines, int4_fallback: bool, plain_graph: bool,
+                 tiled: bool) -> list[str]:
     names = [PLAIN_GRAPH_NAME, onnx_export.data_path(PLAIN_GRAPH_NAME).name] if plain_graph else []
+    names += [anyres_export.NEWLINE_FILE] if tiled else []
     graphs = set(precisions) | ({"int8"} if int4_fallback and "int4" in precisions else set())
     for p in graphs:
         names += [graph_name(p), onnx_export.data_path(graph_name(p)).name]
@@ -342,12 +379,12 @@ def _final_names(precisions, engines, int4_fallback: bool, plain_graph: bool) ->
 
 
 def _check_out_dir(out_dir: Path, precisions, engines, int4_fallback: bool, plain_graph: bool,
-                   overwrite: bool) -> None:
+                   overwrite: bool, tiled: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise VisionExportError(f"output {out_dir} exists and is not a folder")
     if overwrite or not out_dir.is_dir():
         return
-    clash = [n for n in _final_names(precisions, engines, int4_fallback, plain_graph)
+    clash = [n for n in _final_names(precisions, engines, int4_fallback, plain_graph, tiled)
              if (out_dir / n).exists()]
     if clash:
         raise VisionExportError(
@@ -393,6 +430,11 @@ def _build_variant(precision: str, fused_fp32: Path, out: Path, int8_method: str
     return vision_quantize.quantize_int4(fused_fp32, out, int4, external_data)
 
 
+def _meets(figures: dict, gate: float) -> bool:
+    """Whether measured figures meet a gate: per view and, when measured, packed."""
+    return all(f["mean_cosine"] >= gate for f in (figures, figures.get("packed")) if f)
+
+
 def _fall_back_to_int8(results: dict[str, VariantResult],
                        build: Callable[[str], VariantResult]) -> None:
     """int4 missed its gate: make sure int8 exists (built now if it was not asked for) and
@@ -413,8 +455,10 @@ def _decide(result: VariantResult | EngineResult, allow_degraded: bool) -> None:
     if result.passed:
         result.written = True
         return
-    shortfall = (f"{result.precision} mean cosine {figures['mean_cosine']:.6f} is under its "
-                 f"gate {result.gate}")
+    packed = (figures.get("packed") or {}).get("mean_cosine")
+    shortfall = (f"{result.precision} mean cosine {figures['mean_cosine']:.6f}"
+                 + (f" (packed rows {packed:.6f})" if packed is not None else "")
+                 + f" is under its gate {result.gate}")
     if allow_degraded:
         result.written = True
         result.note = result.note or f"{shortfall}; written anyway (allow_degraded)"
@@ -427,16 +471,17 @@ def _decide(result: VariantResult | EngineResult, allow_degraded: bool) -> None:
         logger.warning("vision export: %s", result.note)
 
 
-def _calibration_pixels(processor, calib_images, n_synthetic: int) -> list[np.ndarray]:
-    """Calibration batches for static int8: the calib_dir images, else synthetic ones."""
+def _calibration_pixels(views: Callable[[list], np.ndarray], calib_images,
+                        n_synthetic: int) -> list[np.ndarray]:
+    """Calibration batches for static int8: the views (``views(images)``: the graph's
+    inputs) of the calib_dir images, else of synthetic ones."""
     images = [image for _, image in calib_images]
     if not images:
         logger.warning("vision export: static int8 without calib_dir calibrates on synthetic "
                        "images; pass a folder of real images for representative ranges")
         images = [image for _, image in vision_parity.synthetic_images(
             max(n_synthetic, 8), seed=_SYNTHETIC_CALIBRATION_SEED)]
-    pixels = vision_parity.preprocess(processor, images)
-    return list(vision_parity.batches(pixels, PARITY_BATCH))
+    return list(vision_parity.batches(views(images), PARITY_BATCH))
 
 
 def _build_engine(precision: str, plain_onnx: Path, out: Path, max_batch: int,
@@ -455,11 +500,13 @@ def _build_engine(precision: str, plain_onnx: Path, out: Path, max_batch: int,
 
 
 def _commit(staging: Path, out_dir: Path, variants: list[VariantResult],
-            engines: list[EngineResult], overwrite: bool) -> None:
-    """Move every file to be written from ``staging`` into ``out_dir``; on any failure,
-    remove the ones already moved, so the export is all-or-nothing."""
+            engines: list[EngineResult], overwrite: bool, extra: list[str] = ()) -> None:
+    """Move every file to be written (and the ``extra`` ones) from ``staging`` into
+    ``out_dir``; on any failure, remove the ones already moved, so the export is
+    all-or-nothing."""
     moves = [(staging / name, out_dir / name) for v in variants if v.written for name in v.files]
     moves += [(staging / name, out_dir / name) for e in engines if e.written for name in e.files]
+    moves += [(staging / name, out_dir / name) for name in extra]
     done: list[Path] = []
     try:
         if overwrite:
@@ -496,12 +543,16 @@ def _graph_metadata(spec) -> dict[str, str]:
 def preprocess_recipe(processor, checkpoint_dir: str | Path) -> dict:
     """The image preprocessing of the checkpoint as the runtime applies it
     (:class:`~llava_edge.runtimes.preprocess.PreprocessRecipe`, JSON-ready): its HF image
-    processor, after a pad to square when the checkpoint was trained with one."""
+    processor, after a pad to square when the checkpoint was trained with one; for
+    LLaVA-NeXT, what each view gets (checked to cut tiles of the tower's size)."""
     from llava_edge.checkpoint_info import image_aspect_ratio, read_json
+    from llava_edge.runtimes.anyres import recipe_from_hf
     from llava_edge.runtimes.preprocess import PreprocessRecipe
 
     image_processor = getattr(processor, "image_processor", processor)
     config = read_json(Path(checkpoint_dir) / "config.json", "config.json")
+    if config.get("model_type") == "llava_next":
+        return recipe_from_hf(image_processor.to_dict()).to_dict()
     return PreprocessRecipe.from_hf(
         image_processor.to_dict(), pad_to_square=image_aspect_ratio(config) == "pad").to_dict()
 

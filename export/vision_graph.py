@@ -9,6 +9,11 @@ exporter traces and what every exported variant is compared against.
 :func:`load_vision` opens a checkpoint without reading the language model's weights: the
 LLaVA model is built on the ``meta`` device and only the vision tower and projector are
 made real, so a 7B checkpoint costs its vision tower's RAM, not 28 GB.
+
+LLaVA-NeXT checkpoints use the same graph: each of an image's views (base view and grid
+tiles) is one item of the batch, and the packing of the views' features into the
+prompt's rows (unpadding, ``image_newline``) happens outside it
+(:mod:`llava_edge.runtimes.anyres`); :func:`load_vision` also reads ``image_newline``.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.export.open_checkpoint import (SUPPORTED_VISION, UnsupportedModelError,
-                                              check_supported)
+                                              check_supported, model_class)
 
 SELECT_STRATEGIES = ("default", "full")
 # Projector kinds LLaVA checkpoints name in their config (original-repo keys); llava-hf's
@@ -144,8 +150,10 @@ class VisionEncoder(nn.Module):
 class LoadedVision:
     """A checkpoint's vision half in PyTorch (fp32, eval mode).
 
-    ``model`` is the full ``LlavaForConditionalGeneration`` whose language model lives on
-    the ``meta`` device (no weights): ``model.model.get_image_features`` works, text does not.
+    ``model`` is the full ``LlavaForConditionalGeneration`` (``LlavaNext...``) whose
+    language model lives on the ``meta`` device (no weights):
+    ``model.model.get_image_features`` works, text does not. ``image_newline``: LLaVA-NeXT's
+    learned row separator (float32 [n_embd]), ``None`` for LLaVA-1.5.
     """
 
     path: Path
@@ -153,6 +161,11 @@ class LoadedVision:
     processor: object
     config: object
     spec: VisionGraphSpec
+    image_newline: np.ndarray | None = None
+
+    @property
+    def is_next(self) -> bool:
+        return self.config.model_type == "llava_next"
 
     def encoder(self) -> VisionEncoder:
         """A :class:`VisionEncoder` sharing this model's weights."""
@@ -166,8 +179,7 @@ def load_vision(path: str | Path, attn_implementation: str = "eager") -> LoadedV
     Raises :class:`UnsupportedModelError` for a model the graph cannot build and
     :class:`LlavaEdgeError` for missing or mis-shaped weights, naming them.
     """
-    from transformers import AutoModel, AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
-    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+    from transformers import AutoConfig, AutoModel, AutoProcessor
 
     path = Path(path)
     raw = check_supported(path)
@@ -179,7 +191,7 @@ def load_vision(path: str | Path, attn_implementation: str = "eager") -> LoadedV
             f"{path}: vision_feature_select_strategy {strategy!r} is not supported "
             f"(supported: {', '.join(SELECT_STRATEGIES)})")
     try:
-        config = LlavaConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path)
     except (ValueError, TypeError) as exc:
         raise UnsupportedModelError(
             f"{path}: config.json is not a valid LLaVA config: {exc}") from None
@@ -189,23 +201,34 @@ def load_vision(path: str | Path, attn_implementation: str = "eager") -> LoadedV
         raise UnsupportedModelError(f"{path}: {exc}") from None
     config.vision_config._attn_implementation = attn_implementation
     with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
+        model = model_class(raw["model_type"])(config)
     inner = model.model
     inner.vision_tower = AutoModel.from_config(config.vision_config,
                                                attn_implementation=attn_implementation)
-    inner.multi_modal_projector = LlavaMultiModalProjector(config)
-    tower_sd, projector_sd = _read_vision_weights(path)
+    # the model family's own projector class, made real (LLaVA-NeXT's is a copy of 1.5's)
+    inner.multi_modal_projector = type(inner.multi_modal_projector)(config)
+    tower_sd, projector_sd, newline = _read_vision_weights(path)
     _load_into(inner.vision_tower, tower_sd, "vision tower", path)
     _load_into(inner.multi_modal_projector, projector_sd, "projector", path)
     inner.vision_tower.float().eval()
     inner.multi_modal_projector.float().eval()
+    if hasattr(inner, "image_newline"):
+        if newline is None:
+            raise LlavaEdgeError(f"{path}: the LLaVA-NeXT weight image_newline is missing")
+        if tuple(newline.shape) != tuple(inner.image_newline.shape):
+            raise LlavaEdgeError(f"{path}: image_newline has shape {tuple(newline.shape)}, "
+                                 f"the config says {tuple(inner.image_newline.shape)}")
+        inner.image_newline = nn.Parameter(newline, requires_grad=False)
     model.eval()
     processor = AutoProcessor.from_pretrained(path)
-    return LoadedVision(path=path, model=model, processor=processor, config=config, spec=spec)
+    return LoadedVision(path=path, model=model, processor=processor, config=config, spec=spec,
+                        image_newline=None if newline is None else newline.numpy())
 
 
 def reference_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Image features from transformers' own ``get_image_features`` (the ground truth)."""
+    """Image features from transformers' own ``get_image_features`` (the ground truth;
+    LLaVA-1.5: per image. LLaVA-NeXT's packs views per image and needs their sizes: see
+    :func:`llava_edge.export.anyres_export.hf_packed_features`)."""
     with torch.inference_mode():
         out = model.model.get_image_features(pixel_values=pixel_values)
     return torch.stack(list(out.pooler_output))
@@ -216,6 +239,11 @@ def reference_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
 # checkpoint was saved with transformers' in-memory names.
 _TOWER_KEY = re.compile(r"^(?:model\.)?vision_tower\.(?:vision_model\.)?(.+)$")
 _PROJECTOR_KEY = re.compile(r"^(?:model\.)?multi_modal_projector\.(.+)$")
+_NEWLINE_KEY = re.compile(r"^(?:model\.)?image_newline$")  # LLaVA-NeXT
+
+
+def _is_vision_key(key: str) -> bool:
+    return bool(_TOWER_KEY.match(key) or _PROJECTOR_KEY.match(key) or _NEWLINE_KEY.match(key))
 
 
 def _weight_files(path: Path) -> dict[Path, list[str] | None]:
@@ -228,7 +256,7 @@ def _weight_files(path: Path) -> dict[Path, list[str] | None]:
             raise LlavaEdgeError(f"{index}: not a safetensors index ({exc})") from None
         files: dict[Path, list[str]] = {}
         for key, name in weight_map.items():
-            if _TOWER_KEY.match(key) or _PROJECTOR_KEY.match(key):
+            if _is_vision_key(key):
                 files.setdefault(path / name, []).append(key)
         return files
     single = path / "model.safetensors"
@@ -237,11 +265,12 @@ def _weight_files(path: Path) -> dict[Path, list[str] | None]:
     raise LlavaEdgeError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
 
-def _read_vision_weights(path: Path) -> tuple[dict, dict]:
-    """The vision tower's and projector's tensors (fp32), keyed as their modules name them."""
+def _read_vision_weights(path: Path) -> tuple[dict, dict, torch.Tensor | None]:
+    """The vision tower's and projector's tensors (fp32), keyed as their modules name them,
+    and LLaVA-NeXT's ``image_newline`` (``None`` when the checkpoint has none)."""
     from safetensors import safe_open
 
-    tower, projector = {}, {}
+    tower, projector, newline = {}, {}, None
     for file, keys in _weight_files(path).items():
         if not file.is_file():
             raise LlavaEdgeError(f"{file}: weight shard named in the index is missing")
@@ -251,7 +280,9 @@ def _read_vision_weights(path: Path) -> tuple[dict, dict]:
                     tower[m.group(1)] = f.get_tensor(key).float()
                 elif m := _PROJECTOR_KEY.match(key):
                     projector[m.group(1)] = f.get_tensor(key).float()
-    return tower, projector
+                elif _NEWLINE_KEY.match(key):
+                    newline = f.get_tensor(key).float()
+    return tower, projector, newline
 
 
 def _load_into(module: nn.Module, state: dict, what: str, path: Path) -> None:

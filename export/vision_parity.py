@@ -25,6 +25,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".ti
 # (width, height) of the noise and gradient images: wide, tall, small and large, so that
 # resize and centre crop (or squash) all take part.
 _SIZES = ((97, 211), (500, 333), (64, 64), (1024, 300))
+# (name, width, height) of the images a tiled (LLaVA-NeXT) graph is measured on besides
+# those: a few pixels, much taller or wider than any grid (the unpadding cuts the most),
+# odd sizes (rounding in the fit and the unpadding).
+_TILING_SIZES = (("tiny", 5, 7), ("tall", 30, 190), ("wide", 190, 30), ("odd", 333, 517))
 
 
 class CalibrationImagesError(LlavaEdgeError):
@@ -62,6 +66,20 @@ def synthetic_images(n: int = 8, seed: int = 0) -> list[tuple[str, Image.Image]]
             images.append((f"noise-{j}-{w}x{h}", Image.fromarray(pixels, "RGB")))
         else:
             images.append((f"gradient-{j}-{w}x{h}", _gradient(w, h, rng)))
+    return images
+
+
+def tiling_images(seed: int = 0) -> list[tuple[str, Image.Image]]:
+    """Deterministic images of the aspect ratios and sizes that exercise LLaVA-NeXT's
+    tiling (see ``_TILING_SIZES``), named; noise and gradients alternately."""
+    rng = np.random.default_rng([seed, 5])
+    images = []
+    for i, (name, w, h) in enumerate(_TILING_SIZES):
+        if i % 2:
+            images.append((f"{name}-gradient-{w}x{h}", _gradient(w, h, rng)))
+        else:
+            pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            images.append((f"{name}-noise-{w}x{h}", Image.fromarray(pixels, "RGB")))
     return images
 
 

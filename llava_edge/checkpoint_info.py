@@ -33,6 +33,11 @@ _DEFAULTS: dict[str, dict] = {
 }
 _LLAVA_DEFAULTS = dict(vision_feature_layer=-2, vision_feature_select_strategy="default",
                        image_token_index=32000, projector_hidden_act="gelu")
+#: ``LlavaNextConfig``'s grid pinpoints when a config leaves them out (LLaVA-1.6's).
+NEXT_DEFAULT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+#: config.json ``model_type`` -> the architecture it names.
+MODEL_TYPES = {"llava": "LlavaForConditionalGeneration",
+               "llava_next": "LlavaNextForConditionalGeneration"}
 
 
 @dataclass
@@ -54,6 +59,9 @@ class CheckpointInfo:
     random_init: bool
     preset: str | None
     files: dict[str, int] = field(default_factory=dict)
+    # LLaVA-NeXT only (None for LLaVA-1.5): the tiling, and the bounds it puts on an
+    # image's positions (``image_tokens_per_image`` is then per view).
+    anyres: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +71,12 @@ def _sub(config: dict, key: str) -> dict:
     sub = dict(config.get(key) or {})
     model_type = sub.get("model_type", "")
     return {**_DEFAULTS.get(model_type, {}), **sub}
+
+
+def vision_defaults(config: dict) -> dict:
+    """A ``config.json`` dict's ``vision_config`` with transformers' defaults for the keys
+    it leaves out."""
+    return _sub(config, "vision_config")
 
 
 def image_aspect_ratio(config: dict) -> str:
@@ -102,8 +116,8 @@ def safetensors_header(path: Path) -> dict:
 def _part_of(name: str) -> str:
     if "vision_tower" in name:
         return "vision_tower"
-    if "multi_modal_projector" in name:
-        return "projector"
+    if "multi_modal_projector" in name or "image_newline" in name:
+        return "projector"  # LLaVA-NeXT's learned row separator belongs with it
     return "language_model"
 
 
@@ -135,10 +149,12 @@ def describe_checkpoint(path: str | Path) -> CheckpointInfo:
     if not path.is_dir():
         raise LlavaEdgeError(f"{path}: not a directory")
     config = read_json(path / "config.json", "config.json")
-    if config.get("model_type") != "llava":
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
         raise LlavaEdgeError(
-            f"{path}: model_type is {config.get('model_type')!r}, not 'llava' "
-            "(llava-edge reads LlavaForConditionalGeneration checkpoints)"
+            f"{path}: model_type is {model_type!r}, not "
+            f"{' or '.join(repr(t) for t in MODEL_TYPES)} (llava-edge reads "
+            f"{' and '.join(MODEL_TYPES.values())} checkpoints)"
         )
     top = {**_LLAVA_DEFAULTS, **config}
     vision, text = _sub(config, "vision_config"), _sub(config, "text_config")
@@ -160,10 +176,12 @@ def describe_checkpoint(path: str | Path) -> CheckpointInfo:
         raise LlavaEdgeError(f"{path}: no safetensors weights found")
 
     ours = config.get("llava_edge") or {}
+    per_view = image_tokens(vision_kind, vision["image_size"], vision["patch_size"],
+                            top["vision_feature_select_strategy"])
     return CheckpointInfo(
         kind="checkpoint",
         path=str(path),
-        architecture=(config.get("architectures") or ["LlavaForConditionalGeneration"])[0],
+        architecture=(config.get("architectures") or [MODEL_TYPES[model_type]])[0],
         vision={
             "type": vision_kind,
             **{k: vision.get(k) for k in ("image_size", "patch_size", "hidden_size",
@@ -186,9 +204,7 @@ def describe_checkpoint(path: str | Path) -> CheckpointInfo:
             "vision_feature_select_strategy": top["vision_feature_select_strategy"],
         },
         image_token_index=top["image_token_index"],
-        image_tokens_per_image=image_tokens(vision_kind, vision["image_size"],
-                                            vision["patch_size"],
-                                            top["vision_feature_select_strategy"]),
+        image_tokens_per_image=per_view,
         n_params=n_params,
         params_by_part=by_part,
         weight_dtypes=sorted(dtypes),
@@ -196,4 +212,22 @@ def describe_checkpoint(path: str | Path) -> CheckpointInfo:
         random_init=bool(ours.get("random_init", False)),
         preset=ours.get("preset"),
         files=files,
+        anyres=(_anyres_summary(config.get("image_grid_pinpoints") or NEXT_DEFAULT_PINPOINTS,
+                                vision["image_size"], vision["patch_size"], per_view)
+                if model_type == "llava_next" else None),
     )
+
+
+def _anyres_summary(pinpoints: list, tile: int, patch: int, per_view: int) -> dict:
+    """LLaVA-NeXT's tiling bounds: the most views (base + grid tiles) and positions an
+    image can take. The most positions come from an image of exactly a pinpoint's aspect
+    (nothing unpadded): the base view, then every feature row of the grid plus its
+    newline."""
+    side = tile // patch
+    grids = [(h // tile, w // tile) for h, w in pinpoints]
+    return {
+        "image_grid_pinpoints": [list(p) for p in pinpoints],
+        "tokens_per_view": per_view,
+        "max_views": 1 + max(r * c for r, c in grids),
+        "max_positions": per_view + max(r * side * (c * side + 1) for r, c in grids),
+    }

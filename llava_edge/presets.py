@@ -70,13 +70,24 @@ class PresetSpec:
     tokenizer: TokenizerSpec
     vision_feature_layer: int = -2
     vision_feature_select_strategy: Literal["default", "full"] = "default"
+    # LLaVA-NeXT (LLaVA-1.6) "anyres" tiling: the grid resolutions an image may be fitted
+    # into, each (height, width) as transformers reads ``image_grid_pinpoints``, multiples
+    # of the tower's image size. Empty: a LLaVA-1.5 model (one square view per image).
+    image_grid_pinpoints: tuple[tuple[int, int], ...] = ()
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     large: bool = False  # built in shards, tested only in the slow suite
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
+    def is_next(self) -> bool:
+        """A LLaVA-NeXT model (``LlavaNextForConditionalGeneration``)."""
+        return bool(self.image_grid_pinpoints)
+
+    @property
     def n_image_tokens(self) -> int:
-        """Image tokens per image that the LLM sees."""
+        """Image tokens per image that the LLM sees; for LLaVA-NeXT, per view (base view
+        or tile): an image takes several views plus one newline per grid row, a count that
+        depends on its size (``llava_edge.runtimes.anyres.AnyresPlan``)."""
         return image_tokens(
             self.vision.kind, self.vision.image_size, self.vision.patch_size,
             self.vision_feature_select_strategy,
@@ -105,15 +116,18 @@ _QWEN2_TOKENIZER = TokenizerSpec("bpe", vocab_size=2000, template="chatml")
 _CLIP_L_336 = VisionSpec("clip", image_size=336, patch_size=14, hidden_size=1024,
                          intermediate_size=4096, num_layers=24, num_heads=16)
 
+_TINY_CLIP = VisionSpec("clip", image_size=64, patch_size=16, hidden_size=128,
+                        intermediate_size=512, num_layers=4, num_heads=4)
+_TINY_LLAMA = TextSpec("llama", hidden_size=256, intermediate_size=512, num_layers=4,
+                       num_heads=4, num_kv_heads=2, max_position_embeddings=1024,
+                       rope_theta=10000.0, rms_norm_eps=1e-5)
+
 PRESETS: dict[str, PresetSpec] = {
     "tiny": PresetSpec(
         name="tiny",
         description="Llama LLM + CLIP tower, a few MB: tests and the demo",
-        vision=VisionSpec("clip", image_size=64, patch_size=16, hidden_size=128,
-                          intermediate_size=512, num_layers=4, num_heads=4),
-        text=TextSpec("llama", hidden_size=256, intermediate_size=512, num_layers=4,
-                      num_heads=4, num_kv_heads=2, max_position_embeddings=1024,
-                      rope_theta=10000.0, rms_norm_eps=1e-5),
+        vision=_TINY_CLIP,
+        text=_TINY_LLAMA,
         tokenizer=_LLAMA_TOKENIZER,
     ),
     "tiny-qwen2": PresetSpec(
@@ -127,6 +141,16 @@ PRESETS: dict[str, PresetSpec] = {
         tokenizer=_QWEN2_TOKENIZER,
         vision_feature_layer=-1,
         vision_feature_select_strategy="full",
+    ),
+    "tiny-next": PresetSpec(
+        name="tiny-next",
+        description="LLaVA-NeXT (anyres tiles) on the tiny Llama + CLIP: tests",
+        vision=_TINY_CLIP,
+        text=_TINY_LLAMA,
+        tokenizer=_LLAMA_TOKENIZER,
+        # 1x2, 2x1, 2x2, 1x3 and 3x1 grids of 64-pixel tiles, as LLaVA-1.6's list is of
+        # 336-pixel ones (plus a 2x2, which 1.6 has too).
+        image_grid_pinpoints=((64, 128), (128, 64), (128, 128), (64, 192), (192, 64)),
     ),
     "tinyllava-1.1b": PresetSpec(
         name="tinyllava-1.1b",

@@ -60,6 +60,17 @@ def tiny_qwen2_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_next_checkpoint(tmp_path_factory):
+    """The `tiny-next` preset (LLaVA-NeXT: `tiny`'s Llama + CLIP, 64-pixel tiles in 1x2,
+    2x1, 2x2, 1x3 and 3x1 grids), built once per test session."""
+    from llava_edge.presets import get_preset
+    from llava_edge.trainer.init_checkpoint import build_checkpoint
+
+    return build_checkpoint(get_preset("tiny-next"),
+                            tmp_path_factory.mktemp("ckpt") / "tiny-next").path
+
+
+@pytest.fixture(scope="session")
 def tiny_gguf(tiny_checkpoint, tmp_path_factory):
     """`tiny` exported to GGUF (F16, Q8_0, Q4_K_M + mmproj), without parity figures."""
     from llava_edge.export.gguf import export_gguf
@@ -77,11 +88,11 @@ def tiny_qwen2_gguf(tiny_qwen2_checkpoint, tmp_path_factory):
                        quants=("F16", "Q8_0", "Q4_K_M"), mmproj=True, parity=False)
 
 
-def _bundle(checkpoint, out):
+def _bundle(checkpoint, out, parity: bool = False):
     from llava_edge.export.bundle_export import ExportOptions, export_bundle
 
     options = ExportOptions(vision_precisions=("fp32", "int8"), llm_quants=("F16", "Q4_K_M"),
-                            parity=False)
+                            parity=parity)
     export_bundle(checkpoint, out, options)
     return out
 
@@ -96,6 +107,16 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory):
 def tiny_qwen2_bundle(tiny_qwen2_checkpoint, tmp_path_factory):
     """`tiny-qwen2` as a bundle, like ``tiny_bundle``."""
     return _bundle(tiny_qwen2_checkpoint, tmp_path_factory.mktemp("bundle") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_next_bundle(tiny_next_checkpoint, tmp_path_factory):
+    """`tiny-next` as a bundle: fp32 + int8 per-view vision graphs, F16 + Q4_K_M GGUFs,
+    ``image_newline.npy`` and the manifest's ``anyres`` section, with the LLM's parity
+    figures (measured on a 96x64 image: a 1x2 grid, one padded feature column cut on
+    each side, 44 image positions)."""
+    return _bundle(tiny_next_checkpoint, tmp_path_factory.mktemp("bundle") / "tiny-next",
+                   parity=True)
 
 
 @pytest.fixture

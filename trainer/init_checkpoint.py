@@ -1,4 +1,6 @@
-"""Build a Hugging Face ``LlavaForConditionalGeneration`` checkpoint from a preset, offline.
+"""Build a Hugging Face ``LlavaForConditionalGeneration`` checkpoint from a preset, offline
+(``LlavaNextForConditionalGeneration`` for the LLaVA-NeXT presets, those with grid
+pinpoints).
 
 The result is an ordinary llava-hf style directory: ``config.json``, safetensors weights
 (sharded with an index when large), tokenizer files, ``preprocessor_config.json``,
@@ -27,12 +29,14 @@ from llava_edge.trainer.safetensors_stream import PlannedTensor, StreamingShardW
 from llava_edge.trainer.tokenizer_build import build_tokenizer
 
 # Tensor-name prefixes of llava-hf checkpoints on disk (what save_pretrained writes and
-# the Hub holds), keyed by the module path in transformers' LlavaForConditionalGeneration.
+# the Hub holds), keyed by the module path in transformers' LlavaForConditionalGeneration
+# (and LlavaNextForConditionalGeneration, which adds the learned ``image_newline``).
 _ON_DISK_PREFIXES = (
     ("model.language_model.", "language_model.model."),
     ("lm_head.", "language_model.lm_head."),
     ("model.vision_tower.", "vision_tower."),
     ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("model.image_newline", "image_newline"),
 )
 SHARD_BYTES = 2 * 1024**3
 
@@ -82,20 +86,24 @@ def build_checkpoint(
 def _write_checkpoint(spec: PresetSpec, out: Path, seed: int,
                       progress: Progress | None) -> BuiltCheckpoint:
     import torch
-    from transformers import GenerationConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import (GenerationConfig, LlavaForConditionalGeneration,
+                              LlavaNextForConditionalGeneration, LlavaNextProcessor,
+                              LlavaProcessor)
 
     tokenizer = build_tokenizer(spec.tokenizer, out, seed)
     tokenizer.model_max_length = spec.text.max_position_embeddings
     config = make_config(spec, tokenizer, seed)
+    model_cls = LlavaNextForConditionalGeneration if spec.is_next else LlavaForConditionalGeneration
     with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
+        model = model_cls(config)
     total = _save_weights(model, out, seed, spec.dtype, progress)
     config.save_pretrained(out)
     GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     ).save_pretrained(out)
-    processor = LlavaProcessor(
+    processor_cls = LlavaNextProcessor if spec.is_next else LlavaProcessor
+    processor = processor_cls(
         image_processor=make_image_processor(spec),
         tokenizer=tokenizer,
         patch_size=spec.vision.patch_size,
@@ -111,9 +119,10 @@ def _write_checkpoint(spec: PresetSpec, out: Path, seed: int,
 
 
 def make_config(spec: PresetSpec, tokenizer, seed: int = 0):
-    """The ``LlavaConfig`` for ``spec`` with ``tokenizer``'s special token ids."""
-    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, Qwen2Config,
-                              SiglipVisionConfig)
+    """The ``LlavaConfig`` (``LlavaNextConfig`` with grid pinpoints) for ``spec`` with
+    ``tokenizer``'s special token ids."""
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig,
+                              Qwen2Config, SiglipVisionConfig)
 
     v, t = spec.vision, spec.text
     vision_kwargs = dict(
@@ -143,11 +152,18 @@ def make_config(spec: PresetSpec, tokenizer, seed: int = 0):
         pad_token_id=tokenizer.pad_token_id,
         rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta},
     )
-    return LlavaConfig(
+    # LLaVA-NeXT: transformers reads the pinpoints as (height, width) lists. Its
+    # image_seq_length is unused (the count depends on each image's size): we keep the
+    # tokens of one view there.
+    next_kwargs = ({"image_grid_pinpoints": [list(p) for p in spec.image_grid_pinpoints]}
+                   if spec.is_next else {})
+    config_cls = LlavaNextConfig if spec.is_next else LlavaConfig
+    return config_cls(
         vision_config=vision_config,
         text_config=text_config,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_seq_length=spec.n_image_tokens,
+        **next_kwargs,
         vision_feature_layer=spec.vision_feature_layer,
         vision_feature_select_strategy=spec.vision_feature_select_strategy,
         projector_hidden_act="gelu",
@@ -166,33 +182,54 @@ def make_config(spec: PresetSpec, tokenizer, seed: int = 0):
 
 
 def make_image_processor(spec: PresetSpec):
-    """The image processor the source model family uses, at the preset's resolution."""
+    """The image processor the source model family uses, at the preset's resolution
+    (LLaVA-NeXT's, cutting grid tiles of that size, for a preset with grid pinpoints)."""
+    if spec.is_next:
+        return next_image_processor(spec.vision.kind, spec.vision.image_size,
+                                    spec.image_grid_pinpoints)
     return family_image_processor(spec.vision.kind, spec.vision.image_size)
 
 
-def family_image_processor(kind: str, size: int):
-    """The image processor of a vision family (``"clip"``: OpenAI CLIP's resize, crop and
-    statistics; ``"siglip"``: a plain resize, mean/std 0.5) at ``size`` pixels."""
+def _pil_backend(name: str):
+    """transformers' image processor class ``name``: its Pillow backend by name when there
+    is one. transformers 5 has a torchvision and a Pillow backend; the Pillow one is used
+    when torchvision is absent (it is on CPU set-ups), and naming it avoids the warning."""
     import transformers
 
-    # transformers 5 has a torchvision and a Pillow backend; use the Pillow one by name
-    # when torchvision is absent (it is on CPU set-ups) so that it does not warn.
-    CLIPImageProcessor = (getattr(transformers, "CLIPImageProcessorPil", None)
-                          or transformers.CLIPImageProcessor)
-    SiglipImageProcessor = (getattr(transformers, "SiglipImageProcessorPil", None)
-                            or transformers.SiglipImageProcessor)
+    return getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
+
+
+def _family_settings(kind: str, size: int) -> dict:
+    """The image processor settings of a vision family (``"clip"``: OpenAI CLIP's resize,
+    crop and statistics; ``"siglip"``: a plain resize, mean/std 0.5) at ``size`` pixels."""
+    common = dict(do_resize=True, resample=3, do_rescale=True, rescale_factor=1 / 255,
+                  do_normalize=True, do_convert_rgb=True)
     if kind == "clip":
-        return CLIPImageProcessor(
-            size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-            do_resize=True, do_center_crop=True, resample=3, do_rescale=True,
-            rescale_factor=1 / 255, do_normalize=True, image_mean=OPENAI_CLIP_MEAN,
-            image_std=OPENAI_CLIP_STD, do_convert_rgb=True,
-        )
-    return SiglipImageProcessor(
-        size={"height": size, "width": size}, do_resize=True, resample=3, do_rescale=True,
-        rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5], do_convert_rgb=True,
-    )
+        return common | dict(size={"shortest_edge": size},
+                             crop_size={"height": size, "width": size}, do_center_crop=True,
+                             image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
+    return common | dict(size={"height": size, "width": size}, image_mean=[0.5, 0.5, 0.5],
+                         image_std=[0.5, 0.5, 0.5])
+
+
+def family_image_processor(kind: str, size: int):
+    """The image processor of a vision family (see :func:`_family_settings`) at ``size``
+    pixels."""
+    cls = _pil_backend("CLIPImageProcessor" if kind == "clip" else "SiglipImageProcessor")
+    return cls(**_family_settings(kind, size))
+
+
+def next_image_processor(kind: str, size: int, pinpoints):
+    """LLaVA-NeXT's image processor with a vision family's settings at ``size`` pixels.
+
+    transformers cuts the grid at ``crop_size`` whenever one is set, even without a centre
+    crop (and its default is 224): the crop size is always the tile size here, else the
+    tiles would not fit the tower (``runtimes.anyres.recipe_from_hf`` refuses that)."""
+    settings = _family_settings(kind, size) | {
+        "crop_size": {"height": size, "width": size},
+        "image_grid_pinpoints": [list(p) for p in pinpoints]}
+    settings.setdefault("do_center_crop", False)
+    return _pil_backend("LlavaNextImageProcessor")(**settings)
 
 
 def _save_weights(model, out: Path, seed: int, dtype: str, progress) -> int:

@@ -53,7 +53,11 @@ def _print_checkpoint(c: CheckpointInfo) -> None:
         ("language model", f"{t['type']}, {t['num_hidden_layers']} layers x {t['hidden_size']}, "
                            f"{t['num_attention_heads']} heads ({t['num_key_value_heads']} kv), "
                            f"vocab {t['vocab_size']}, context {t['max_position_embeddings']}"),
-        ("image tokens", f"{c.image_tokens_per_image} per image (token id {c.image_token_index})"),
+        ("image tokens", f"{c.image_tokens_per_image} per image (token id {c.image_token_index})"
+         if c.anyres is None else
+         f"{c.image_tokens_per_image} per view, LLaVA-NeXT tiles: up to {c.anyres['max_views']} "
+         f"views, {c.anyres['max_positions']} positions per image (token id "
+         f"{c.image_token_index}; grids {c.anyres['image_grid_pinpoints']})"),
         ("parameters", f"{human_count(c.n_params)} (vision {human_count(c.params_by_part['vision_tower'])}, "
                        f"projector {human_count(c.params_by_part['projector'])}, "
                        f"LLM {human_count(c.params_by_part['language_model'])}), "
@@ -78,7 +82,10 @@ def _print_bundle(m: Manifest, path: Path) -> None:
         ("source", f"{src.checkpoint} (preset {src.preset or '-'}; "
                    f"{src.vision} + {src.text})"),
         ("image", f"{img.n_tokens} tokens x {img.n_embd} per image, {size}"
-                  + (", pad to square" if pre.pad_to_square else "")),
+                  + (", pad to square" if pre.pad_to_square else "")
+         if m.anyres is None else
+         f"{img.n_tokens} tokens x {img.n_embd} per view, {size}; LLaVA-NeXT tiles "
+         f"{m.anyres.tile_size} px, grids {[list(p) for p in m.anyres.pinpoints]}"),
         ("prompt", f"{m.prompt.template}, n_ctx {m.prompt.n_ctx}"),
     ]
     for v in m.vision:

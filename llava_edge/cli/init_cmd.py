@@ -78,8 +78,10 @@ def init(ctx: click.Context, preset_name: str | None, vision: str | None, llm: s
                    "n_image_tokens": built.n_image_tokens, "vocab_size": built.vocab_size,
                    "random_init": True, "files": built.files})
     else:
+        per = "view (LLaVA-NeXT: a base view + grid tiles per image)" if spec.is_next \
+            else "image"
         click.echo(f"wrote {built.path}: preset {built.preset}, {human_count(built.n_params)} "
-                   f"parameters (random init), {built.n_image_tokens} image tokens per image")
+                   f"parameters (random init), {built.n_image_tokens} image tokens per {per}")
 
 
 def _check_one_source(ctx: click.Context, preset: str | None, vision: str | None,
