@@ -9,8 +9,8 @@
 
 Either way the number of rows of each image is known from its size before the vision
 graph runs (:meth:`n_positions`), which the prompt's context check and the KV-cache
-bookkeeping need, and the views of all the images of a request go through the graph as
-one batch (:func:`encode_images`).
+bookkeeping need; each image's views go through the graph as one batch
+(:func:`encode_images`).
 """
 
 from __future__ import annotations
@@ -114,15 +114,16 @@ def image_layout(manifest, newline_path=None, max_tiles: int | None = None) -> I
 def encode_images(layout: ImageLayout, images: Sequence[Image.Image],
                   encode: Callable[[np.ndarray], np.ndarray],
                   on_views: Callable[[], None] | None = None) -> list[np.ndarray]:
-    """The rows of each image: the views of all ``images`` through ``encode`` (the vision
-    graph) in one batch, then packed per image. ``on_views`` is called once the views
-    are made (the caller's timing splits there)."""
+    """The rows of each image: its views through ``encode`` (the vision graph), then
+    packed. ``on_views`` is called once all the views are made (the caller's timing
+    splits there).
+
+    One call per image, never one batch for several: a dynamically quantized (int8)
+    graph scales its activations over the whole batch, so an image's rows would depend
+    on the other images of the request (and the embedding cache would keep whichever
+    they were). An image's own views (LLaVA-NeXT's tiles) go in one call.
+    """
     views = [layout.views(image) for image in images]
     if on_views is not None:
         on_views()
-    features = encode(np.concatenate(views))
-    out, start = [], 0
-    for image, v in zip(images, views):
-        out.append(layout.pack(image, features[start:start + len(v)]))
-        start += len(v)
-    return out
+    return [layout.pack(image, encode(v)) for image, v in zip(images, views)]

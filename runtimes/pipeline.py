@@ -231,7 +231,7 @@ class LlavaEdge:
         n_prompt = n_text + sum(rows)
         if n_prompt >= self.llm.n_ctx:
             shown = (f"x {rows[0]}" if len(set(rows)) == 1
-                     else f"of {' + '.join(map(str, rows))}")
+                     else f"of {', '.join(map(str, rows))} positions")
             raise PromptError(f"the prompt needs {n_prompt} positions ({len(images)} image(s) "
                               f"{shown} + {n_text} text tokens), more than the context of "
                               f"{self.llm.n_ctx} (n_ctx)")

@@ -1,0 +1,147 @@
+"""LLaVA-NeXT through the torch-free runtime: tiled images, packed embeddings of a length
+that depends on the image, against transformers on images of many aspect ratios."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llava_edge.errors import PromptError
+from llava_edge.runtimes.pipeline import LlavaEdge
+
+# (width, height): tall, wide, square, tiny, huge, odd, and a very long one
+SIZES = {"tall": (40, 120), "wide": (150, 50), "square": (64, 64), "tiny": (5, 7),
+         "huge": (2000, 300), "odd": (333, 517), "long": (250, 9)}
+
+
+def _image(size, seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    w, h = size
+    arr = np.full((h, w, 3), 235, np.uint8)
+    arr[: max(1, h // 3), : max(1, w // 2)] = rng.integers(0, 256, 3)
+    arr[h // 2:, w // 3:] = rng.integers(0, 256, 3)
+    return Image.fromarray(arr)
+
+
+@pytest.fixture(scope="module")
+def next_model(tiny_next_bundle):
+    with LlavaEdge.load(tiny_next_bundle, vision_precision="fp32", llm_quant="F16",
+                        n_threads=1) as model:
+        yield model
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_next_checkpoint):
+    import torch
+    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = LlavaNextForConditionalGeneration.from_pretrained(tiny_next_checkpoint).eval()
+    return model, AutoProcessor.from_pretrained(tiny_next_checkpoint)
+
+
+def _hf_inputs(processor, image, prompt):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    return processor(images=image, text=text, return_tensors="pt")
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_greedy_answer_and_positions_equal_transformers(name, next_model, hf):
+    """The exact pair (fp32 vision graph + F16 GGUF) answers token for token as
+    ``transformers.generate`` does, and the prompt takes as many positions as the HF
+    processor expands it to."""
+    import torch
+
+    model, processor = hf
+    image, prompt, n = _image(SIZES[name], seed=len(name)), "Describe the image.", 16
+    inputs = _hf_inputs(processor, image, prompt)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    torch_tokens = out[0, inputs["input_ids"].shape[1]:].tolist()
+
+    answer = next_model.ask(image, prompt, max_new_tokens=n)
+    assert answer.n_prompt_tokens == inputs["input_ids"].shape[1]
+    assert answer.tokens == torch_tokens[: len(answer.tokens)]
+    assert len(answer.tokens) == n or answer.stop_reason == "eos"
+
+
+@pytest.mark.parametrize("name", ["tall", "wide", "odd"])
+def test_embed_is_the_packed_sequence_transformers_injects(name, next_model, hf):
+    import torch
+
+    model, processor = hf
+    image = _image(SIZES[name])
+    inputs = _hf_inputs(processor, image, "x")
+    with torch.no_grad():
+        ref = model.model.get_image_features(pixel_values=inputs["pixel_values"],
+                                             image_sizes=inputs["image_sizes"])
+    ref = getattr(ref, "pooler_output", ref)
+    ref = (torch.cat(list(ref)) if isinstance(ref, (list, tuple)) else ref).float().numpy()
+    ours = next_model.embed(image)
+    assert ours.shape == ref.shape
+    assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_max_tiles_trades_positions_for_detail(tiny_next_bundle):
+    image = _image(SIZES["odd"])
+    counts = []
+    for max_tiles in (None, 3, 1):
+        with LlavaEdge.load(tiny_next_bundle, llm_quant="F16", n_threads=1,
+                            max_tiles=max_tiles) as model:
+            answer = model.ask(image, "What is it?", max_new_tokens=2)
+            counts.append(answer.n_prompt_tokens)
+            assert model.embed(image).shape[0] == model.layout.n_positions(image)
+    assert counts[0] > counts[1] > counts[2]
+
+
+def test_reuse_chat_and_two_images(next_model):
+    """Variable-length image rows through the KV-prefix reuse, the embedding cache and a
+    chat: the same answers as from scratch."""
+    tall, wide = _image(SIZES["tall"], 1), _image(SIZES["wide"], 2)
+    first = next_model.ask(tall, "What is on the left?", max_new_tokens=6)
+    again = next_model.ask(tall, "What is on the left?", max_new_tokens=6)
+    assert again.tokens == first.tokens
+    assert again.timings.reused_tokens >= next_model.layout.n_positions(tall)
+    assert again.timings.embedding_cache_hits == 1 or again.timings.images_encoded == 0
+
+    both = next_model.ask([tall, wide], "<image> and <image>: which is wider?", max_new_tokens=6)
+    next_model.clear_cache()
+    fresh = next_model.ask([tall, wide], "<image> and <image>: which is wider?", max_new_tokens=6)
+    assert both.tokens == fresh.tokens
+    assert both.n_prompt_tokens == fresh.n_prompt_tokens
+
+    chat = next_model.chat(max_new_tokens=4)
+    one = chat.ask("Describe it.", image=wide)
+    two = chat.ask("And the colours?")
+    assert one.tokens and two.n_prompt_tokens > one.n_prompt_tokens
+
+
+def test_context_check_counts_the_tiles(tiny_next_bundle):
+    with LlavaEdge.load(tiny_next_bundle, llm_quant="F16", n_threads=1, n_ctx=256) as model:
+        odd, tiny = _image(SIZES["odd"]), _image(SIZES["tiny"])
+        rows = model.layout.n_positions(odd), model.layout.n_positions(tiny)
+        k = model.llm.n_ctx // rows[0] + 1  # llama.cpp may round n_ctx up
+        with pytest.raises(PromptError, match=rf"positions \({k} image\(s\) x {rows[0]} \+"):
+            model.ask([odd] * k, "Describe them.", max_new_tokens=2)
+        with pytest.raises(PromptError, match=rf"image\(s\) of {rows[0]}, .*{rows[1]} positions \+ \d+ text"):
+            model.ask([odd] * (k - 1) + [tiny] * 3, "Describe them.", max_new_tokens=2)
+
+
+def test_max_tiles_is_refused_for_llava_1_5_bundles(tiny_bundle):
+    with pytest.raises(PromptError, match="max_tiles applies to LLaVA-NeXT"):
+        LlavaEdge.load(tiny_bundle, max_tiles=2)
+
+
+def test_cli_embed_writes_the_packed_rows(tiny_next_bundle, tmp_path):
+    from llava_edge.cli import run
+
+    image = tmp_path / "odd.png"
+    _image(SIZES["odd"]).save(image)
+    out = tmp_path / "e.npy"
+    assert run(["embed", str(tiny_next_bundle), "--image", str(image), "--out", str(out),
+                "--max-tiles", "2"]) == 0
+    with LlavaEdge.load(tiny_next_bundle, n_threads=1, max_tiles=2) as model:
+        assert np.load(out).shape == (model.layout.n_positions(_image(SIZES["odd"])),
+                                      model.bundle.manifest.image.n_embd)
