@@ -37,9 +37,10 @@ def _gates(_ctx, _param, values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--int4", "quality", flag_value="int4",
               help="int4 vision graph (int8 if int4 misses its gate) + Q4_K_M LLM.")
 @click.option("--vision-precision", callback=_csv, metavar="LIST",
-              help="Vision graphs to add: fp32,fp16,int8,int4.")
+              help="Vision graphs: fp32,fp16,int8,int4 (added to a quality flag's).")
 @click.option("--llm-quant", callback=_csv, metavar="LIST",
-              help="GGUF types to add: F16,BF16,Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0.")
+              help="GGUF types: F16,BF16,Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0 (added to a quality "
+                   "flag's).")
 @click.option("--mmproj", is_flag=True, help="Also write an mmproj GGUF for stock llama.cpp.")
 @click.option("--trt", callback=_csv, metavar="LIST",
               help="TensorRT engines to build (fp16,int8); needs TensorRT and a GPU.")
@@ -58,8 +59,9 @@ def export(model, out_dir, quality, vision_precision, llm_quant, mmproj, trt, ca
     org/name[@revision]) into a vision graph and a GGUF language model, measure both
     against PyTorch, and write one self-describing bundle to OUT.
 
-    Without a quality flag: fp32 vision + F16 LLM. --vision-precision / --llm-quant add
-    variants; the quality flag's pair is the bundle's default.
+    Without a quality flag: fp32 vision + F16 LLM, or exactly the --vision-precision /
+    --llm-quant lists given (comma-separated). With a quality flag they add variants to
+    its pair, which is the bundle's default.
     """
     require_extra("export", "llava-edge export", "torch", "transformers", "onnx", "gguf")
     from llava_edge.export.bundle_export import ExportOptions, export_bundle
