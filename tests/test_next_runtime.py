@@ -186,3 +186,25 @@ def test_server_answers_about_a_tiled_image_like_the_pipeline(tiny_next_bundle, 
         uv.should_exit = True
         thread.join(30)
         worker.close()
+
+
+def test_bench_tiling_reports_views_and_positions_per_limit(tiny_next_bundle):
+    import json
+
+    from click.testing import CliRunner
+
+    from llava_edge.cli import cli
+
+    result = CliRunner().invoke(cli, ["bench-tiling", str(tiny_next_bundle), "--max-tiles",
+                                      "1,none", "--repeats", "1", "--threads", "1",
+                                      "--llm-quant", "F16", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["rows"]
+    by = {(r["image"], r["max_tiles"]): r for r in rows}
+    for (image, limit), r in by.items():
+        assert r["first_token_ms"] > 0 and r["vision_ms"] > 0
+        if limit == 1:
+            assert r["views"] == 1 and r["positions"] == 17  # 16 features + one newline
+            assert by[(image, None)]["positions"] > r["positions"]
+    bad = CliRunner().invoke(cli, ["bench-tiling", str(tiny_next_bundle), "--max-tiles", "0"])
+    assert bad.exit_code == 2 and "at least 1" in bad.output

@@ -68,7 +68,7 @@ def _register_commands() -> None:
 
     for command in (bench_suite_cmd.bench_vision, bench_suite_cmd.bench_reuse,
                     bench_suite_cmd.bench_serve_load, bench_suite_cmd.bench_quick,
-                    bench_suite_cmd.bench_int8_schemes):
+                    bench_suite_cmd.bench_int8_schemes, bench_suite_cmd.bench_tiling):
         cli.add_command(command)
     from llava_edge.cli import demo_cmd
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from llava_edge.cli.common import command_line
+from llava_edge.cli.common import command_line, emit_json, json_option
 from llava_edge.errors import LlavaEdgeError
 
 _WORK = Path(tempfile.gettempdir()) / "llava-edge-bench"
@@ -192,6 +192,49 @@ def bench_quick(bundle, image, prompt, repeats, threads, max_new_tokens):
 
     rows = measure(bundle, image, prompt, repeats, threads, max_new_tokens)
     click.echo(f"median of {repeats} runs after one warm-up, {threads or 'all'} thread(s)")
+    click.echo(table(rows))
+
+
+def _max_tiles_list(_ctx, _param, value: str) -> list[int | None]:
+    try:
+        limits = [None if v.strip().lower() in ("none", "all") else int(v)
+                  for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: a comma-separated list of integers and 'none'")
+    if any(v is not None and v < 1 for v in limits):
+        raise click.BadParameter("max tiles must be at least 1")
+    return limits
+
+
+@click.command("bench-tiling")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--max-tiles", "max_tiles", default="1,3,none", show_default=True,
+              callback=_max_tiles_list, help="Comma-separated limits ('none': no limit).")
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--threads", default=None, type=click.IntRange(1),
+              help="CPU threads (default: all).")
+@click.option("--vision-precision", default=None, help="Which vision graph of the bundle.")
+@click.option("--llm-quant", default=None, help="Which GGUF of the bundle.")
+@json_option
+def bench_tiling(bundle, max_tiles, repeats, threads, vision_precision, llm_quant, as_json):
+    """What LLaVA-NeXT's tiling costs before the first token: for images of five aspect
+    ratios and each --max-tiles limit, the views, prompt positions, and the median vision,
+    prefill and first-token times of cold requests (after one warm-up).
+
+    \b
+    llava-edge bench-tiling BUNDLE --max-tiles 1,3,none --repeats 5 --threads 2
+    """
+    from dataclasses import asdict
+
+    from llava_edge.benchmarks.tiling_cost import measure, table
+
+    rows = measure(bundle, max_tiles, repeats, threads, vision_precision=vision_precision,
+                   llm_quant=llm_quant)
+    if as_json:
+        emit_json({"repeats": repeats, "threads": threads, "rows": [asdict(r) for r in rows]})
+        return
+    click.echo(f"median of {repeats} cold requests after one warm-up, "
+               f"{threads or 'all'} thread(s)")
     click.echo(table(rows))
 
 
