@@ -35,9 +35,9 @@ class VisionSpec:
 
 @dataclass(frozen=True)
 class TextSpec:
-    """A decoder-only language model (Llama or Qwen2 architecture)."""
+    """A decoder-only language model (Llama, Mistral or Qwen2 architecture)."""
 
-    arch: Literal["llama", "qwen2"]
+    arch: Literal["llama", "mistral", "qwen2"]
     hidden_size: int
     intermediate_size: int
     num_layers: int
@@ -58,7 +58,7 @@ class TokenizerSpec:
 
     kind: Literal["sentencepiece", "bpe"]
     vocab_size: int  # pieces learned from the corpus (a soft limit)
-    template: Literal["vicuna_v1", "chatml"]
+    template: Literal["vicuna_v1", "chatml", "mistral_instruct"]
 
 
 @dataclass(frozen=True)
@@ -175,6 +175,20 @@ PRESETS: dict[str, PresetSpec] = {
         tokenizer=_QWEN2_TOKENIZER,
         vision_feature_layer=-1,
         vision_feature_select_strategy="full",
+        dtype="float16",
+        large=True,
+    ),
+    "llava-1.6-mistral-7b": PresetSpec(
+        name="llava-1.6-mistral-7b",
+        description="LLaVA-1.6 (NeXT): CLIP ViT-L/14-336 tiles + Mistral-7B dims, random "
+                    "weights (benchmarks; ~15 GB)",
+        vision=_CLIP_L_336,
+        text=TextSpec("mistral", hidden_size=4096, intermediate_size=14336, num_layers=32,
+                      num_heads=32, num_kv_heads=8, max_position_embeddings=32768,
+                      rope_theta=1_000_000.0, rms_norm_eps=1e-5, vocab_size=32064),
+        tokenizer=TokenizerSpec("sentencepiece", vocab_size=2000, template="mistral_instruct"),
+        # llava-v1.6-mistral-7b-hf's grid: 1x2, 2x1, 2x2, 1x3, 3x1 tiles of 336 px
+        image_grid_pinpoints=((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)),
         dtype="float16",
         large=True,
     ),

@@ -27,13 +27,14 @@ print(json.dumps({"peak_rss_bytes": hwm_kb * 1024, "seconds": time.time() - star
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
-def test_llava_1_5_7b_converts_in_a_fraction_of_its_size(tmp_path):
+@pytest.mark.parametrize("preset", ["llava-1.5-7b", "llava-1.6-mistral-7b"])
+def test_7b_converts_in_a_fraction_of_its_size(tmp_path, preset):
     from llava_edge.export.gguf_tensors import SafetensorsCheckpoint, find_llm_prefixes
     from llava_edge.presets import get_preset
     from llava_edge.runtimes.llama_cpp_lm import LlamaCppLM
     from llava_edge.trainer.init_checkpoint import build_checkpoint
 
-    ckpt = build_checkpoint(get_preset("llava-1.5-7b"), tmp_path / "ckpt").path
+    ckpt = build_checkpoint(get_preset(preset), tmp_path / "ckpt").path
     out = tmp_path / "llm-F16.gguf"
     try:
         weights = SafetensorsCheckpoint(ckpt)
@@ -51,7 +52,7 @@ def test_llava_1_5_7b_converts_in_a_fraction_of_its_size(tmp_path):
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]  # e.g. a full disk: ~25 GB needed
         measured = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"\n7B F16 conversion: peak RSS {measured['peak_rss_bytes'] / 2**30:.2f} GiB for "
+        print(f"\n{preset} F16 conversion: peak RSS {measured['peak_rss_bytes'] / 2**30:.2f} GiB for "
               f"{llm_bytes / 2**30:.2f} GiB of fp16 weights, {measured['seconds']:.0f} s")
         assert measured["peak_rss_bytes"] < 0.15 * llm_bytes  # measured: ~0.6 GiB of 12.6
         info = check_gguf(out, architectures=("llama",))
@@ -61,6 +62,27 @@ def test_llava_1_5_7b_converts_in_a_fraction_of_its_size(tmp_path):
         with LlamaCppLM(out, n_ctx=64) as lm:  # llama.cpp accepts the file (mmap, no decode)
             assert (lm.n_vocab, lm.n_embd) == (32064, 4096)
             assert lm.tokenize("<image>") == [lm.bos_token, image_id]
+        if preset == "llava-1.6-mistral-7b":
+            _check_next_positions(ckpt)
     finally:
         shutil.rmtree(ckpt, ignore_errors=True)
         out.unlink(missing_ok=True)
+
+
+def _check_next_positions(ckpt) -> None:
+    """LLaVA-1.6's real grid: the runtime's plan gives the HF processor's position count
+    for images of several shapes (up to 2,928 positions: 2x2 tiles of 336 px)."""
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from llava_edge.runtimes.anyres import AnyresPlan
+
+    config = json.loads((ckpt / "config.json").read_text())
+    processor = AutoProcessor.from_pretrained(ckpt)
+    image_id = config["image_token_index"]
+    for size in ((672, 672), (1008, 336), (336, 1008), (800, 600), (37, 500)):
+        image = Image.new("RGB", size, (120, 130, 140))
+        ids = processor(images=image, text="<image>", return_tensors="np")["input_ids"][0]
+        plan = AnyresPlan.from_hf_config(config, (size[1], size[0]))
+        assert plan.n_positions == int((ids == image_id).sum()), size
+    assert AnyresPlan.from_hf_config(config, (672, 672)).n_positions == 2928

@@ -122,7 +122,7 @@ def make_config(spec: PresetSpec, tokenizer, seed: int = 0):
     """The ``LlavaConfig`` (``LlavaNextConfig`` with grid pinpoints) for ``spec`` with
     ``tokenizer``'s special token ids."""
     from transformers import (CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig,
-                              Qwen2Config, SiglipVisionConfig)
+                              MistralConfig, Qwen2Config, SiglipVisionConfig)
 
     v, t = spec.vision, spec.text
     vision_kwargs = dict(
@@ -141,8 +141,11 @@ def make_config(spec: PresetSpec, tokenizer, seed: int = 0):
     vocab_size = t.vocab_size or -(-n_tokens // 64) * 64
     if vocab_size < n_tokens:
         raise ValueError(f"preset {spec.name}: vocab_size {vocab_size} < tokenizer size {n_tokens}")
-    text_cls = {"llama": LlamaConfig, "qwen2": Qwen2Config}[t.arch]
+    text_cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}[t.arch]
+    # Mistral without a sliding window: llama.cpp's llama architecture has none either
+    extra = {"sliding_window": None} if t.arch == "mistral" else {}
     text_config = text_cls(
+        **extra,
         hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
         num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads,
         num_key_value_heads=t.num_kv_heads, max_position_embeddings=t.max_position_embeddings,
