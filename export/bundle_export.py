@@ -68,10 +68,6 @@ def export_bundle(checkpoint: str | Path, out_dir: str | Path, options: ExportOp
 
     checkpoint, out_dir = resolve_model(checkpoint, "MODEL"), Path(out_dir)
     config = check_supported(checkpoint)
-    if options.mmproj:  # refused before the vision export's minutes, not after
-        from llava_edge.export.mmproj import check_mmproj_supported
-
-        check_mmproj_supported(checkpoint, config)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise LlavaEdgeError(f"{out_dir} exists and is not empty (use --force to replace it)")
 

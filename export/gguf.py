@@ -101,11 +101,7 @@ def export_gguf(checkpoint_dir: str | Path, out_dir: str | Path,
     ``progress(stage, done, total)``; stages: ``"convert F16"`` (bytes), ``"quantize
     Q4_K_M"`` (tensors), ``"mmproj"`` (bytes), ``"parity"`` (GGUF files checked)."""
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
-    config = check_supported(checkpoint_dir)
-    if mmproj:
-        from llava_edge.export.mmproj import check_mmproj_supported
-
-        check_mmproj_supported(checkpoint_dir, config)
+    check_supported(checkpoint_dir)
     quants = normalize_quants(quants)
     planned = [out_dir / llm_file_name(q) for q in quants]
     if mmproj:
@@ -173,6 +169,10 @@ def _notes(checkpoint_dir: Path, mmproj: bool) -> list[str]:
         notes.append("mmproj: llama.cpp's LLaVA graph puts CLS after the patches, so stock "
                      "llama.cpp's image embeddings differ from PyTorch's (see parity.mmproj); "
                      "llava-edge's runtime injects exact embeddings instead")
+    if mmproj and config.get("model_type") == "llava_next":
+        notes.append("mmproj (LLaVA-NeXT): stock llama.cpp emits the tiles before the "
+                     "overview, each view whole (no unpadding, no newline rows), so its image "
+                     "positions differ from transformers' packing (see parity.mmproj)")
     return notes
 
 

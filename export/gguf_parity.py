@@ -229,6 +229,8 @@ def mmproj_parity(loaded, mmproj_path: str | Path, llm_gguf: str | Path, image=N
     from llava_edge.export.mtmd_encode import mtmd_image_embeddings
 
     config = loaded.config
+    if getattr(loaded, "is_next", False):
+        return next_mmproj_parity(loaded, mmproj_path, llm_gguf, n_threads=n_threads)
     size = config.vision_config.image_size
     image = image or reference_image(size)
     pixel_values = loaded.processor.image_processor(image, return_tensors="pt")["pixel_values"]
@@ -251,6 +253,191 @@ def mmproj_parity(loaded, mmproj_path: str | Path, llm_gguf: str | Path, image=N
     if loaded.vision_kind == "clip":
         figures["cosine_mean_shifted_by_one"] = float(_cosine(got[:-1], expected[1:]).mean())
     return figures
+
+
+def next_image_sizes(tile: int) -> list[tuple[int, int]]:
+    """(width, height) of the images the LLaVA-NeXT mmproj is measured on, for a tower of
+    ``tile`` pixels: square at the tower's size, 3:2 wide, 2:3 tall, square twice the
+    tower's size, and about 10:3 wide."""
+    return [(tile, tile), (3 * tile // 2, tile), (tile, 3 * tile // 2), (2 * tile, 2 * tile),
+            (25 * tile // 8, 15 * tile // 16)]
+
+
+def next_torch_views(loaded, image) -> tuple[np.ndarray, int]:
+    """transformers' projector output per view of ``image`` (base view then grid tiles,
+    before unpadding and newlines: ``[n_views, n_patches, n_embd]``) and the number of
+    image positions its packing gives."""
+    import torch
+
+    from llava_edge.export.mmproj import feature_layer_index
+
+    config = loaded.config
+    inputs = loaded.processor.image_processor(images=[image], return_tensors="pt")
+    views = inputs["pixel_values"][0].float()
+    n_layers = config.vision_config.num_hidden_layers
+    layer = feature_layer_index(config.vision_feature_layer, n_layers)
+    model = loaded.model.model
+    with torch.no_grad():
+        hidden = model.vision_tower(views, output_hidden_states=True).hidden_states[layer]
+        if config.vision_feature_select_strategy == "default":
+            hidden = hidden[:, 1:]
+        per_view = model.multi_modal_projector(hidden).float().numpy()
+        packed = model.get_image_features(pixel_values=inputs["pixel_values"].float(),
+                                          image_sizes=inputs["image_sizes"]).pooler_output[0]
+    return per_view, int(packed.shape[0])
+
+
+def next_mmproj_parity(loaded, mmproj_path: str | Path, llm_gguf: str | Path,
+                       sizes: list[tuple[int, int]] | None = None,
+                       n_threads: int | None = None, n_greedy: int = 16) -> dict:
+    """How far llama.cpp's LLaVA-1.6 path (mtmd + the NeXT mmproj) is from transformers on
+    images of several aspect ratios. Per image: the number of image positions each puts
+    into the language model (transformers: base view + unpadded grid + one newline per
+    feature row; llama.cpp: the overview + every tile whole, as separate image chunks,
+    no unpadding and no newline), the views each cut (llama.cpp skips tiling for an image
+    no larger than one tile), and, when the views agree, the per-position cosine of
+    llama.cpp's rows with transformers' per-view projector output (the rows before
+    packing), each llama.cpp chunk paired with the transformers view it matches best
+    (``view_order_llama_cpp``), straight and shifted by one (CLIP: llama.cpp puts CLS
+    after the patches, see :mod:`mmproj`). Then (``n_greedy`` > 0) stock llama.cpp's
+    whole path (mtmd tokenizes and evaluates the first parity prompt with the parity
+    image, then decodes greedily) against transformers on the same prompt and image."""
+    from llava_edge.export.mtmd_encode import mtmd_chunks
+
+    tile = loaded.config.vision_config.image_size
+    images = []
+    for width, height in sizes or next_image_sizes(tile):
+        side = max(width, height)
+        scene = reference_image(side)
+        images.append(scene.crop(((side - width) // 2, (side - height) // 2,
+                                  (side - width) // 2 + width, (side - height) // 2 + height)))
+    per_image = []
+    for image in images:
+        per_view, n_torch = next_torch_views(loaded, image)
+        chunks = mtmd_chunks(mmproj_path, llm_gguf, np.asarray(image), n_threads=n_threads)
+        views = [c for c in chunks if isinstance(c, np.ndarray)]
+        entry = {
+            "image": f"{image.width}x{image.height}",
+            "n_positions_torch": n_torch,
+            "n_positions_llama_cpp": int(sum(v.shape[0] for v in views)),
+            "n_views_torch": int(per_view.shape[0]),
+            "n_views_llama_cpp": len(views),
+            "n_text_tokens_between_views_llama_cpp": int(sum(
+                len(c) for c in chunks if not isinstance(c, np.ndarray))),
+        }
+        if [v.shape for v in views] == [v.shape for v in per_view]:
+            # which transformers view each llama.cpp chunk is: measured, not assumed (the
+            # vendored mtmd emits the tiles first and the overview last)
+            similarity = np.array([[_cosine(g[:-1], e[1:]).mean() for e in per_view]
+                                   for g in views])
+            order = _best_pairing(similarity)
+            expected = [per_view[j] for j in order]
+            cos = np.concatenate([_cosine(g, e) for g, e in zip(views, expected)])
+            shifted = np.concatenate([_cosine(g[:-1], e[1:]) for g, e in zip(views, expected)])
+            entry.update({
+                "view_order_llama_cpp": order,
+                "per_view_cosine_mean": float(cos.mean()),
+                "per_view_cosine_min": float(cos.min()),
+                "per_view_cosine_mean_shifted_by_one": float(shifted.mean()),
+                "per_view_cosine_min_shifted_by_one": float(shifted.min()),
+            })
+        else:
+            entry["views_differ"] = (f"llama.cpp cut {len(views)} view(s), transformers "
+                                     f"{per_view.shape[0]}: no row-by-row alignment")
+        per_image.append(entry)
+    figures = {
+        "path": "llama.cpp LLaVA-1.6 (mtmd, image_grid_pinpoints, spatial_unpad key)",
+        "images": per_image,
+        "n_positions_equal": sum(e["n_positions_torch"] == e["n_positions_llama_cpp"]
+                                 for e in per_image),
+        "n_images": len(per_image),
+    }
+    if n_greedy > 0:
+        figures["generation"] = next_generation_parity(loaded, mmproj_path, llm_gguf,
+                                                       n_greedy, n_threads)
+    return figures
+
+
+def next_generation_parity(loaded, mmproj_path: str | Path, llm_gguf: str | Path,
+                           n_greedy: int = 16, n_threads: int | None = None) -> dict:
+    """transformers (the prompt expanded by its processor, greedy decoding) against stock
+    llama.cpp's mtmd path on the first parity prompt and the parity image: prompt
+    positions, text tokens, the next-token distribution after the prompt, greedy tokens."""
+    from llava_edge.export.mtmd_encode import mtmd_greedy
+
+    image = parity_image(loaded.config)
+    prompt = parity_prompts(loaded.processor, 1)[0]
+    ref = torch_reference(loaded, prompt, image, n_greedy)
+    got = mtmd_greedy(mmproj_path, llm_gguf, prompt, np.asarray(image), n_greedy,
+                      image_marker=loaded.processor.image_token, n_threads=n_threads)
+    n_image_torch = int(ref.image_embeds.shape[0])
+    text_torch = ref.ids[:ref.image_at] + ref.ids[ref.image_at + 1:]
+    text_llama = [t for chunk in got["text_ids"] for t in chunk]
+    p, q = _log_softmax(ref.logits[-1][None])[0], _log_softmax(got["first_logits"][None])[0]
+    same = _common_prefix(ref.greedy, got["greedy"])
+    # where the difference comes from: the same GGUF through llava-edge's injection path,
+    # with transformers' or llama.cpp's text tokens and image rows swapped in one at a time
+    from llava_edge.export.mtmd_encode import mtmd_chunks
+
+    rows_llama = np.concatenate([c for c in mtmd_chunks(mmproj_path, llm_gguf, np.asarray(image),
+                                                        n_threads=n_threads)
+                                 if isinstance(c, np.ndarray)])
+    before, after = ref.ids[:ref.image_at], ref.ids[ref.image_at + 1:]
+    cases = {"torch_text_torch_image": (before, ref.image_embeds, after)}
+    cases["torch_text_llama_cpp_image"] = (before, rows_llama, after)
+    if len(got["text_ids"]) == 2:
+        cases["llama_cpp_text_torch_image"] = (got["text_ids"][0], ref.image_embeds,
+                                               got["text_ids"][1])
+    ablation = {}
+    n_ctx = max(len(text_llama), len(text_torch)) + max(rows_llama.shape[0], n_image_torch)
+    with LlamaCppLM(llm_gguf, n_ctx=n_ctx + n_greedy + 8, n_threads=n_threads) as lm:
+        for name, (head, rows, tail) in cases.items():
+            lm.reset()
+            lm.eval_tokens(list(head))
+            lm.eval_embeddings(np.ascontiguousarray(rows, dtype=np.float32))
+            lm.eval_tokens(list(tail))
+            first = lm.logits()
+            greedy, token = [], int(first.argmax())
+            for _ in range(n_greedy):
+                greedy.append(token)
+                lm.eval_tokens([token])
+                token = int(lm.logits().argmax())
+            q_case = _log_softmax(first[None])[0]
+            ablation[name] = {"first_token_kl": float((np.exp(p) * (p - q_case)).sum()),
+                              "greedy_common_prefix": _common_prefix(ref.greedy, greedy),
+                              "greedy_identical": greedy == ref.greedy}
+    return {
+        "image": f"{image.width}x{image.height}",
+        "n_prompt_positions_torch": len(text_torch) + n_image_torch,
+        "n_prompt_positions_llama_cpp": got["n_prompt_positions"],
+        "n_text_tokens_torch": len(text_torch),
+        "n_text_tokens_llama_cpp": len(text_llama),
+        "text_tokens_identical": text_torch == text_llama,
+        "first_token_top1_equal": bool(ref.logits[-1].argmax() == got["first_logits"].argmax()),
+        "first_token_kl": float((np.exp(p) * (p - q)).sum()),
+        "greedy_torch": ref.greedy,
+        "greedy_llama_cpp": got["greedy"],
+        "greedy_common_prefix": int(same),
+        "greedy_identical": ref.greedy == got["greedy"],
+        "ablation": ablation,
+    }
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _best_pairing(similarity: np.ndarray) -> list[int]:
+    """The one-to-one pairing of rows with columns of largest total ``similarity``
+    (exhaustive up to 7 views; beyond, mtmd's order: tiles first, overview last)."""
+    import itertools
+
+    n = similarity.shape[0]
+    if n > 7:
+        return list(range(1, n)) + [0]
+    best = max(itertools.permutations(range(n)),
+               key=lambda p: sum(similarity[i, j] for i, j in enumerate(p)))
+    return [int(j) for j in best]
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

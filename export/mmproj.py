@@ -24,6 +24,15 @@ How LLaVA's choices map onto llama.cpp's LLaVA graph (tools/mtmd/models/llava.cp
 * Activations: CLIP's ``quick_gelu`` is the graph's default; SigLIP's tanh GELU is
   ``clip.use_gelu``. The projector's GELU is ggml's tanh approximation of transformers'
   exact ``gelu`` (a small, measured difference); other projector activations are refused.
+
+LLaVA-NeXT (``llava_next``) checkpoints get llama.cpp's LLaVA-1.6 keys on top:
+``clip.vision.image_grid_pinpoints`` (flattened as ``width, height`` pairs, the order
+clip.cpp reads; transformers' config lists ``[height, width]``),
+``clip.vision.mm_patch_merge_type = "spatial_unpad"``, ``clip.vision.image_crop_resolution``
+and the ``v.image_newline`` tensor. The vendored mtmd loads it and tiles images with the
+pinpoints, but (measured, :func:`gguf_parity.next_mmproj_parity`) emits the tiles before
+the overview, each view whole (no unpadding, no newline rows), and no tiles for an image
+of one tile's size, so its image positions never match transformers' packing.
 """
 
 from __future__ import annotations
@@ -44,6 +53,9 @@ VISION_PREFIXES = ("vision_tower.vision_model.", "model.vision_tower.vision_mode
                    "vision_tower.", "model.vision_tower.")
 PROJECTOR_PREFIXES = ("multi_modal_projector.", "model.multi_modal_projector.")
 FEATURE_LAYER_KEY = "clip.vision.feature_layer"  # not among gguf-py's key constants
+PINPOINTS_KEY = "clip.vision.image_grid_pinpoints"
+MERGE_TYPE_KEY = "clip.vision.mm_patch_merge_type"
+CROP_RESOLUTION_KEY = "clip.vision.image_crop_resolution"
 
 _EMBEDDINGS = {
     "embeddings.class_embedding": "v.class_embd",
@@ -59,11 +71,14 @@ _LAYER_PARTS = {
     "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down",
 }
 _PROJECTOR = {"linear_1": "mm.0", "linear_2": "mm.2"}
+# LLaVA-NeXT's learned row separator; the vendored clip.cpp's TN_IMAGE_NEWLINE
+NEWLINE_SOURCES = ("image_newline", "model.image_newline")
+NEWLINE_TENSOR = "v.image_newline"
 _SKIPPED = re.compile(r"^(post_layernorm\.|head\.|embeddings\.position_ids$)")
 _LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 # Kept in float32 even in an F16 file: vectors, and the embeddings llama.cpp adds to
 # (llama.cpp's converters do the same).
-_ALWAYS_F32 = ("v.position_embd.weight", "v.class_embd")
+_ALWAYS_F32 = ("v.position_embd.weight", "v.class_embd", NEWLINE_TENSOR)
 
 
 def feature_layer_index(feature_layer, n_layers: int) -> int:
@@ -80,16 +95,14 @@ def feature_layer_index(feature_layer, n_layers: int) -> int:
     return index
 
 
-def check_mmproj_supported(path: str | Path, config: dict) -> None:
-    """Refuse, naming the reason, a checkpoint (its ``config.json`` dict) this writer has
-    no mmproj for: LLaVA-NeXT, whose llama.cpp path is another."""
-    if config.get("model_type") == "llava_next":
-        raise UnsupportedModelError(
-            f"{path}: an mmproj for LLaVA-NeXT (llava_next) checkpoints is not written yet: "
-            "llama.cpp runs LLaVA-1.6 through its own anyres path (clip.vision."
-            "image_grid_pinpoints, mm_patch_merge_type spatial_unpad and a model.image_newline "
-            "tensor), a later step for llava-edge. Export without --mmproj: llava-edge's "
-            "runtime does not need it")
+def llama_cpp_pinpoints(hf_pinpoints) -> list[int]:
+    """transformers' ``image_grid_pinpoints`` (``[[height, width], ...]``, as its
+    ``select_best_resolution`` reads them) flattened in llama.cpp's order: clip.cpp reads
+    ``clip.vision.image_grid_pinpoints`` pair by pair as ``{width, height}``."""
+    flat = []
+    for height, width in hf_pinpoints:
+        flat += [int(width), int(height)]
+    return flat
 
 
 def mmproj_tensor_plan(ckpt: SafetensorsCheckpoint, n_layers_kept: int,
@@ -125,6 +138,8 @@ def mmproj_tensor_plan(ckpt: SafetensorsCheckpoint, n_layers_kept: int,
                 raise UnsupportedModelError(f"{ckpt.path}: projector tensor {source!r} is not "
                                             "supported (expected a 2-layer MLP projector)")
             add(source, f"{_PROJECTOR[part]}.{kind}")
+        elif source in NEWLINE_SOURCES:
+            add(source, NEWLINE_TENSOR)
     got = {p.name for p in plans}
     for required in ("v.patch_embd.weight", "v.position_embd.weight", "mm.0.weight", "mm.2.weight"):
         if required not in got:
@@ -142,7 +157,7 @@ def write_mmproj(checkpoint_dir: str | Path, out_path: str | Path, out_type: str
     if out_type not in FILE_TYPES:
         raise LlavaEdgeError(f"mmproj type must be F32 or F16, not {out_type!r}")
     path, out_path = Path(checkpoint_dir), Path(out_path)
-    check_mmproj_supported(path, check_supported(path))
+    check_supported(path)
     config = AutoConfig.from_pretrained(path)
     v = config.vision_config
     kind = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}[v.model_type]
@@ -164,6 +179,8 @@ def write_mmproj(checkpoint_dir: str | Path, out_path: str | Path, out_type: str
     ckpt = SafetensorsCheckpoint(path)
     plans = mmproj_tensor_plan(ckpt, n_keep, out_type)
     n_mmproj_embd = next(p.shape[0] for p in plans if p.name == "mm.2.weight")
+    if config.model_type == "llava_next" and not any(p.name == NEWLINE_TENSOR for p in plans):
+        raise LlavaEdgeError(f"{path}: LLaVA-NeXT checkpoint without an image_newline tensor")
 
     with gguf_file(out_path, "clip") as writer:
         writer.add_name(name or f"{path.name} vision")
@@ -185,5 +202,11 @@ def write_mmproj(checkpoint_dir: str | Path, out_path: str | Path, out_type: str
         writer.add_array(FEATURE_LAYER_KEY, [n_keep])
         # quick_gelu is the graph's default; anything tanh-GELU-like needs the flag
         writer.add_vision_use_gelu(v.hidden_act != "quick_gelu")
+        if config.model_type == "llava_next":
+            # llama.cpp's LLaVA-1.6 keys (clip.cpp: KEY_IMAGE_GRID_PINPOINTS,
+            # KEY_MM_PATCH_MERGE_TYPE, KEY_IMAGE_CROP_RESOLUTION)
+            writer.add_array(PINPOINTS_KEY, llama_cpp_pinpoints(config.image_grid_pinpoints))
+            writer.add_string(MERGE_TYPE_KEY, "spatial_unpad")
+            writer.add_uint32(CROP_RESOLUTION_KEY, int(v.image_size))
         write_planned_tensors(writer, ckpt, plans, progress)
     return WrittenGGUF(out_path, "clip", out_type, len(plans), out_path.stat().st_size, 0, 0)

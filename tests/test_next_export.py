@@ -238,18 +238,6 @@ def test_spatial_unpad_is_accepted(tiny_next_checkpoint, tmp_path):
     assert check_supported(edited)["model_type"] == "llava_next"
 
 
-def test_mmproj_is_refused_before_any_work(tiny_next_checkpoint, tmp_path):
-    from llava_edge.export.bundle_export import ExportOptions, export_bundle
-    from llava_edge.export.gguf import export_gguf
-
-    with pytest.raises(UnsupportedModelError, match="LLaVA-NeXT.*llama.cpp runs LLaVA-1.6"):
-        export_gguf(tiny_next_checkpoint, tmp_path / "gguf", mmproj=True, parity=False)
-    with pytest.raises(UnsupportedModelError, match="Export without --mmproj"):
-        export_bundle(tiny_next_checkpoint, tmp_path / "bundle", ExportOptions(mmproj=True))
-    assert not (tmp_path / "gguf").exists() or not any((tmp_path / "gguf").iterdir())
-    assert not (tmp_path / "bundle").exists()
-
-
 # -- the slow suite -------------------------------------------------------------------------
 
 @pytest.mark.slow
