@@ -22,7 +22,7 @@ def test_stage_presets_are_llava_1_5():
     two, _ = resolve_config({**BASE, "stage": 2})
     assert (two.learning_rate, two.global_batch_size) == (2e-5, 128)
     assert (two.tune_projector, two.tune_llm, two.tune_vision) == (True, True, False)
-    assert two.template == "auto" and two.image_aspect_ratio == "pad"
+    assert two.template == "auto" and two.image_aspect_ratio == "auto"  # pad for LLaVA
 
 
 def test_lora_uses_the_finetune_lora_script_values():

@@ -3,7 +3,13 @@
 Right padding with the tokenizer's pad token; labels ``-100`` and attention mask 0 on the
 padding. ``pixel_values`` stacks the images of the samples that have one, in batch order,
 which is the order the model fills the ``<image>`` token runs in; a batch of text-only
-samples has ``pixel_values=None``. Bad samples ride along by name so that the training
+samples has ``pixel_values=None``.
+
+LLaVA-NeXT examples carry ``[n_views, 3, S, S]`` per image, the view count depending on
+the image's grid; they are padded with all-zero views to the batch's largest count (as
+the HF image processor pads a batch) into ``[n_images, max_views, 3, S, S]``, and
+``image_sizes`` ``[n_images, 2]`` goes with them: the model takes from each image only
+the views its size implies, so the padding views are never read. Bad samples ride along by name so that the training
 loop, not a worker process, decides what to do about them.
 """
 
@@ -40,6 +46,13 @@ class Collator:
             labels[row, :n] = torch.tensor(x.labels)
             attention_mask[row, :n] = 1
         images = [x.pixel_values for x in examples if x.pixel_values is not None]
+        sizes = [x.image_sizes for x in examples
+                 if x.pixel_values is not None and x.image_sizes is not None]
+        if sizes:
+            if len(sizes) != len(images):
+                raise ValueError("a batch mixes LLaVA-NeXT (tiled) and single-view images")
+            batch["image_sizes"] = torch.stack([torch.as_tensor(s) for s in sizes])
+            images = _pad_views(images, torch)
         batch.update(
             input_ids=input_ids, labels=labels, attention_mask=attention_mask,
             pixel_values=torch.stack(images) if images else None,
@@ -47,3 +60,10 @@ class Collator:
             n_label_tokens=int((labels[:, 1:] != IGNORE_INDEX).sum()),
         )
         return batch
+
+
+def _pad_views(images: list, torch) -> list:
+    """Pad ``[n_views, 3, S, S]`` tensors with zero views to the largest ``n_views``."""
+    most = max(x.shape[0] for x in images)
+    return [x if x.shape[0] == most else
+            torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))]) for x in images]

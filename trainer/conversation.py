@@ -165,11 +165,13 @@ def auto_template_name(tokenizer, model_config: dict) -> str:
 class ConversationEncoder:
     """Turns LLaVA conversations into :class:`Encoded` examples for one model.
 
-    ``n_image_tokens`` is how many tokens the processor expands one ``<image>`` into.
+    ``n_image_tokens`` is how many tokens the processor expands one ``<image>`` into; for
+    LLaVA-NeXT, where the count depends on the image, it is ``None`` and :meth:`encode`
+    is given each sample's count.
     """
 
     def __init__(self, chat_format: ChatFormat, tokenizer, image_token_id: int,
-                 n_image_tokens: int, max_length: int):
+                 n_image_tokens: int | None, max_length: int):
         if not getattr(tokenizer, "is_fast", False):
             raise LlavaEdgeError("training needs a fast (tokenizers) tokenizer for the loss "
                                  "mask; this checkpoint's tokenizer is a slow one")
@@ -179,8 +181,12 @@ class ConversationEncoder:
         self.n_image_tokens = n_image_tokens
         self.max_length = max_length
 
-    def encode(self, conversations: list[dict]) -> Encoded:
-        """Tokenize, mask, expand the image and truncate one conversation."""
+    def encode(self, conversations: list[dict], n_image_tokens: int | None = None) -> Encoded:
+        """Tokenize, mask, expand the image and truncate one conversation.
+
+        ``n_image_tokens``: this sample's image token count (LLaVA-NeXT), else the
+        encoder's fixed one.
+        """
         text, spans = self.format.reply_spans(to_messages(conversations))
         bos = getattr(self.tokenizer, "bos_token", None)
         # The tokenizer adds BOS (Llama) as it does at inference, unless the template did.
@@ -194,16 +200,20 @@ class ConversationEncoder:
             for token, (start, end) in zip(ids, tokens["offset_mapping"])
         ]
         n_images = ids.count(self.image_token_id)
-        ids, labels = self._expand_images(ids, labels)
+        n_tokens = n_image_tokens if n_image_tokens is not None else self.n_image_tokens
+        if n_images and n_tokens is None:
+            raise SampleError("has an <image> marker but no image to count its tokens from")
+        ids, labels = self._expand_images(ids, labels, n_tokens)
         return self._truncate(Encoded(ids, labels, n_images))
 
-    def _expand_images(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+    def _expand_images(self, ids: list[int], labels: list[int], n_tokens: int | None
+                       ) -> tuple[list[int], list[int]]:
         out_ids: list[int] = []
         out_labels: list[int] = []
         for token, label in zip(ids, labels):
             if token == self.image_token_id:
-                out_ids += [token] * self.n_image_tokens
-                out_labels += [IGNORE_INDEX] * self.n_image_tokens
+                out_ids += [token] * n_tokens
+                out_labels += [IGNORE_INDEX] * n_tokens
             else:
                 out_ids.append(token)
                 out_labels.append(label)

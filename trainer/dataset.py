@@ -31,12 +31,17 @@ class BadSampleError(LlavaEdgeError):
 
 @dataclass
 class Example:
-    """One encoded sample; ``pixel_values`` is ``None`` for a text-only sample."""
+    """One encoded sample; ``pixel_values`` is ``None`` for a text-only sample.
+
+    LLaVA-NeXT (anyres): ``pixel_values`` is ``[n_views, 3, S, S]`` (the base view and the
+    tiles of the image's grid) and ``image_sizes`` the image's ``(height, width)``.
+    """
 
     sample_id: str
     input_ids: list[int]
     labels: list[int]
-    pixel_values: object  # torch.Tensor [3, H, W] or None
+    pixel_values: object  # torch.Tensor [3, H, W] (LLaVA) / [views, 3, S, S] (NeXT), or None
+    image_sizes: object = None  # torch.Tensor [2] (NeXT) or None
 
 
 @dataclass
@@ -59,7 +64,14 @@ def read_samples(path: str | Path) -> list:
 
 def image_tokens_per_image(processor) -> int:
     """How many tokens the processor expands one ``<image>`` into, asked of the processor
-    itself on a blank image, so that the training text matches what it does at inference."""
+    itself on a blank image, so that the training text matches what it does at inference.
+
+    Only for processors with a fixed count (LLaVA-1.5): a LLaVA-NeXT processor's count
+    depends on each image's size, which :class:`LlavaDataset` asks per image.
+    """
+    if getattr(processor.image_processor, "image_grid_pinpoints", None):
+        raise LlavaEdgeError("a LLaVA-NeXT (anyres) processor expands <image> into a number "
+                             "of tokens that depends on the image's size; count it per image")
     size = processor.image_processor.crop_size or processor.image_processor.size
     side = size.get("height") or size.get("shortest_edge")
     blank = Image.new("RGB", (side, side))
@@ -73,13 +85,21 @@ class LlavaDataset:
 
     def __init__(self, files: list[str | Path], image_folder: str | Path | None, processor,
                  encoder: ConversationEncoder, image_aspect_ratio: str = "pad"):
+        """``image_aspect_ratio``: ``pad`` (to a square in the mean colour, then the
+        processor), ``square`` (the processor's resize and crop) or ``anyres`` (LLaVA-NeXT:
+        the processor's tiling, with the image's own count of image tokens)."""
         self.files = [Path(f) for f in files]
         self.image_folder = Path(image_folder) if image_folder is not None else None
         if self.image_folder is not None and not self.image_folder.is_dir():
             raise LlavaEdgeError(f"image folder {self.image_folder} does not exist")
+        self.processor = processor
         self.image_processor = processor.image_processor
         self.encoder = encoder
         self.pad = image_aspect_ratio == "pad"
+        self.anyres = image_aspect_ratio == "anyres"
+        if self.anyres and not getattr(self.image_processor, "image_grid_pinpoints", None):
+            raise LlavaEdgeError("image_aspect_ratio anyres needs a LLaVA-NeXT processor "
+                                 "(one with image_grid_pinpoints)")
         # (file index, index in file, sample) for every sample, in file order.
         self.entries: list[tuple[int, int, object]] = []
         for k, path in enumerate(self.files):
@@ -103,15 +123,30 @@ class LlavaDataset:
         name = self.sample_id(index)
         try:
             check_sample(sample, i, str(self.files[k]))
-            pixel_values = self._pixels(sample["image"]) if "image" in sample else None
-            encoded = self.encoder.encode(sample["conversations"])
+            pixel_values = image_sizes = n_image_tokens = None
+            if "image" in sample:
+                image = self._load(sample["image"])
+                if self.anyres:
+                    pixel_values, image_sizes, n_image_tokens = self._anyres(image)
+                else:
+                    pixel_values = self._pixels(image)
+            encoded = self.encoder.encode(sample["conversations"], n_image_tokens)
         except LlavaFormatError as e:
             return BadSample(name, str(e))
         except (SampleError, _ImageError) as e:
             return BadSample(name, f"{name}: {e}")
-        return Example(name, encoded.input_ids, encoded.labels, pixel_values)
+        return Example(name, encoded.input_ids, encoded.labels, pixel_values, image_sizes)
 
-    def _pixels(self, relative: str):
+    def _anyres(self, image):
+        """LLaVA-NeXT: the processor's views of ``image``, its size, and the number of
+        tokens the processor expands its ``<image>`` into (asked of the processor on this
+        image, so the count is the one inference uses)."""
+        out = self.processor(text=IMAGE_TOKEN, images=image, return_tensors="pt")
+        image_id = self.encoder.image_token_id
+        n_tokens = int((out["input_ids"][0] == image_id).sum())
+        return out["pixel_values"][0], out["image_sizes"][0], n_tokens
+
+    def _load(self, relative: str):
         if self.image_folder is None:
             raise _ImageError(f"has image {relative!r} but no image folder was given "
                               "(--image-folder)")
@@ -123,6 +158,9 @@ class LlavaDataset:
                 image = opened.convert("RGB")
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise _ImageError(f"cannot read image {relative!r}: {e}") from e
+        return image
+
+    def _pixels(self, image):
         if self.pad:
             image = expand_to_square(image, self.image_processor.image_mean)
         return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]

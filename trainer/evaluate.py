@@ -159,26 +159,26 @@ class TorchAnswerer:
     The prompt template is the one the checkpoint was trained in (``auto``: see
     :func:`llava_edge.trainer.conversation.make_chat_format`); images are padded to a
     square in the mean colour when the checkpoint's training did so (LLaVA-1.5's ``pad``).
+    LLaVA-NeXT checkpoints (``llava_next``) take the image as is: their processor tiles it.
     """
 
     def __init__(self, checkpoint: str | Path, *, template: str = "auto",
                  max_new_tokens: int = 32, device: str | None = None):
         import torch
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
+        from transformers import AutoProcessor
         from transformers.utils import logging as hf_logging
 
         from llava_edge.checkpoint_info import image_aspect_ratio, read_json
+        from llava_edge.trainer.architectures import check_model_type, model_class
         from llava_edge.trainer.conversation import make_chat_format
 
         hf_logging.disable_progress_bar()
         path = Path(checkpoint)
         config = read_json(path / "config.json", "config.json")
-        if config.get("model_type") != "llava":
-            raise LlavaEdgeError(f"{path}: not a LLaVA checkpoint (model_type "
-                                 f"{config.get('model_type')!r})")
+        model_type = check_model_type(config, path)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype)
+        self.model = model_class(model_type).from_pretrained(path, dtype=dtype)
         self.model.to(self.device).eval()
         self.processor = AutoProcessor.from_pretrained(path)
         self.format = make_chat_format(template, self.processor.tokenizer, config)

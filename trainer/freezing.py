@@ -2,7 +2,19 @@
 
 The three parts of ``LlavaForConditionalGeneration`` are told apart by parameter name
 (``vision_tower``, ``multi_modal_projector``, ``language_model`` / ``lm_head``), which
-holds with and without a PEFT wrapper around the model.
+holds with and without a PEFT wrapper around the model. ``LlavaNextForConditionalGeneration``
+has the same parts (under ``model.``) plus ``image_newline``, the embedding appended after
+each row of tile features; it is counted with the projector: it learns whenever the
+projector does, at the projector's learning rate.
+
+On ``image_newline`` the original code differs: LLaVA's ``llava_arch.py`` creates it
+(``randn * 1/sqrt(hidden)``) with the projector when ``mm_patch_merge_type`` has
+``unpad``; LLaVA-NeXT's ``train.py`` unfreezes in pretraining only ``mm_projector``
+(``tune_mm_mlp_adapter`` / ``mm_tunable_parts=mm_mlp_adapter``), so the newline stays at
+its random init there, and trains it in fine-tuning as part of ``mm_language_model``
+(every parameter not in the vision tower, projector or resampler) at the LLM's learning
+rate. Here the tiny presets tile from stage 1 on, so the newline is in every stage-1
+input and is trained with the projector, in both stages.
 
 * stage 1 (LLaVA): projector only;
 * stage 2 (LLaVA): projector + LLM, the LLM fully or through LoRA adapters on its linear
@@ -25,7 +37,7 @@ def part_of(name: str) -> str:
     """``vision``, ``projector`` or ``llm`` for a parameter name of a LLaVA model."""
     if "vision_tower" in name:
         return "vision"
-    if "multi_modal_projector" in name:
+    if "multi_modal_projector" in name or "image_newline" in name:
         return "projector"
     if "language_model" in name or "lm_head" in name:
         return "llm"

@@ -1,5 +1,9 @@
 """The training loop: one LLaVA stage, from a checkpoint directory to a checkpoint directory.
 
+LLaVA-1.5 (``LlavaForConditionalGeneration``) and LLaVA-NeXT
+(``LlavaNextForConditionalGeneration``, tiled images with ``image_sizes``) checkpoints;
+see :mod:`llava_edge.trainer.architectures`.
+
 The engine is Hugging Face accelerate: device placement, mixed precision (bf16/fp16
 autocast on GPU, fp32 on CPU), and multi-process training with DDP, FSDP or DeepSpeed
 when started by ``accelerate launch`` or ``torchrun``. The loop itself is written out
@@ -41,6 +45,8 @@ from llava_edge.templates import IMAGE_TOKEN
 from llava_edge.trainer.resume import (checkpoint_root, install_trainable_only_hooks,
                                             latest_checkpoint, load_checkpoint,
                                             resume_values, save_checkpoint)
+from llava_edge.trainer.architectures import (check_model_type, is_anyres, model_class,
+                                              resolve_aspect_ratio)
 from llava_edge.trainer.collate import Collator
 from llava_edge.trainer.conversation import (ConversationEncoder, auto_template_name,
                                              make_chat_format)
@@ -87,7 +93,7 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
-    from transformers import AutoProcessor, LlavaForConditionalGeneration, get_scheduler
+    from transformers import AutoProcessor, get_scheduler
     from transformers.utils import logging as hf_logging
 
     config.validate()
@@ -111,18 +117,22 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
         model_dir = resolve_model(config.model, "--model")
     # Data first (its errors are quick to find), then the weights.
     source_config = _read_llava_config(model_dir)
+    model_type = source_config["model_type"]
+    aspect = resolve_aspect_ratio(config.image_aspect_ratio, model_type)
     processor = AutoProcessor.from_pretrained(model_dir)
     tokenizer = processor.tokenizer
     chat_format = make_chat_format(config.template, tokenizer, source_config)
+    # LLaVA-NeXT: the count depends on each image; the dataset asks the processor per image.
     encoder = ConversationEncoder(chat_format, tokenizer,
                                   tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-                                  image_tokens_per_image(processor), config.model_max_length)
-    dataset = LlavaDataset(config.data, config.image_folder, processor, encoder,
-                           config.image_aspect_ratio)
+                                  None if is_anyres(model_type)
+                                  else image_tokens_per_image(processor),
+                                  config.model_max_length)
+    dataset = LlavaDataset(config.data, config.image_folder, processor, encoder, aspect)
     plan = StepPlan(len(dataset), config.global_batch_size, config.micro_batch_size,
                     accelerator.num_processes, accelerator.process_index, config.seed)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * plan.steps_per_epoch))
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    model = model_class(model_type).from_pretrained(model_dir, dtype=torch.float32)
     # The output folder only now: a run that fails on its data or model leaves none behind.
     if main:
         checkpoint_root(run_dir).parent.mkdir(parents=True, exist_ok=True)
@@ -180,7 +190,8 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
                              logging_steps=config.logging_steps, label=f"stage {config.stage}")
     with progress:
         progress.message(
-            f"stage {config.stage} ({chat_format.name} template, recipe {config.recipe}): "
+            f"stage {config.stage} ({model_type}, {chat_format.name} template, images "
+            f"{aspect}, recipe {config.recipe}): "
             f"{len(dataset)} samples, {total_steps} steps of {config.global_batch_size} on "
             f"{accelerator.num_processes} process(es), {accelerator.device}, "
             f"{accelerator.mixed_precision}; {summary.describe()}"
@@ -232,7 +243,7 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
         training = {
             "stage": config.stage, "recipe": config.recipe, "data": config.data,
             "image_folder": config.image_folder, "template": chat_format.name,
-            "image_aspect_ratio": config.image_aspect_ratio, "steps": total_steps,
+            "image_aspect_ratio": aspect, "steps": total_steps,
             "samples": totals["samples"], "skipped_samples": totals["skipped"],
             "epochs": round(total_steps / plan.steps_per_epoch, 4),
             "trained": {p: n for p, n in summary.trained.items() if n},
@@ -294,10 +305,15 @@ def _accumulate(model, micro: list[dict], n_tokens: int, accelerator, torch,
         sync = k == len(runnable) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):
             pixel_values = batch["pixel_values"]
+            images = {}
+            if pixel_values is not None:
+                images["pixel_values"] = pixel_values.to(accelerator.device)
+                if "image_sizes" in batch:  # LLaVA-NeXT: which views of each image are real
+                    images["image_sizes"] = batch["image_sizes"].to(accelerator.device)
             logits = model(
                 input_ids=batch["input_ids"].to(accelerator.device),
                 attention_mask=batch["attention_mask"].to(accelerator.device),
-                pixel_values=None if pixel_values is None else pixel_values.to(accelerator.device),
+                **images,
             ).logits
             loss = token_loss_sum(logits, batch["labels"].to(accelerator.device))
             accelerator.backward(loss * scale)
@@ -374,9 +390,7 @@ def _write_model(model, processor, run_dir: Path, config: TrainConfig, training:
 
 def _read_llava_config(path: Path) -> dict:
     config = read_json(path / "config.json", "config.json")
-    if config.get("model_type") != "llava":
-        raise LlavaEdgeError(f"{path}: model_type {config.get('model_type')!r} is not a "
-                             "LLaVA checkpoint (LlavaForConditionalGeneration, 'llava')")
+    check_model_type(config, path)
     return config
 
 

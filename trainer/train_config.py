@@ -27,7 +27,7 @@ from typing import Any
 from llava_edge.errors import LlavaEdgeError
 
 TEMPLATE_CHOICES = ("auto", "plain", "vicuna_v1", "chatml", "tokenizer")
-ASPECT_CHOICES = ("pad", "square")
+ASPECT_CHOICES = ("auto", "pad", "square", "anyres")
 SCHEDULER_CHOICES = ("cosine", "linear", "constant")
 PRECISION_CHOICES = ("auto", "bf16", "fp16", "fp32")
 
@@ -42,7 +42,7 @@ class TrainConfig:
 
     # What to train, on what, and where the result goes.
     stage: int
-    model: str  # a llava-hf checkpoint directory (``llava-edge init`` or stage 1's output)
+    model: str  # a llava-hf LLaVA or LLaVA-NeXT checkpoint (``llava-edge init``, stage 1's output)
     data: list[str]  # LLaVA JSON files, concatenated
     output_dir: str
     image_folder: str | None = None  # image paths in the data are relative to it
@@ -50,7 +50,9 @@ class TrainConfig:
 
     # Prompt format and samples.
     template: str = "auto"  # stage 1: plain; stage 2: the checkpoint's template
-    image_aspect_ratio: str = "pad"  # pad: to a square in the mean colour; square: processor
+    # auto: pad for LLaVA (llava), anyres for LLaVA-NeXT (llava_next); pad: to a square in
+    # the mean colour (LLaVA-1.5); square: the processor's; anyres: NeXT's tiling
+    image_aspect_ratio: str = "auto"
     model_max_length: int = 2048
     skip_bad_samples: bool = False
 
@@ -205,6 +207,28 @@ RECIPES: dict[str, Recipe] = {
             "stage 2 also trains on stage2_mc.json (llava-edge data shapes-mc): "
             "multiple-choice questions about the train images in the eval's format, which "
             "stage2_instruct.json never shows (LLaVA-1.5's mix has A-OKVQA for this)",
+        ),
+    ),
+    "llava-next": Recipe(
+        "llava-next",
+        "LLaVA-NeXT (1.6) as published, for llava_next checkpoints: stage 1 as LLaVA-1.5 "
+        "(projector, here with image_newline); stage 2 trains the vision tower too, at "
+        "2e-6, with projector and LLM at 2e-5 and 4096-token samples.",
+        stages={
+            2: dict(tune_vision=True, vision_lr=2e-6, model_max_length=4096),
+        },
+        notes=(
+            "stage 2 follows LLaVA-NeXT's fine-tuning (mm_tunable_parts mm_vision_tower, "
+            "mm_mlp_adapter, mm_language_model; mm_vision_tower_lr 2e-6, learning_rate "
+            "2e-5, model_max_length 4096, global batch 128): the vision tower learns at a "
+            "tenth of the LLM's rate, in its own optimizer group",
+            "images are tiled (anyres) in both stages: image_aspect_ratio auto is anyres "
+            "for a llava_next checkpoint; LLaVA-NeXT's own pretraining did not tile",
+            "image_newline learns with the projector in both stages (LLaVA-NeXT leaves it "
+            "at its random init in pretraining and trains it with the LLM in stage 2)",
+            "the other values are the LLaVA-1.5 stage presets (stage 2: lr 2e-5, batch "
+            "128; with --lora-r, LoRA lr 2e-4 and projector lr 2e-5), which LLaVA-NeXT "
+            "kept",
         ),
     ),
 }

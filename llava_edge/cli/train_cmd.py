@@ -36,7 +36,7 @@ def _flag(name: str, help: str):
 @click.option("--stage", type=click.IntRange(1, 2), help="1: align (projector); 2: instruct.")
 @click.option("--model", type=click.Path(file_okay=False),
               help="Checkpoint to start from: `llava-edge init` output, stage 1's output, or "
-                   "any llava-hf LLaVA directory or Hub id (org/name[@revision]).")
+                   "any llava-hf LLaVA or LLaVA-NeXT directory or Hub id (org/name[@revision]).")
 @click.option("--data", multiple=True, type=click.Path(dir_okay=False),
               help="LLaVA JSON file (repeat to mix several).")
 @click.option("--image-folder", type=click.Path(file_okay=False),
@@ -49,8 +49,9 @@ def _flag(name: str, help: str):
 @click.option("--template", type=click.Choice(["auto", "plain", "vicuna_v1", "chatml",
                                                "tokenizer"]),
               help="Prompt format. Default: plain in stage 1, the checkpoint's in stage 2.")
-@click.option("--image-aspect-ratio", type=click.Choice(["pad", "square"]),
-              help="pad: to a square in the mean colour (LLaVA-1.5); square: the processor's.")
+@click.option("--image-aspect-ratio", type=click.Choice(["auto", "pad", "square", "anyres"]),
+              help="auto (default): pad for LLaVA, anyres for LLaVA-NeXT. pad: to a square in "
+                   "the mean colour (LLaVA-1.5); square: the processor's; anyres: NeXT's tiles.")
 @click.option("--model-max-length", type=int, help="Tokens per sample (never cuts images).")
 @click.option("--learning-rate", "--lr", "learning_rate", type=float)
 @click.option("--projector-lr", type=float, help="Projector's own learning rate.")
@@ -90,7 +91,8 @@ def train(config_file: str | None, resume: bool, force: bool, as_json: bool, **o
     \b
     Stage 1 (feature alignment): projector only, template plain, lr 1e-3, batch 256.
     Stage 2 (instruction tuning): projector + LLM (or LoRA with --lora-r), lr 2e-5,
-    batch 128. Vision frozen unless --tune-vision. Multi-GPU: accelerate launch
+    batch 128. Vision frozen unless --tune-vision (or --recipe llava-next, which trains it
+    at 2e-6 in stage 2). LLaVA-NeXT checkpoints train with tiled images. Multi-GPU: accelerate launch
     -m llava_edge train ... (see README, "Training").
     """
     require_extra("train", "llava-edge train", "torch", "transformers", "accelerate", "peft")

@@ -1,0 +1,321 @@
+"""Both training stages on a LLaVA-NeXT checkpoint (`tiny-next`): tiled images of several
+aspect ratios in one batch, per-image image-token counts and their label mask, what each
+stage and the `llava-next` recipe train, and the output's export and eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from llava_edge.errors import LlavaEdgeError
+from llava_edge.trainer.collate import Collator
+from llava_edge.trainer.conversation import IGNORE_INDEX, ConversationEncoder, make_chat_format
+from llava_edge.trainer.dataset import Example, LlavaDataset, image_tokens_per_image
+from llava_edge.trainer.loop import train
+from llava_edge.trainer.train_config import resolve_config
+
+#: (width, height): 1x2, 1x1, 3x1, 2x2 ... grids, so each image has its own view count.
+SIZES = [(96, 64), (64, 64), (40, 200), (300, 300), (64, 150), (128, 128), (200, 64),
+         (80, 80)]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """Shapes data, plus its first samples again with images of several aspect ratios
+    (``stage1_aspect.json``, ``stage2_aspect.json``, images under ``aspect/``)."""
+    from llava_edge.data.shapes import ShapesConfig, generate_shapes
+
+    data = generate_shapes(tmp_path_factory.mktemp("data") / "shapes",
+                           ShapesConfig(n_train=8, n_eval=2))
+    folder = Path(data.image_folder)
+    (folder / "aspect").mkdir()
+    for stage, source in ((1, data.stage1), (2, data.stage2)):
+        samples = [s for s in json.loads(Path(source).read_text()) if "image" in s]
+        out = []
+        for k, (sample, size) in enumerate(zip(samples, SIZES)):
+            name = f"aspect/{stage}_{k}.png"
+            with Image.open(folder / sample["image"]) as image:
+                image.convert("RGB").resize(size).save(folder / name)
+            out.append({**sample, "id": f"aspect-{stage}-{k}", "image": name})
+        (folder.parent / f"stage{stage}_aspect.json").write_text(json.dumps(out))
+    return data
+
+
+def aspect_data(shapes, stage: int) -> Path:
+    return Path(shapes.image_folder).parent / f"stage{stage}_aspect.json"
+
+
+def settings(stage, model, data, out, shapes, **over) -> dict:
+    """2 steps of 4 samples in micro-batches of 2, no checkpoints."""
+    values = dict(stage=stage, model=str(model), data=[str(d) for d in data],
+                  image_folder=str(shapes.image_folder), output_dir=str(out),
+                  global_batch_size=4, micro_batch_size=2, max_steps=2, save_steps=0,
+                  model_max_length=512)
+    values.update(over)
+    return values
+
+
+def weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def changed(a: dict, b: dict) -> set[str]:
+    import torch
+
+    assert a.keys() == b.keys()
+    return {k for k in a if not torch.equal(a[k], b[k])}
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_next_checkpoint):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(tiny_next_checkpoint)
+
+
+def dataset(processor, checkpoint, files, folder, template="auto", max_length=512):
+    config = json.loads((checkpoint / "config.json").read_text())
+    tok = processor.tokenizer
+    encoder = ConversationEncoder(make_chat_format(template, tok, config), tok,
+                                  tok.convert_tokens_to_ids("<image>"), None, max_length)
+    return LlavaDataset(files, folder, processor, encoder, "anyres")
+
+
+@pytest.fixture(scope="module")
+def stage1(tiny_next_checkpoint, shapes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "next-stage1"
+    cfg, provenance = resolve_config(settings(1, tiny_next_checkpoint, [aspect_data(shapes, 1)],
+                                              out, shapes))
+    return train(cfg, provenance, show_progress=False)
+
+
+# --------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------
+
+
+def test_image_token_count_varies_per_image_and_is_the_processors(processor, shapes,
+                                                                  tiny_next_checkpoint):
+    with pytest.raises(LlavaEdgeError, match="depends on the image's size"):
+        image_tokens_per_image(processor)
+    data = dataset(processor, tiny_next_checkpoint, [aspect_data(shapes, 1)],
+                   shapes.image_folder, template="plain")
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    counts = set()
+    for i in range(len(data)):
+        example = data[i]
+        assert isinstance(example, Example), example
+        sample = data.entries[i][2]
+        with Image.open(Path(shapes.image_folder) / sample["image"]) as opened:
+            image = opened.convert("RGB")
+        # The processor's own expansion of the same text: identical ids.
+        text = "<image>" + sample["conversations"][1]["value"] + "\n"
+        expected = processor(text=text, images=image, return_tensors="pt")
+        assert example.input_ids == expected["input_ids"][0].tolist()
+        assert example.pixel_values.shape == expected["pixel_values"][0].shape
+        assert example.image_sizes.tolist() == [image.height, image.width]
+        positions = [k for k, t in enumerate(example.input_ids) if t == image_id]
+        counts.add(len(positions))
+        # Labels: -100 exactly on the image positions (and BOS), the caption elsewhere.
+        assert all(example.labels[k] == IGNORE_INDEX for k in positions)
+        rest = [k for k in range(1, len(example.input_ids)) if k not in positions]
+        assert all(example.labels[k] == example.input_ids[k] for k in rest)
+        assert positions == list(range(positions[0], positions[0] + len(positions)))
+    assert len(counts) >= 3, counts  # the count follows each image's size
+
+
+def test_stage2_labels_mask_the_image_and_the_prompt(processor, shapes, tiny_next_checkpoint):
+    data = dataset(processor, tiny_next_checkpoint, [aspect_data(shapes, 2)],
+                   shapes.image_folder)
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    for i in range(3):
+        example = data[i]
+        sample = data.entries[i][2]
+        with Image.open(Path(shapes.image_folder) / sample["image"]) as opened:
+            image = opened.convert("RGB")
+        n_expected = int((processor(text="<image>", images=image, return_tensors="pt")
+                          ["input_ids"] == image_id).sum())
+        positions = [k for k, t in enumerate(example.input_ids) if t == image_id]
+        assert len(positions) == n_expected
+        assert all(example.labels[k] == IGNORE_INDEX for k in positions)
+        assert any(label != IGNORE_INDEX for label in example.labels)  # the reply
+
+
+def test_batch_of_aspect_ratios_pads_views_like_the_processor(processor, shapes,
+                                                              tiny_next_checkpoint):
+    import torch
+    from transformers import LlavaNextForConditionalGeneration
+
+    data = dataset(processor, tiny_next_checkpoint, [aspect_data(shapes, 1)],
+                   shapes.image_folder, template="plain")
+    items = [data[i] for i in range(4)]
+    assert len({x.pixel_values.shape[0] for x in items}) > 1  # different view counts
+    batch = Collator(pad_token_id=processor.tokenizer.pad_token_id)(items)
+    images = []
+    for i in range(4):
+        with Image.open(Path(shapes.image_folder) / data.entries[i][2]["image"]) as opened:
+            images.append(opened.convert("RGB"))
+    expected = processor.image_processor(images=images, return_tensors="pt")
+    assert batch["pixel_values"].shape == expected["pixel_values"].shape
+    assert torch.allclose(batch["pixel_values"], expected["pixel_values"], atol=1e-6)
+    assert torch.equal(batch["image_sizes"], expected["image_sizes"])
+    # The model takes the batch: every image's features fill exactly its token run.
+    model = LlavaNextForConditionalGeneration.from_pretrained(tiny_next_checkpoint)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"],
+                       image_sizes=batch["image_sizes"]).logits
+    assert logits.shape[:2] == batch["input_ids"].shape
+
+
+def test_aspect_ratio_defaults_per_model_type():
+    from llava_edge.trainer.architectures import resolve_aspect_ratio
+
+    assert resolve_aspect_ratio("auto", "llava") == "pad"
+    assert resolve_aspect_ratio("auto", "llava_next") == "anyres"
+    with pytest.raises(LlavaEdgeError, match="tiles each image"):
+        resolve_aspect_ratio("pad", "llava_next")
+    with pytest.raises(LlavaEdgeError, match="needs a LLaVA-NeXT"):
+        resolve_aspect_ratio("anyres", "llava")
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+
+
+def test_stage1_trains_only_projector_and_image_newline(stage1, tiny_next_checkpoint):
+    from transformers import LlavaNextForConditionalGeneration
+
+    diff = changed(weights(tiny_next_checkpoint), weights(stage1.output_dir))
+    # (Saved under the checkpoint's names, without the ``model.`` of the module tree.)
+    assert diff == {"image_newline", "multi_modal_projector.linear_1.weight",
+                    "multi_modal_projector.linear_1.bias",
+                    "multi_modal_projector.linear_2.weight",
+                    "multi_modal_projector.linear_2.bias"}, sorted(diff)
+    LlavaNextForConditionalGeneration.from_pretrained(stage1.output_dir)
+    config = json.loads((stage1.output_dir / "config.json").read_text())
+    assert config["model_type"] == "llava_next"
+    assert config["llava_edge"]["training"]["image_aspect_ratio"] == "anyres"
+
+
+def test_stage2_trains_the_llm_too(stage1, shapes, tmp_path):
+    result = train(resolve_config(settings(2, stage1.output_dir, [aspect_data(shapes, 2)],
+                                           tmp_path / "s2", shapes, max_steps=1,
+                                           warmup_ratio=0.0))[0], show_progress=False)
+    diff = changed(weights(stage1.output_dir), weights(result.output_dir))
+    assert any("language_model" in k for k in diff)
+    assert any(k.endswith("lm_head.weight") for k in diff) and "image_newline" in diff
+    assert any("multi_modal_projector" in k for k in diff)
+    assert not any("vision_tower" in k for k in diff)
+
+
+def test_next_recipe_trains_the_vision_tower_at_2e6(stage1, shapes, tmp_path, monkeypatch):
+    import torch
+
+    made = []
+
+    class Recording(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    cfg = resolve_config(settings(2, stage1.output_dir, [aspect_data(shapes, 2)],
+                                  tmp_path / "r", shapes, recipe="llava-next",
+                                  max_steps=1, global_batch_size=2, warmup_ratio=0.0))[0]
+    assert cfg.tune_vision and cfg.vision_lr == 2e-6 and cfg.learning_rate == 2e-5
+    result = train(cfg, show_progress=False)
+    (optimizer,) = made
+    rates = {g["name"]: g["initial_lr"] for g in optimizer.param_groups}
+    assert {n for n, lr in rates.items() if lr == 2e-6} == {n for n in rates
+                                                            if n.startswith("vision")}
+    assert any(n.startswith("vision") for n in rates)
+    assert all(lr == 2e-5 for n, lr in rates.items() if not n.startswith("vision"))
+    diff = changed(weights(stage1.output_dir), weights(result.output_dir))
+    assert any("vision_tower" in k for k in diff)
+
+
+def test_lora_targets_only_the_llm_and_keeps_the_newline_trainable(tiny_next_checkpoint):
+    from transformers import LlavaNextForConditionalGeneration
+
+    from llava_edge.trainer.freezing import configure_trainable, summarize
+    from llava_edge.trainer.train_config import TrainConfig
+
+    model = LlavaNextForConditionalGeneration.from_pretrained(tiny_next_checkpoint)
+    cfg = TrainConfig(stage=2, model="m", data=["d"], output_dir="o", tune_llm=True,
+                      lora_r=4, lora_alpha=8)
+    model = configure_trainable(model, cfg)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("image_newline" in n for n in trained)
+    lora = {n for n in trained if "lora_" in n}
+    assert lora and all("language_model" in n for n in lora)
+    assert summarize(model).trained["vision"] == 0
+
+
+def test_recipe_is_listed(capsys):
+    from llava_edge.cli import run
+
+    assert run(["train", "--list-recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "llava-next:" in out and "vision_lr=2e-06" in out
+
+
+def test_train_command_takes_a_next_checkpoint(tiny_next_checkpoint, shapes, tmp_path, capsys):
+    from llava_edge.cli import run
+
+    args = ["train", "--stage", "1", "--model", str(tiny_next_checkpoint),
+            "--data", str(aspect_data(shapes, 1)), "--image-folder", str(shapes.image_folder),
+            "--output-dir", str(tmp_path / "cli"), "--max-steps", "1",
+            "--global-batch-size", "2", "--micro-batch-size", "2", "--save-steps", "0",
+            "--json"]
+    assert run(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 1 and summary["samples"] == 2
+    assert run([*args[:-1], "--force", "--image-aspect-ratio", "pad"]) == 1
+    assert "tiles each image" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------
+# The output: export and eval
+# --------------------------------------------------------------------------------------
+
+
+def test_eval_answers_with_a_next_checkpoint(stage1, shapes):
+    from llava_edge.trainer.evaluate import TorchAnswerer
+
+    answer = TorchAnswerer(stage1.output_dir, template="plain", max_new_tokens=2)
+    assert answer.pad is False
+    with Image.open(Path(shapes.image_folder) / "aspect" / "1_0.png") as image:
+        reply = answer(image.convert("RGB"), "<image>\nWhat is this?")
+    assert isinstance(reply, str)
+
+
+def test_eval_command_on_a_next_checkpoint(stage1, shapes, capsys):
+    from llava_edge.cli import run
+
+    code = run(["eval", str(stage1.output_dir), "--data", str(shapes.eval),
+                "--image-folder", str(shapes.image_folder), "--max-new-tokens", "2",
+                "--limit", "2", "--json"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["n"] == 2
+
+
+@pytest.mark.slow
+def test_stage1_output_exports(stage1, tmp_path):
+    import numpy as np
+
+    from llava_edge.export.bundle_export import ExportOptions, export_bundle
+
+    manifest = export_bundle(stage1.output_dir, tmp_path / "bundle",
+                             ExportOptions(vision_precisions=("fp32",), llm_quants=("F16",),
+                                           parity=False))
+    assert manifest.anyres is not None and not manifest.preprocess.pad_to_square
+    # The trained image_newline, not the initial one, is what the bundle carries.
+    newline = np.load(tmp_path / "bundle" / manifest.anyres.newline_file)
+    assert np.allclose(newline, weights(stage1.output_dir)["image_newline"].numpy())
