@@ -1,7 +1,8 @@
-"""Reproduce figures.json: tiny-next (random weights, and trained 60 steps on the parity
+"""How far stock llama.cpp's LLaVA-1.6 path is from transformers: reproduces
+benchmarks/results/next-llama-cpp-divergence-20261203/figures.json: tiny-next (random weights, and trained 60 steps on the parity
 prompts so its predictions are peaked) exported to F16 GGUF + NeXT mmproj, then
 llava_edge.export.gguf_parity.mmproj_parity (NeXT branch). Usage:
-    .venv/bin/python benchmarks/results/next-llama-cpp-divergence-20261203/measure.py OUT_DIR
+    python -m llava_edge.benchmarks.next_divergence OUT_DIR
 """
 import json
 import sys
