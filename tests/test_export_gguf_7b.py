@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from disk import require_free_disk
 
 from llava_edge.runtimes.gguf_check import check_gguf
 
@@ -34,9 +35,12 @@ def test_7b_converts_in_a_fraction_of_its_size(tmp_path, preset):
     from llava_edge.runtimes.llama_cpp_lm import LlamaCppLM
     from llava_edge.trainer.init_checkpoint import build_checkpoint
 
-    ckpt = build_checkpoint(get_preset(preset), tmp_path / "ckpt").path
+    # the fp16 checkpoint (13.5 / 15.1 GB) and its fp16 GGUF (13.5 / 14.5 GB) side by side
+    require_free_disk(tmp_path, 31, f"{preset}'s checkpoint and F16 GGUF")
+    ckpt = tmp_path / "ckpt"
     out = tmp_path / "llm-F16.gguf"
     try:
+        ckpt = build_checkpoint(get_preset(preset), ckpt).path
         weights = SafetensorsCheckpoint(ckpt)
         decoder, head = find_llm_prefixes(weights.names())
         llm_bytes = 0

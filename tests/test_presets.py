@@ -4,12 +4,14 @@ offline and runs with an image."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from disk import require_free_disk
 from PIL import Image
 from safetensors import safe_open
 from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -163,25 +165,29 @@ def test_llava_7b_is_written_in_shards_without_the_whole_model_in_ram(tmp_path):
     every tensor's name, shape and dtype matches the model transformers would build."""
     from transformers import LlavaConfig
 
+    require_free_disk(tmp_path, 15, "llava-1.5-7b's fp16 checkpoint (13.5 GB)")
     path = tmp_path / "llava-7b"
-    out = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, "llava-1.5-7b", str(path)],
-                         check=True, capture_output=True, text=True)
-    peak_gb = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_kb"] / 1024**2
-    index = json.loads((path / "model.safetensors.index.json").read_text())
-    fp16_gb = index["metadata"]["total_size"] / 1024**3
-    assert fp16_gb > 12
-    assert peak_gb < fp16_gb / 4, f"peak RSS {peak_gb:.1f} GB for {fp16_gb:.1f} GB of weights"
+    try:
+        out = subprocess.run([sys.executable, "-c", _PEAK_RSS_SCRIPT, "llava-1.5-7b", str(path)],
+                             check=True, capture_output=True, text=True)
+        peak_gb = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_kb"] / 1024**2
+        index = json.loads((path / "model.safetensors.index.json").read_text())
+        fp16_gb = index["metadata"]["total_size"] / 1024**3
+        assert fp16_gb > 12
+        assert peak_gb < fp16_gb / 4, f"peak RSS {peak_gb:.1f} GB for {fp16_gb:.1f} GB of weights"
 
-    config = LlavaConfig.from_pretrained(path)
-    with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
-    expected = {on_disk_name(n): tuple(p.shape) for n, p in model.named_parameters()}
-    found = {}
-    for shard in sorted(set(index["weight_map"].values())):
-        for name, meta in safetensors_header(path / shard).items():
-            assert meta["dtype"] == "F16"
-            found[name] = tuple(meta["shape"])
-    assert found == expected
-    AutoProcessor.from_pretrained(path)  # the processor and tokenizer load too
-    assert describe_checkpoint(path).n_params == sum(
-        int(np.prod(s)) for s in expected.values())
+        config = LlavaConfig.from_pretrained(path)
+        with torch.device("meta"):
+            model = LlavaForConditionalGeneration(config)
+        expected = {on_disk_name(n): tuple(p.shape) for n, p in model.named_parameters()}
+        found = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            for name, meta in safetensors_header(path / shard).items():
+                assert meta["dtype"] == "F16"
+                found[name] = tuple(meta["shape"])
+        assert found == expected
+        AutoProcessor.from_pretrained(path)  # the processor and tokenizer load too
+        assert describe_checkpoint(path).n_params == sum(
+            int(np.prod(s)) for s in expected.values())
+    finally:
+        shutil.rmtree(path, ignore_errors=True)  # 13.5 GB: not left for the tests after it
