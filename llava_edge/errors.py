@@ -54,3 +54,13 @@ class SamplingError(LlavaEdgeError, ValueError):
 
 class BundleError(LlavaEdgeError):
     """A bundle directory that is incomplete, altered or inconsistent."""
+
+
+class FrameSourceError(LlavaEdgeError):
+    """A frame source (camera, video file, stream URL, folder, glob) that cannot be opened
+    or read; the message names the source."""
+
+
+class StructuredOutputError(LlavaEdgeError, ValueError):
+    """A JSON schema or a list of choices that cannot constrain decoding (unsupported or
+    malformed), or a constrained answer that did not complete (cut at max_new_tokens)."""
