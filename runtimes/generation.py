@@ -5,6 +5,7 @@ runs and holds the state they share (backends, caches, the lock)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from llava_edge.errors import StructuredOutputError
 from llava_edge.runtimes.embed_cache import pixel_key
 from llava_edge.runtimes.image_embeds import encode_images
 from llava_edge.runtimes.kv_reuse import position_keys, remaining
@@ -36,6 +38,7 @@ class Timings:
     reused_tokens: int = 0  # prompt positions taken from the KV cache as they were
     images_encoded: int = 0  # images run through the vision graph
     embedding_cache_hits: int = 0  # images whose embeddings came from the cache
+    constrain_ms: float = 0.0  # json_schema / choices: masking by the grammar (in decode_ms)
 
 
 @dataclass
@@ -45,10 +48,42 @@ class Answer:
     n_prompt_tokens: int  # text tokens + image positions
     stop_reason: str  # "eos" | "stop" | "length"
     timings: Timings = field(default_factory=Timings)
+    structured: str | None = None  # "json" | "choices": the answer was constrained
+    max_new_tokens: int | None = None
 
     @property
     def n_tokens(self) -> int:
         return len(self.tokens)
+
+    def json(self):
+        """The answer parsed as JSON (for ``json_schema=`` answers, a value the schema
+        allows). Raises :class:`StructuredOutputError` when a constrained answer did not
+        complete (cut at ``max_new_tokens``), or when the text is not JSON."""
+        self._check_complete()
+        try:
+            return json.loads(self.text)
+        except ValueError as e:
+            raise StructuredOutputError(f"the answer is not JSON ({e})") from None
+
+    def choice(self) -> str:
+        """The choice a ``choices=`` answer made (its text); raises
+        :class:`StructuredOutputError` when it did not complete."""
+        self._check_complete()
+        return self.text
+
+    def _check_complete(self) -> None:
+        # A constrained answer is complete only when the grammar let it end ("eos"):
+        # a cut one may still parse ("12" of "123") and would be wrong.
+        if self.structured is None or self.stop_reason == "eos":
+            return
+        what = "JSON" if self.structured == "json" else "choice"
+        if self.max_new_tokens is not None and self.n_tokens >= self.max_new_tokens:
+            raise StructuredOutputError(f"the answer was cut at max_new_tokens="
+                                        f"{self.max_new_tokens} before the {what} was "
+                                        f"complete")
+        raise StructuredOutputError(f"the answer ended ({self.stop_reason}: the context "
+                                    f"was full or the stream was stopped) before the "
+                                    f"{what} was complete")
 
 
 class _Holder:
@@ -62,13 +97,14 @@ class _Run(_Holder):
 
     def __init__(self, model: LlavaEdge, images: list, image_rows: list[int],
                  segments: list[Segment], n_prompt: int, sampler: Sampler, max_new_tokens: int,
-                 stop: tuple[str, ...], t0: float, load_ms: float = 0.0):
+                 stop: tuple[str, ...], t0: float, load_ms: float = 0.0,
+                 structured: str | None = None):
         # images: decoded RGB; image_rows: the positions each takes in the sequence
         self.model, self.images, self.image_rows, self.segments = (model, images, image_rows,
                                                                    segments)
         self.n_prompt, self.sampler, self.max_new_tokens, self.stop = (n_prompt, sampler,
                                                                       max_new_tokens, stop)
-        self.t0 = t0
+        self.t0, self.structured = t0, structured
         self.timings = Timings(preprocess_ms=load_ms)
         self.generated: list[int] = []
         self.reason = "length"
@@ -104,6 +140,8 @@ class _Run(_Holder):
             yield from self._decode()
         finally:
             m._release(self)
+            self.sampler.close()  # the grammar's C state; the answer is decided
+            t.constrain_ms = self.sampler.constrain_ms
             t.decode_ms = _ms(start)
             t.total_ms = _ms(self.t0)
 
@@ -174,7 +212,8 @@ class _Run(_Holder):
     def answer(self) -> Answer:
         return Answer(text=self.text().strip(), tokens=list(self.generated),
                       n_prompt_tokens=self.n_prompt, stop_reason=self.reason,
-                      timings=self.timings)
+                      timings=self.timings, structured=self.structured,
+                      max_new_tokens=self.max_new_tokens)
 
 
 class Stream:

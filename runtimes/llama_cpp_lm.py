@@ -18,6 +18,7 @@ thread-safe.
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import os
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 
 import llama_cpp
 
+from llava_edge.errors import StructuredOutputError
 from llava_edge.manifest import DEFAULT_N_CTX
 from llava_edge.runtimes.gguf_check import check_gguf
 from llava_edge.runtimes.llama_cpp_vocab import (HFRules, LlamaCppError, Vocab, load_model,
@@ -33,7 +35,11 @@ from llava_edge.runtimes.llama_cpp_vocab import (HFRules, LlamaCppError, Vocab, 
 from llava_edge.runtimes.llama_log import capture_llama_log, last_error
 from llava_edge.runtimes.sampling import checked_token_ids
 
-__all__ = ["LlamaCppLM", "LlamaCppError", "set_fields"]
+__all__ = ["GrammarConstraint", "LlamaCppLM", "LlamaCppError", "set_fields"]
+
+# llama_token_data {int32 id; float logit; float p} as numpy sees it (12 bytes, no padding)
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+assert _TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
 
 
 class LlamaCppLM:
@@ -131,6 +137,15 @@ class LlamaCppLM:
         """The text of ``tokens``; special tokens are rendered only when ``special``."""
         self._check_open()
         return self._vocab.detokenize(tokens, special)
+
+    def grammar(self, gbnf: str, root: str = "root") -> "GrammarConstraint":
+        """A :class:`GrammarConstraint` for one generation: llama.cpp's grammar sampler
+        over this model's vocabulary. Raises :class:`StructuredOutputError` (with
+        llama.cpp's message) for a grammar it cannot parse."""
+        self._check_open()
+        if getattr(self, "_tokens_table", None) is None:  # once per model
+            self._tokens_table = TokenTable(self._vocab)
+        return GrammarConstraint(self._vocab, gbnf, root, self._tokens_table, self.verbose)
 
     # -- evaluation -----------------------------------------------------------------
 
@@ -269,6 +284,152 @@ class LlamaCppLM:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class TokenTable:
+    """What constrained decoding must know of a vocabulary beyond llama.cpp's grammar.
+
+    * Control and unknown tokens that do not end generation are never picked: llama.cpp's
+      grammar matches a token by its text *with* specials rendered (``<image>``,
+      ``<|im_start|>``), answers are detokenized without them, so inside a JSON string
+      they would be text the grammar counted and the answer lacks.
+    * The grammar decodes UTF-8 loosely (overlong forms, surrogates, lead bytes F5-FF
+      pass), and bytes Python cannot decode become U+FFFD in the answer: a string the
+      grammar held to ``maxLength`` 8 could come out 11 characters long. So a token is
+      allowed only where its bytes, after the incomplete character the answer ends with
+      (if any), stay valid, completable UTF-8. Byte tokens and multi-byte pieces make
+      such tails; the masks per tail are computed on first use.
+    """
+
+    def __init__(self, vocab):
+        v = vocab._vocab
+        n = vocab.n_vocab
+        attrs = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+        self.pieces = [_piece(v, t) for t in range(n)]
+        self.unprintable = np.fromiter(
+            (bool(llama_cpp.llama_vocab_get_attr(v, t) & attrs)
+             and not llama_cpp.llama_vocab_is_eog(v, t) for t in range(n)), dtype=bool, count=n)
+        self._masks: dict[bytes, np.ndarray] = {}
+
+    def forbidden(self, tail: bytes) -> np.ndarray:
+        """Per token: True where it cannot follow an answer ending in ``tail`` (the bytes
+        of an incomplete character, b"" when none)."""
+        mask = self._masks.get(tail)
+        if mask is None:
+            bad = np.fromiter((self.after(tail, piece) is None for piece in self.pieces),
+                              dtype=bool, count=len(self.pieces))
+            mask = self._masks[tail] = bad | self.unprintable
+        return mask
+
+    @staticmethod
+    def after(tail: bytes, piece: bytes) -> bytes | None:
+        """The incomplete character after ``tail + piece``, or None when those bytes are
+        not valid UTF-8 or end in a character no byte can complete."""
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            decoder.decode(tail + piece, final=False)
+        except UnicodeDecodeError:
+            return None
+        rest = decoder.getstate()[0]
+        return rest if not rest or _completable(rest) else None
+
+
+def _piece(vocab, token: int) -> bytes:
+    """A token's bytes as llama.cpp's grammar sees them (special tokens rendered)."""
+    buf = ctypes.create_string_buffer(64)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+    if n < 0:
+        buf = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+    return buf.raw[:max(n, 0)]
+
+
+def _completable(rest: bytes) -> bool:
+    # Only the byte after a lead byte has a narrowed range (E0: A0-BF, ED: 80-9F,
+    # F0: 90-BF, F4: 80-8F); any later one is 80-BF. Try a byte from each range.
+    for nxt in (0x80, 0x90, 0xA0):
+        data = rest + bytes([nxt])
+        for _ in range(3):
+            try:
+                data.decode("utf-8")
+                return True
+            except UnicodeDecodeError as e:
+                if e.end != len(data):  # invalid, not merely unfinished
+                    break
+            data += b"\x80"
+    return False
+
+
+class GrammarConstraint:
+    """llama.cpp's grammar sampler applied to logits we sample ourselves.
+
+    :meth:`mask` returns a copy of the logits with every token the grammar forbids next
+    at ``-inf`` (end-of-generation tokens included until the grammar is complete);
+    :meth:`accept` advances the grammar by the token chosen. The candidate array covers
+    the whole vocabulary and is allocated once: each step copies the logits in, lets
+    llama.cpp mark the forbidden ones, and reads them back, all through numpy views.
+
+    Only ever :meth:`accept` a token :meth:`mask` left finite: llama.cpp aborts the
+    process on a token its grammar cannot take.
+    """
+
+    def __init__(self, vocab, gbnf: str, root: str, table: TokenTable,
+                 verbose: bool = False):
+        self._vocab = vocab
+        self._smpl = None
+        if not gbnf.strip():  # llama.cpp reads an empty grammar as "no constraint"
+            raise StructuredOutputError("the grammar is empty")
+        with capture_llama_log(verbose=verbose) as log:
+            smpl = llama_cpp.llama_sampler_init_grammar(vocab._vocab, gbnf.encode("utf-8"),
+                                                        root.encode("utf-8"))
+        if not smpl:
+            raise StructuredOutputError(f"llama.cpp could not parse the grammar "
+                                        f"({last_error(log) or 'no message'})")
+        self._smpl = smpl
+        n = vocab.n_vocab
+        self._data = np.zeros(n, dtype=_TOKEN_DATA)
+        self._data["id"] = np.arange(n, dtype=np.int32)
+        self._logits = self._data["logit"]  # a strided view into the C array
+        self._table = table
+        self._tail = b""  # an incomplete UTF-8 character the answer ends with
+        self._array = llama_cpp.llama_token_data_array(
+            data=self._data.ctypes.data_as(llama_cpp.llama_token_data_p), size=n,
+            selected=-1, sorted=False)
+        self._array_p = ctypes.byref(self._array)
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        """``logits`` (``[n_vocab]``) with the tokens the grammar forbids at -inf (a
+        float32 copy)."""
+        if self._smpl is None:
+            raise StructuredOutputError("the grammar constraint is closed")
+        self._logits[:] = logits
+        self._logits[self._table.forbidden(self._tail)] = -np.inf
+        # Samplers may change size/selected/sorted; each step starts from the whole
+        # vocabulary in id order (the grammar sampler itself only writes logits).
+        a = self._array
+        a.size, a.selected, a.sorted = len(self._data), -1, False
+        llama_cpp.llama_sampler_apply(self._smpl, self._array_p)
+        return self._logits.copy()
+
+    def accept(self, token: int) -> None:
+        """Advance the grammar by ``token`` (one :meth:`mask` left finite). An
+        end-of-generation token ends the answer and is not fed to the grammar."""
+        if self._vocab.is_eog(token):
+            return
+        llama_cpp.llama_sampler_accept(self._smpl, token)
+        self._tail = self._table.after(self._tail, self._table.pieces[token]) or b""
+
+    def close(self) -> None:
+        """Free llama.cpp's sampler (idempotent)."""
+        if self._smpl is not None:
+            llama_cpp.llama_sampler_free(self._smpl)
+            self._smpl = None
 
     def __del__(self) -> None:
         try:

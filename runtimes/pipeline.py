@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -44,6 +44,7 @@ from llava_edge.runtimes.images import DEFAULT_MAX_PIXELS, ImageInput, load_imag
 from llava_edge.runtimes.kv_reuse import KVPrefix
 from llava_edge.runtimes.prompt import render, split_at_images, user_message
 from llava_edge.runtimes.sampling import Sampler, SamplingParams
+from llava_edge.runtimes.structured import constraint_for
 
 __all__ = ["Answer", "LanguageBackend", "LlavaEdge", "Stream", "Timings", "VisionBackend"]
 
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from llava_edge.runtimes.chat import ChatSession
+    from llava_edge.runtimes.watch import WatchRecord
 
 
 class VisionBackend(Protocol):
@@ -186,10 +188,19 @@ class LlavaEdge:
     def ask(self, image: ImageInput | Sequence[ImageInput] | None, prompt: str,
             max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
             top_p: float = 1.0, repeat_penalty: float = 1.0, seed: int | None = None,
-            stop: Sequence[str] = (), system: str | None = None, bgr: bool = False) -> Answer:
-        """Answer ``prompt`` about ``image`` (one, several, or none). Greedy by default."""
+            stop: Sequence[str] = (), system: str | None = None, bgr: bool = False,
+            json_schema: dict | str | bool | None = None,
+            choices: Sequence[str] | None = None) -> Answer:
+        """Answer ``prompt`` about ``image`` (one, several, or none). Greedy by default.
+
+        ``json_schema`` (a dict, its JSON text, or True for any object): the answer is
+        JSON the schema allows, read with ``answer.json()``; ``choices``: the answer's
+        text is exactly one of them. Either constrains decoding with a grammar (see
+        :mod:`llava_edge.runtimes.structured`: what a schema may hold, why stop strings
+        do not combine with them); :class:`StructuredOutputError` for a schema or choices
+        that cannot be used."""
         run = self._run(image, prompt, max_new_tokens, temperature, top_k, top_p,
-                        repeat_penalty, seed, stop, system, bgr)
+                        repeat_penalty, seed, stop, system, bgr, json_schema, choices)
         for _ in run.tokens():
             pass
         return run.answer()
@@ -198,7 +209,8 @@ class LlavaEdge:
                max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
                top_p: float = 1.0, repeat_penalty: float = 1.0, seed: int | None = None,
                stop: Sequence[str] = (), system: str | None = None,
-               bgr: bool = False) -> "Stream":
+               bgr: bool = False, json_schema: dict | str | bool | None = None,
+               choices: Sequence[str] | None = None) -> "Stream":
         """Like :meth:`ask`, but iterate over the answer's text as it is decoded::
 
             s = model.stream(frame, "What do you see?")
@@ -209,19 +221,19 @@ class LlavaEdge:
         Breaking out of the loop stops decoding; the instance stays usable.
         """
         return Stream(self._run(image, prompt, max_new_tokens, temperature, top_k, top_p,
-                                repeat_penalty, seed, stop, system, bgr))
+                                repeat_penalty, seed, stop, system, bgr, json_schema, choices))
 
     def _run(self, image, prompt, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
-             seed, stop, system, bgr) -> "_Run":
+             seed, stop, system, bgr, json_schema=None, choices=None) -> "_Run":
         """Check the request and set up its generation (nothing is evaluated yet)."""
         t0 = time.perf_counter()
         images = _as_list(image)
         ids = self.prompt_ids(prompt, len(images), system)
         return self._start(ids, images, max_new_tokens, temperature, top_k, top_p,
-                           repeat_penalty, seed, stop, bgr, t0)
+                           repeat_penalty, seed, stop, bgr, t0, json_schema, choices)
 
     def _start(self, ids, images, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
-               seed, stop, bgr, t0) -> "_Run":
+               seed, stop, bgr, t0, json_schema=None, choices=None) -> "_Run":
         # Decoded now (outside the lock): each image's positions depend on its size.
         start = time.perf_counter()
         rgb = [load_image(img, self.max_pixels, bgr=bgr) for img in images]
@@ -237,22 +249,32 @@ class LlavaEdge:
                               f"{self.llm.n_ctx} (n_ctx)")
         if max_new_tokens < 1:
             raise PromptError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        sampler = Sampler(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
-                                         repeat_penalty=repeat_penalty, seed=seed))
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
+                                repeat_penalty=repeat_penalty, seed=seed)
+        # Last: the grammar holds C memory, and every other check has passed. Under a
+        # grammar no stop string applies (it ends the answer; a stop string could cut
+        # a JSON string that contains it), see llava_edge.runtimes.structured.
+        constraint, structured = constraint_for(self.llm, json_schema, choices, stop)
+        stops = () if structured else tuple(stop) + self.stop
         return _Run(self, rgb, rows, split_at_images(ids, self.image_token_id), n_prompt,
-                    sampler, max_new_tokens, tuple(stop) + self.stop, t0, load_ms)
+                    Sampler(params, constraint), max_new_tokens, stops, t0, load_ms,
+                    structured=structured)
 
     def ask_messages(self, messages: list[dict],
                      images: ImageInput | Sequence[ImageInput] | None = None,
                      max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
                      top_p: float = 1.0, repeat_penalty: float = 1.0, seed: int | None = None,
-                     stop: Sequence[str] = (), bgr: bool = False) -> Answer:
+                     stop: Sequence[str] = (), bgr: bool = False,
+                     json_schema: dict | str | bool | None = None,
+                     choices: Sequence[str] | None = None) -> Answer:
         """Answer a whole chat: ``messages`` in the Hugging Face shape (system, user and
         assistant turns; user content with ``{"type": "image"}`` parts or ``<image>``
         markers), ``images`` in the order they appear. Stateless: the same call gives the
-        same answer whatever came before (reuse only saves time)."""
+        same answer whatever came before (reuse only saves time). ``json_schema`` and
+        ``choices``: as in :meth:`ask`."""
         stream = self.stream_messages(messages, images, max_new_tokens, temperature, top_k,
-                                      top_p, repeat_penalty, seed, stop, bgr)
+                                      top_p, repeat_penalty, seed, stop, bgr,
+                                      json_schema=json_schema, choices=choices)
         for _ in stream:
             pass
         return stream.answer
@@ -262,7 +284,8 @@ class LlavaEdge:
                         max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
                         top_p: float = 1.0, repeat_penalty: float = 1.0,
                         seed: int | None = None, stop: Sequence[str] = (), bgr: bool = False,
-                        on_done=None) -> "Stream":
+                        on_done=None, json_schema: dict | str | bool | None = None,
+                        choices: Sequence[str] | None = None) -> "Stream":
         """:meth:`ask_messages`, streamed (see :meth:`stream`). ``on_done(answer,
         completed)`` is called when the stream ends, ``completed`` False if it was
         stopped early."""
@@ -270,7 +293,8 @@ class LlavaEdge:
         images = _as_list(images)
         ids = self.messages_ids(messages, len(images))
         return Stream(self._start(ids, images, max_new_tokens, temperature, top_k, top_p,
-                                  repeat_penalty, seed, stop, bgr, t0), on_done=on_done)
+                                  repeat_penalty, seed, stop, bgr, t0, json_schema, choices),
+                      on_done=on_done)
 
     def chat(self, system: str | None = None, **defaults) -> "ChatSession":
         """A multi-turn :class:`~llava_edge.runtimes.chat.ChatSession` on this model;
@@ -278,6 +302,37 @@ class LlavaEdge:
         from llava_edge.runtimes.chat import ChatSession
 
         return ChatSession(self, system=system, **defaults)
+
+    def watch(self, sources, questions: str | Sequence[str], *, fps: float | None = None,
+              realtime: bool | None = None, max_fps: float | None = None, loop: bool = False,
+              **options) -> Iterator["WatchRecord"]:
+        """Ask ``questions`` about the newest frame of ``sources`` (a camera index, video
+        file, stream URL, folder, glob or :class:`FrameSource`; one or a list), round after
+        round, yielding a :class:`~llava_edge.runtimes.watch.WatchRecord` per answer::
+
+            for record in model.watch(0, "Is the path clear?", duration_s=60,
+                                      choices=["yes", "no"]):
+                print(record.value, f"{record.age_s:.2f} s old")
+
+        ``fps``, ``realtime``, ``max_fps``, ``loop`` open the sources given by name (see
+        :class:`~llava_edge.runtimes.frame_source.FrameSource`); ``options`` go to
+        :func:`~llava_edge.runtimes.watch.watch` (every_s, frames, duration_s,
+        max_rounds, summary) and on to :meth:`ask` (max_new_tokens, sampling, system,
+        json_schema, choices). Sources opened here are closed when the iteration ends."""
+        from llava_edge.runtimes.frame_source import FrameSource
+        from llava_edge.runtimes.watch import watch
+
+        given = _as_list(sources)
+        opened = [s if isinstance(s, FrameSource) else
+                  FrameSource(s, fps=fps, realtime=realtime, max_fps=max_fps, loop=loop)
+                  for s in given]
+        try:
+            yield from watch(self, opened, [questions] if isinstance(questions, str)
+                             else list(questions), **options)
+        finally:
+            for s, g in zip(opened, given):
+                if s is not g:
+                    s.close()
 
     # -- reuse and locking --------------------------------------------------------------
 

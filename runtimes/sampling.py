@@ -1,16 +1,20 @@
 """Choosing the next token from logits: greedy, or sampling with the usual knobs.
 
 numpy only. The order of the filters follows llama.cpp's default sampler chain:
-repetition penalty, top-k, top-p, temperature, then a draw from the distribution.
+repetition penalty, top-k, top-p, temperature, then a draw from the distribution. A
+``constraint`` (a grammar, :mod:`llava_edge.runtimes.structured`) masks the logits before
+all of them, as llama.cpp's grammar sampler goes first in its chain.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from llava_edge.errors import SamplingError
+from llava_edge.errors import SamplingError, StructuredOutputError
 
 
 @dataclass(frozen=True)
@@ -37,14 +41,49 @@ class SamplingParams:
             raise SamplingError("repeat_penalty", self.repeat_penalty, "> 0")
 
 
-class Sampler:
-    """Picks tokens for one generation; owns its random generator (seeded per call)."""
+class Constraint(Protocol):
+    """What restricts the next token (e.g. :class:`~llava_edge.runtimes.llama_cpp_lm.
+    GrammarConstraint`): ``mask`` returns the logits with forbidden tokens at -inf,
+    ``accept`` is told the token chosen."""
 
-    def __init__(self, params: SamplingParams):
+    def mask(self, logits: np.ndarray) -> np.ndarray: ...
+    def accept(self, token: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class Sampler:
+    """Picks tokens for one generation; owns its random generator (seeded per call).
+
+    With a ``constraint``, its mask applies first and it accepts each token chosen;
+    ``constrain_ms`` totals the time spent in both."""
+
+    def __init__(self, params: SamplingParams, constraint: Constraint | None = None):
         self.params = params
         self.rng = np.random.default_rng(params.seed)
+        self.constraint = constraint
+        self.constrain_ms = 0.0
 
     def __call__(self, logits: np.ndarray, previous: list[int]) -> int:
+        if self.constraint is None:  # free text: exactly the path it always took
+            return self._choose(logits, previous)
+        start = time.perf_counter()
+        logits = self.constraint.mask(logits)
+        if not np.isfinite(logits).any():
+            raise StructuredOutputError("no token can continue the answer under its grammar "
+                                        "(the vocabulary cannot spell what it requires)")
+        self.constrain_ms += (time.perf_counter() - start) * 1000.0
+        token = self._choose(logits, previous)
+        start = time.perf_counter()
+        self.constraint.accept(token)
+        self.constrain_ms += (time.perf_counter() - start) * 1000.0
+        return token
+
+    def close(self) -> None:
+        """Free the constraint's resources (idempotent)."""
+        if self.constraint is not None:
+            self.constraint.close()
+
+    def _choose(self, logits: np.ndarray, previous: list[int]) -> int:
         p = self.params
         logits = np.asarray(logits, dtype=np.float64)
         if p.repeat_penalty != 1.0 and previous:

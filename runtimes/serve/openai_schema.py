@@ -7,7 +7,9 @@ error body), while fields we do not implement (``frequency_penalty``, ``logprobs
 ``user``, ...) are ignored, as OpenAI-compatible servers commonly do, so that stock
 clients work. Images come as ``image_url`` content parts holding base64 ``data:`` URLs;
 they are decoded here (with the pixel-limit guard of :func:`load_image`), so a bad image
-is refused before the request is queued.
+is refused before the request is queued. ``response_format`` (``text``, ``json_object``,
+``json_schema``) constrains the answer with a grammar (:mod:`llava_edge.runtimes.structured`);
+its schema is converted here, so a bad one is a 400 naming ``response_format``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from typing import Any
 
 from PIL import Image
 
-from llava_edge.errors import ImageError
+from llava_edge.errors import ImageError, StructuredOutputError
 from llava_edge.runtimes.images import load_image
+from llava_edge.runtimes.structured import schema_gbnf
 
 MAX_STOP_STRINGS = 4  # as OpenAI
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -70,6 +73,8 @@ class ChatRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # response_format: None for text, True for json_object, the schema for json_schema
+    json_schema: dict | bool | None = None
 
 
 def parse_chat_request(raw: bytes, served_model: str, max_pixels: int,
@@ -117,10 +122,56 @@ def parse_chat_request(raw: bytes, served_model: str, max_pixels: int,
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
         raise ApiError(400, "'seed' must be an integer", param="seed", code="invalid_type")
+    stop = _parse_stop(body.get("stop"))
+    json_schema = _parse_response_format(body.get("response_format"))
+    if json_schema is not None and stop:
+        raise ApiError(400, "'stop' cannot be combined with a JSON 'response_format' (it "
+                       "could cut the JSON; the answer ends when the JSON is complete)",
+                       param="response_format", code="invalid_value")
     return ChatRequest(model=model, messages=messages, images=images, stream=stream,
                        include_usage=include_usage, max_tokens=max_tokens,
-                       temperature=temperature, top_p=top_p, seed=seed,
-                       stop=_parse_stop(body.get("stop")))
+                       temperature=temperature, top_p=top_p, seed=seed, stop=stop,
+                       json_schema=json_schema)
+
+
+def _parse_response_format(spec: Any) -> dict | bool | None:
+    """``response_format`` as the pipeline's ``json_schema``: None (``text``), True
+    (``json_object``: any JSON object) or the schema of ``json_schema``, checked here
+    (converted to a grammar once) so that a bad one is a 400 before the queue."""
+    param = "response_format"
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ApiError(400, f"'{param}' must be an object", param=param, code="invalid_type")
+    kind = spec.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return True
+    if kind != "json_schema":
+        raise ApiError(400, f"'{param}.type' must be 'text', 'json_object' or 'json_schema' "
+                       f"(got {kind!r})", param=param, code="invalid_value")
+    inner = spec.get("json_schema")
+    if not isinstance(inner, dict):
+        raise ApiError(400, f"'{param}.json_schema' must be an object with 'name' and "
+                       "'schema'", param=param, code="invalid_type")
+    if not isinstance(inner.get("name"), str) or not inner["name"]:
+        raise ApiError(400, f"'{param}.json_schema.name' must be a non-empty string",
+                       param=param, code="invalid_type")
+    if inner.get("strict") is not None and not isinstance(inner["strict"], bool):
+        raise ApiError(400, f"'{param}.json_schema.strict' must be a boolean", param=param,
+                       code="invalid_type")
+    # The grammar always holds the answer to the schema: "strict" changes nothing here.
+    schema = inner.get("schema", True)  # OpenAI: optional; without it, any JSON object
+    if schema is not True and not isinstance(schema, dict):
+        raise ApiError(400, f"'{param}.json_schema.schema' must be an object", param=param,
+                       code="invalid_type")
+    try:
+        schema_gbnf(schema)
+    except StructuredOutputError as e:
+        raise ApiError(400, f"'{param}.json_schema.schema': {e}", param=param,
+                       code="invalid_value") from None
+    return schema
 
 
 def _parse_messages(messages: Any, max_pixels: int,

@@ -202,7 +202,8 @@ class Worker:
         try:
             stream = self.model.stream_messages(
                 r.messages, r.images, max_new_tokens=job.max_new_tokens,
-                temperature=r.temperature, top_p=r.top_p, seed=r.seed, stop=r.stop)
+                temperature=r.temperature, top_p=r.top_p, seed=r.seed, stop=r.stop,
+                json_schema=r.json_schema)
         except LlavaEdgeError as e:  # e.g. the prompt does not fit the context
             return "failed", JobEvent("error", error=e)
         _deliver(job, JobEvent("start"))
