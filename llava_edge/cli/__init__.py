@@ -61,6 +61,9 @@ def _register_commands() -> None:
     from llava_edge.cli import serve_cmd
 
     cli.add_command(serve_cmd.serve)
+    from llava_edge.cli import watch_cmd
+
+    cli.add_command(watch_cmd.watch)
     from llava_edge.cli import bench_cmd
 
     cli.add_command(bench_cmd.bench)
@@ -68,7 +71,8 @@ def _register_commands() -> None:
 
     for command in (bench_suite_cmd.bench_vision, bench_suite_cmd.bench_reuse,
                     bench_suite_cmd.bench_serve_load, bench_suite_cmd.bench_quick,
-                    bench_suite_cmd.bench_int8_schemes, bench_suite_cmd.bench_tiling):
+                    bench_suite_cmd.bench_int8_schemes, bench_suite_cmd.bench_tiling,
+                    bench_suite_cmd.bench_loop):
         cli.add_command(command)
     from llava_edge.cli import demo_cmd
 

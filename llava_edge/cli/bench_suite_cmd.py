@@ -282,3 +282,38 @@ def int8_measure(work, label, threads, warmup, repeats):
     from llava_edge.benchmarks.int8_schemes import measure
 
     measure(work, label=label, threads=threads, warmup=warmup, repeats=repeats)
+
+
+@click.command("bench-loop")
+@click.option("--preset", default="tiny", show_default=True, metavar="NAME")
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Use this bundle instead of building the preset's.")
+@click.option("--work-dir", type=_PATH, default=Path(tempfile.gettempdir())
+              / "llava-edge-loop-bench", show_default=True,
+              help="Where the preset and the test video are built (and reused).")
+@click.option("--out", type=_PATH, default=None,
+              help="Results root; the run writes loop-<preset>-<date>/ in it "
+                   "(default: benchmarks/results).")
+@click.option("--duration", "duration_s", default=20.0, show_default=True,
+              type=click.FloatRange(0, min_open=True), help="Seconds per run.")
+@click.option("--fps", default=30.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="The test video's frame rate (played in realtime).")
+@click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--threads", default=None, type=click.IntRange(1),
+              help="CPU threads (default: all cores).")
+@click.option("--note", default="", help="A line for the report (e.g. load).")
+def bench_loop(preset, bundle, work_dir, out, duration_s, fps, max_new_tokens, threads, note):
+    """The robot's loop: a test video played at its real frame rate into `watch`;
+    answers per minute, answer age p50/p95, frames dropped, with reuse on and off, for
+    one question, two questions and a before/after question about two frames.
+
+    \b
+    llava-edge bench-loop --preset tiny --duration 20            # ~2 minutes
+    llava-edge bench-loop --preset tinyllava-1.1b --duration 60 --threads 2
+    """
+    from llava_edge.benchmarks import loop_bench
+
+    loop_bench.run_loop_bench(
+        preset=preset, bundle=bundle, work_dir=work_dir, out=out or loop_bench.RESULTS_ROOT,
+        duration_s=duration_s, fps=fps, max_new_tokens=max_new_tokens, threads=threads,
+        note=note, command=command_line(click.get_current_context()))

@@ -114,3 +114,37 @@ def human_count(n: int) -> str:
         if n >= size:
             return f"{n / size:.2f}{unit}"
     return str(n)
+
+
+def structured_options(command: Callable) -> Callable:
+    """Add --json-schema FILE and --choice LABEL (repeatable) to ``command``, passed on as
+    the keyword argument ``structured``: ``{}``, ``{"json_schema": dict}`` or
+    ``{"choices": [...]}``, ready for ``LlavaEdge.ask(**structured)``. A schema file that
+    is not JSON, or both options, exit 1 naming the option before any model is loaded."""
+
+    @functools.wraps(command)
+    def checked(**kwargs):
+        from llava_edge.errors import StructuredOutputError
+
+        schema_file, choices = kwargs.pop("json_schema_file"), kwargs.pop("choices")
+        if schema_file and choices:
+            raise StructuredOutputError("--json-schema and --choice cannot be used together")
+        structured: dict = {}
+        if schema_file:
+            try:
+                with open(schema_file, encoding="utf-8") as f:
+                    structured["json_schema"] = json.load(f)
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                raise StructuredOutputError(f"--json-schema {schema_file}: not a JSON file "
+                                            f"({e})") from None
+        if choices:
+            structured["choices"] = list(choices)
+        return command(structured=structured, **kwargs)
+
+    checked = click.option(
+        "--choice", "choices", multiple=True,
+        help="Constrain the answer to exactly one of these labels (repeat for each).")(checked)
+    return click.option(
+        "--json-schema", "json_schema_file", type=click.Path(exists=True, dir_okay=False),
+        default=None, help="Constrain the answer to JSON that this schema file allows "
+                           "(llama.cpp's grammar).")(checked)

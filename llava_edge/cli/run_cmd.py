@@ -6,7 +6,8 @@ from dataclasses import asdict
 
 import click
 
-from llava_edge.cli.common import emit_json, json_option, sampling_options
+from llava_edge.cli.common import (emit_json, json_option, sampling_options,
+                                   structured_options)
 
 threads_option = click.option("--threads", "n_threads", type=int, default=None,
                               help="CPU threads (default: all cores).")
@@ -44,6 +45,7 @@ def _check_reference(reference_checkpoint, **backends) -> None:
 @click.option("--prompt", required=True, help="The question.")
 @click.option("--max-new-tokens", default=128, show_default=True)
 @sampling_options
+@structured_options
 @click.option("--system", default=None, help="Replace the template's system prompt.")
 @click.option("--vision-precision", default=None, help="Which vision graph of the bundle.")
 @click.option("--llm-quant", default=None, help="Which GGUF of the bundle.")
@@ -56,8 +58,8 @@ def _check_reference(reference_checkpoint, **backends) -> None:
 @llm_backend_option
 @json_option
 def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
-        seed, system, vision_precision, llm_quant, n_ctx, streaming, max_tiles, n_threads,
-        reference_checkpoint, vision_backend, llm_backend, as_json):
+        seed, structured, system, vision_precision, llm_quant, n_ctx, streaming, max_tiles,
+        n_threads, reference_checkpoint, vision_backend, llm_backend, as_json):
     """Answer PROMPT about the image(s) with BUNDLE."""
     from llava_edge.runtimes.pipeline import LlavaEdge
 
@@ -77,7 +79,8 @@ def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repea
     with loaded as model:
         stream = model.stream(list(images), prompt, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_k=top_k, top_p=top_p,
-                              repeat_penalty=repeat_penalty, seed=seed, system=system)
+                              repeat_penalty=repeat_penalty, seed=seed, system=system,
+                              **structured)
         for piece in stream:
             if streaming and not as_json:
                 click.echo(piece, nl=False)
@@ -88,10 +91,28 @@ def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repea
             emit_json({"text": answer.text, "n_tokens": answer.n_tokens,
                        "n_prompt_tokens": answer.n_prompt_tokens,
                        "stop_reason": answer.stop_reason, "timings_ms": asdict(answer.timings),
+                       **_structured_value(answer),
                        "vision_precision": model.vision_precision,
                        "llm_quant": model.llm_quant})
         else:
             click.echo(answer.text)
+        if structured and not as_json:
+            _structured_value(answer, raise_error=True)  # cut: exit 1 saying so
+
+
+def _structured_value(answer, raise_error: bool = False) -> dict:
+    """For a --json-schema / --choice answer, {"value": parsed} or, when it was cut before
+    it was complete, {"error": why} (raised instead with ``raise_error``); {} otherwise."""
+    from llava_edge.errors import StructuredOutputError
+
+    if answer.structured is None:
+        return {}
+    try:
+        return {"value": answer.json() if answer.structured == "json" else answer.choice()}
+    except StructuredOutputError as e:
+        if raise_error:
+            raise
+        return {"error": str(e)}
 
 
 @click.command()
