@@ -19,7 +19,7 @@ each with reuse on (the default: KV prefix reuse + embedding cache) and off. Rep
 run: answers per minute, answer age (frame capture to the answer's end) p50 / p95, the
 age at the first token, frames read / asked about / dropped. Without ``--bundle`` the
 preset is built (RANDOM weights) and exported (int8 vision graph + Q4_K_M GGUF, as a CPU
-robot would run it) under ``--work-dir``. Results: ``--out/loop-<preset>-<date>/``.
+robot would run it) under ``--work-dir``. Results: ``--out/loop-<preset>-<date>-<time>/``.
 """
 
 from __future__ import annotations
@@ -46,15 +46,20 @@ Q1, Q2 = "What is in the image?", "What colour is the largest object?"
 Q_CHANGE = "What changed between the first image and the second?"
 
 
+Q_CLEAR = "Is the path clear? Answer yes or no."
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
     questions: tuple[str, ...]
     frames: int = 1
+    choices: tuple[str, ...] = ()  # constrained answers (the grammar's cost is measured)
 
 
 SCENARIOS = (Scenario("1 question", (Q1,)), Scenario("2 questions", (Q1, Q2)),
-             Scenario("before/after, 2 frames", (Q_CHANGE,), frames=2))
+             Scenario("before/after, 2 frames", (Q_CHANGE,), frames=2),
+             Scenario("yes/no (choices)", (Q_CLEAR,), choices=("yes", "no")))
 
 
 def write_video(path: Path, seconds: float, fps: float, size: tuple[int, int]) -> Path:
@@ -78,16 +83,18 @@ def write_video(path: Path, seconds: float, fps: float, size: tuple[int, int]) -
 
 
 def run_scenario(model: LlavaEdge, video: Path, scenario: Scenario, reuse: bool,
-                 duration_s: float, max_new_tokens: int) -> dict:
+                 duration_s: float, max_new_tokens: int, max_fps: float | None = None) -> dict:
     """One scenario for ``duration_s`` on a fresh realtime playback of ``video``."""
     summary = WatchSummary()
     records = []
-    with FrameSource(video, realtime=True, loop=True) as source:
+    with FrameSource(video, realtime=True, loop=True, max_fps=max_fps) as source:
         context = _nothing() if reuse else stateless(model)
         with context:
             for record in watch(model, [source], scenario.questions, frames=scenario.frames,
                                 duration_s=duration_s, summary=summary,
-                                max_new_tokens=max_new_tokens):
+                                max_new_tokens=max_new_tokens,
+                                **({"choices": list(scenario.choices)} if scenario.choices
+                                   else {})):
                 records.append(record)
     ages = [r.age_s for r in records]
     first_ages = [r.first_token_at - max(f.captured_at for f in r.frames) for r in records]
@@ -106,6 +113,12 @@ def run_scenario(model: LlavaEdge, video: Path, scenario: Scenario, reuse: bool,
         "frames_dropped": counts["dropped"],
         "embedding_cache_hits": sum(r.timings_ms["embedding_cache_hits"] for r in records),
         "images_encoded": sum(r.timings_ms["images_encoded"] for r in records),
+        "answer_tokens_median": statistics.median(r.n_tokens for r in records) if records
+        else None,
+        # the grammar's mask + accept per generated token (choices only)
+        "constrain_ms_per_token": (statistics.median(
+            r.timings_ms["constrain_ms"] / max(r.n_tokens, 1) for r in records)
+            if scenario.choices and records else None),
         "median_ms": timing,
     }
 
@@ -134,7 +147,9 @@ def markdown(res: dict) -> str:
         f"{res['vision_precision']}, LLM {res['llm_quant']}.",
         "",
         f"Video: {res['video']['size'][0]}x{res['video']['size'][1]} at "
-        f"{res['video']['fps']:g} fps played in realtime (looping) into `watch`; "
+        f"{res['video']['fps']:g} fps played in realtime (looping) into `watch`"
+        + (f", at most {res['video']['max_fps']:g} frames/s decoded (--max-fps)"
+           if res["video"].get("max_fps") else "") + "; "
         f"{res['duration_s']:g} s per run after a warm-up round; up to "
         f"{res['max_new_tokens']} new tokens per answer (greedy, random weights: answers "
         "are noise, often the whole budget). Age = from the capture of the newest frame "
@@ -143,8 +158,8 @@ def markdown(res: dict) -> str:
         *([res["note"], ""] if res.get("note") else []),
         "| scenario | reuse | answers/min | age p50 s | age p95 s | first-token age p50 s | "
         "frames read | asked about | dropped | prefill tokens (median) | vision ms (median) "
-        "| embedding cache hits |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| embedding cache hits | answer tokens (median) |",
+        "| --- | --- |" + " ---: |" * 11,
     ]
     for r in res["runs"]:
         t = r["median_ms"]
@@ -153,7 +168,13 @@ def markdown(res: dict) -> str:
             f"{r['answers_per_min']:.1f} | {_f(r['age_p50_s'])} | {_f(r['age_p95_s'])} | "
             f"{_f(r['first_token_age_p50_s'])} | {r['frames_read']} | {r['frames_taken']} | "
             f"{r['frames_dropped']} | {t.get('prefill_tokens', 0):.0f} | "
-            f"{t.get('vision_ms', 0):.1f} | {r['embedding_cache_hits']} |")
+            f"{t.get('vision_ms', 0):.1f} | {r['embedding_cache_hits']} | "
+            f"{r['answer_tokens_median']} |")
+    grammar = [r for r in res["runs"] if r.get("constrain_ms_per_token") is not None]
+    if grammar:
+        lines += ["", "Grammar masking (choices), per generated token, median: " + ", ".join(
+            f"{g['constrain_ms_per_token']:.2f} ms (reuse {'on' if g['reuse'] else 'off'})"
+            for g in grammar) + f", vocabulary of {res['n_vocab']} tokens."]
     lines += ["", f"Versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}.",
               ""]
     return "\n".join(lines)
@@ -167,10 +188,11 @@ def run_loop_bench(preset: str = "tiny", bundle: Path | None = None,
                    work_dir: Path = Path("/tmp/llava-edge-loop-bench"),
                    out: Path = RESULTS_ROOT, duration_s: float = 20.0, fps: float = 30.0,
                    size: tuple[int, int] = (640, 480), max_new_tokens: int = 16,
-                   threads: int | None = None, note: str = "",
+                   threads: int | None = None, max_fps: float | None = None,
+                   note: str = "",
                    command: str = "llava-edge bench-loop") -> Path:
     """Every scenario with reuse on and off; writes results.json and results.md to
-    ``out/loop-<preset>-<date>/`` and returns that folder."""
+    ``out/loop-<preset>-<date>-<time>/`` and returns that folder."""
     require_extra("video", "bench-loop (writing and playing its test video)", "cv2")
     load: dict = {}
     origin = "given with --bundle"
@@ -190,18 +212,21 @@ def run_loop_bench(preset: str = "tiny", bundle: Path | None = None,
            "note": note, "date": now.isoformat(timespec="seconds"), "command": command,
            "duration_s": duration_s, "max_new_tokens": max_new_tokens,
            "n_threads": threads or os.cpu_count(), "loadavg_start": os.getloadavg(),
-           "video": {"fps": fps, "size": list(size), "seconds": 10.0, "loop": True},
+           "video": {"fps": fps, "size": list(size), "seconds": 10.0, "loop": True,
+                     "max_fps": max_fps},
            "machine": machine_info(threads or os.cpu_count()), "versions": versions(),
            "scenarios": [asdict(s) for s in SCENARIOS], "runs": []}
     with LlavaEdge.load(bundle, n_threads=threads, **load) as model:
         res["vision_precision"], res["llm_quant"] = model.vision_precision, model.llm_quant
+        res["n_vocab"] = model.llm.n_vocab
         with FrameSource(video, realtime=False) as warm:  # allocate buffers, load pages
             for _ in watch(model, [warm], [Q1], max_rounds=1, max_new_tokens=max_new_tokens):
                 pass
         for scenario in SCENARIOS:
             for reuse in (True, False):
                 model.clear_cache()
-                run = run_scenario(model, video, scenario, reuse, duration_s, max_new_tokens)
+                run = run_scenario(model, video, scenario, reuse, duration_s, max_new_tokens,
+                                   max_fps)
                 print(f"{scenario.name}, reuse {'on' if reuse else 'off'}: "
                       f"{run['answers_per_min']:.1f} answers/min, age p50 "
                       f"{_f(run['age_p50_s'])} s, {run['frames_dropped']} of "
@@ -209,7 +234,7 @@ def run_loop_bench(preset: str = "tiny", bundle: Path | None = None,
                 res["runs"].append(run)
                 time.sleep(0.5)
     res["loadavg_end"] = os.getloadavg()
-    folder = Path(out) / f"loop-{preset}-{now:%Y%m%d}"
+    folder = Path(out) / f"loop-{preset}-{now:%Y%m%d-%H%M}"
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "results.json", res, default=str)
     (folder / "results.md").write_text(markdown(res))

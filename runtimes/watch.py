@@ -70,6 +70,7 @@ class WatchRecord:
     done_at: float
     age_s: float  # from the capture of the newest frame asked about to the answer's end
     n_prompt_tokens: int
+    n_tokens: int  # tokens of the answer
     timings_ms: dict[str, float]
     value: Any = None  # the parsed answer, with a JSON schema or choices
     error: str | None = None  # a constrained answer that did not complete, say
@@ -186,7 +187,7 @@ def _answer(model, images, question: str, ask_options: dict, round_: int,
         round=round_, question=question, answer=answer.text, stop_reason=answer.stop_reason,
         frames=infos, started_at=started,
         first_token_at=started + answer.timings.first_token_ms / 1000.0, done_at=done,
-        age_s=done - newest, n_prompt_tokens=answer.n_prompt_tokens,
+        age_s=done - newest, n_prompt_tokens=answer.n_prompt_tokens, n_tokens=answer.n_tokens,
         timings_ms=asdict(answer.timings), value=value, error=error)
 
 

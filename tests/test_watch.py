@@ -224,3 +224,22 @@ def test_run_takes_the_same_structured_options(tiny_bundle, tmp_path, capsys):
     assert run(["run", str(tiny_bundle), "--image", str(image), "--prompt", "Clear?",
                 "--choice", "yes", "--json-schema", str(image)]) == 1
     assert "--json-schema" in capsys.readouterr().err
+
+
+def test_bench_loop_runs_every_scenario(tiny_bundle, tmp_path):
+    """bench-loop on a given bundle, one second per run: every scenario with reuse on and
+    off, counts that add up, the grammar's cost measured on the choices scenario."""
+    from llava_edge.benchmarks.loop_bench import SCENARIOS, run_loop_bench
+
+    folder = run_loop_bench(bundle=tiny_bundle, work_dir=tmp_path / "work", out=tmp_path,
+                            duration_s=1.0, max_new_tokens=4, threads=1)
+    res = json.loads((folder / "results.json").read_text())
+    assert [(r["scenario"], r["reuse"]) for r in res["runs"]] == [
+        (s.name, reuse) for s in SCENARIOS for reuse in (True, False)]
+    for r, questions in zip(res["runs"], [len(s.questions) for s in SCENARIOS
+                                          for _ in (True, False)]):
+        assert r["answers"] == r["rounds"] * questions > 0
+        assert r["frames_taken"] >= r["rounds"] and r["frames_read"] >= r["frames_taken"]
+        assert r["age_p50_s"] > 0 and r["answers_per_min"] > 0
+    assert res["runs"][-1]["constrain_ms_per_token"] > 0
+    assert "| yes/no (choices) | on |" in (folder / "results.md").read_text()

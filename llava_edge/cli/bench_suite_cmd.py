@@ -292,7 +292,7 @@ def int8_measure(work, label, threads, warmup, repeats):
               / "llava-edge-loop-bench", show_default=True,
               help="Where the preset and the test video are built (and reused).")
 @click.option("--out", type=_PATH, default=None,
-              help="Results root; the run writes loop-<preset>-<date>/ in it "
+              help="Results root; the run writes loop-<preset>-<date>-<time>/ in it "
                    "(default: benchmarks/results).")
 @click.option("--duration", "duration_s", default=20.0, show_default=True,
               type=click.FloatRange(0, min_open=True), help="Seconds per run.")
@@ -301,8 +301,11 @@ def int8_measure(work, label, threads, warmup, repeats):
 @click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="CPU threads (default: all cores).")
+@click.option("--max-fps", default=None, type=click.FloatRange(0, min_open=True),
+              help="Decode at most this many frames/s of the video (as watch --max-fps).")
 @click.option("--note", default="", help="A line for the report (e.g. load).")
-def bench_loop(preset, bundle, work_dir, out, duration_s, fps, max_new_tokens, threads, note):
+def bench_loop(preset, bundle, work_dir, out, duration_s, fps, max_new_tokens, threads, max_fps,
+               note):
     """The robot's loop: a test video played at its real frame rate into `watch`;
     answers per minute, answer age p50/p95, frames dropped, with reuse on and off, for
     one question, two questions and a before/after question about two frames.
@@ -316,4 +319,4 @@ def bench_loop(preset, bundle, work_dir, out, duration_s, fps, max_new_tokens, t
     loop_bench.run_loop_bench(
         preset=preset, bundle=bundle, work_dir=work_dir, out=out or loop_bench.RESULTS_ROOT,
         duration_s=duration_s, fps=fps, max_new_tokens=max_new_tokens, threads=threads,
-        note=note, command=command_line(click.get_current_context()))
+        max_fps=max_fps, note=note, command=command_line(click.get_current_context()))
