@@ -64,3 +64,18 @@ class FrameSourceError(LlavaEdgeError):
 class StructuredOutputError(LlavaEdgeError, ValueError):
     """A JSON schema or a list of choices that cannot constrain decoding (unsupported or
     malformed), or a constrained answer that did not complete (cut at max_new_tokens)."""
+
+
+class RemoteFetchError(LlavaEdgeError):
+    """A remote image URL that was refused or could not be fetched (a refused address or
+    redirect, too large, too slow, not an image); the message names the URL and why."""
+
+
+class Cancelled(LlavaEdgeError):
+    """A request stopped by its :class:`~llava_edge.runtimes.cancel.Cancel` signal (a
+    timeout, a client that went away, Ctrl-C); ``reason`` says which. The model stays
+    usable: the next request is answered as if this one had not run."""
+
+    def __init__(self, reason: str = "cancelled"):
+        super().__init__(f"the request was cancelled ({reason})")
+        self.reason = reason

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from llava_edge.errors import StructuredOutputError
+from llava_edge.errors import Cancelled, StructuredOutputError
 from llava_edge.runtimes.embed_cache import pixel_key
 from llava_edge.runtimes.image_embeds import encode_images
 from llava_edge.runtimes.kv_reuse import position_keys, remaining
@@ -21,6 +21,7 @@ from llava_edge.runtimes.prompt import Segment
 from llava_edge.runtimes.sampling import Sampler
 
 if TYPE_CHECKING:
+    from llava_edge.runtimes.cancel import Cancel
     from llava_edge.runtimes.pipeline import LlavaEdge
 
 
@@ -46,7 +47,7 @@ class Answer:
     text: str
     tokens: list[int]
     n_prompt_tokens: int  # text tokens + image positions
-    stop_reason: str  # "eos" | "stop" | "length"
+    stop_reason: str  # "eos" | "stop" | "length" | "cancelled" (a Stream that raised Cancelled)
     timings: Timings = field(default_factory=Timings)
     structured: str | None = None  # "json" | "choices": the answer was constrained
     max_new_tokens: int | None = None
@@ -98,13 +99,13 @@ class _Run(_Holder):
     def __init__(self, model: LlavaEdge, images: list, image_rows: list[int],
                  segments: list[Segment], n_prompt: int, sampler: Sampler, max_new_tokens: int,
                  stop: tuple[str, ...], t0: float, load_ms: float = 0.0,
-                 structured: str | None = None):
+                 structured: str | None = None, cancel: Cancel | None = None):
         # images: decoded RGB; image_rows: the positions each takes in the sequence
         self.model, self.images, self.image_rows, self.segments = (model, images, image_rows,
                                                                    segments)
         self.n_prompt, self.sampler, self.max_new_tokens, self.stop = (n_prompt, sampler,
                                                                       max_new_tokens, stop)
-        self.t0, self.structured = t0, structured
+        self.t0, self.structured, self.cancel = t0, structured, cancel
         self.timings = Timings(preprocess_ms=load_ms)
         self.generated: list[int] = []
         self.reason = "length"
@@ -120,25 +121,35 @@ class _Run(_Holder):
         m._acquire(self)
         start = time.perf_counter()
         try:
+            m._set_cancel(self.cancel)
+            self._check_cancel()
             keys = position_keys(self.segments, image_keys, rows)
             keep = m._keep_prefix(keys)
             todo = remaining(self.segments, rows, keep)
             embeds = self._embeddings(rgb, image_keys, {s.image_index for s, _ in todo
                                                         if s.image_index is not None})
             start = time.perf_counter()
-            for seg, skip in todo:
-                if seg.image_index is None:
-                    m.llm.eval_tokens(list(seg.tokens[skip:]))
-                    m._kv.extend(seg.tokens[skip:])
-                else:
-                    m.llm.eval_embeddings(embeds[seg.image_index][skip:])
-                    key = image_keys[seg.image_index]
-                    m._kv.extend([(key, r) for r in range(skip, rows[seg.image_index])])
+            try:
+                for seg, skip in todo:
+                    self._check_cancel()
+                    if seg.image_index is None:
+                        m.llm.eval_tokens(list(seg.tokens[skip:]))
+                    else:
+                        m.llm.eval_embeddings(embeds[seg.image_index][skip:])
+            finally:
+                # Also after a prefill cut short: a cancelled llama_decode keeps the
+                # ubatches it finished, and n_past says how many positions that is.
+                m._kv_holds(keys)
             t.prefill_ms = _ms(start)
             t.reused_tokens, t.prefill_tokens = keep, len(keys) - keep
             start = time.perf_counter()
             yield from self._decode()
+        except Cancelled:
+            self.reason = "cancelled"
+            raise
         finally:
+            if m._holder is self:  # not superseded: the backends' signal is ours
+                m._set_cancel(None)
             m._release(self)
             self.sampler.close()  # the grammar's C state; the answer is decided
             t.constrain_ms = self.sampler.constrain_ms
@@ -199,8 +210,13 @@ class _Run(_Holder):
                     or m.llm.n_past >= m.llm.n_ctx):
                 self.reason = "length"
                 return
+            self._check_cancel()
             m.llm.eval_tokens([token])
             m._kv.extend([token])
+
+    def _check_cancel(self) -> None:
+        if self.cancel is not None:
+            self.cancel.check()
 
     def text(self) -> str:
         text = self.model.llm.detokenize(self.generated)
@@ -220,7 +236,9 @@ class Stream:
     """Iterates over an answer's text pieces; ``answer`` holds the result afterwards.
 
     Stopping early (``break``, ``close()`` on the iterator, an exception) ends decoding
-    and frees the model at once; what was evaluated stays reusable.
+    and frees the model at once; what was evaluated stays reusable. A request's ``cancel``
+    signal ends the iteration with :class:`~llava_edge.errors.Cancelled` (``answer``:
+    what was decoded so far, stop_reason "cancelled").
     """
 
     def __init__(self, run: _Run, on_done=None):

@@ -21,6 +21,13 @@ Thread safety: one instance may be shared by threads. Requests run one at a time
 an internal lock, held from a request's first evaluation to its end (a stream holds it
 until it is exhausted, broken out of or closed). A request started by a thread whose own
 earlier stream of this instance is still open ends that stream first.
+
+Cancellation: ``ask``, ``stream``, ``ask_messages`` and ``stream_messages`` take
+``cancel=``, a :class:`~llava_edge.runtimes.cancel.Cancel` any thread may set. The
+request then raises :class:`~llava_edge.errors.Cancelled` within one vision-graph node
+(ONNX Runtime's ``terminate``), one llama.cpp ubatch (its abort callback) or one token;
+the KV cache keeps what was evaluated, the prefix bookkeeping agrees with it, and the
+next request is answered as on a fresh model.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ from llava_edge.runtimes.prompt import render, split_at_images, user_message
 from llava_edge.runtimes.sampling import Sampler, SamplingParams
 from llava_edge.runtimes.structured import constraint_for
 
+if TYPE_CHECKING:
+    from llava_edge.runtimes.cancel import Cancel
+
 __all__ = ["Answer", "LanguageBackend", "LlavaEdge", "Stream", "Timings", "VisionBackend"]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +67,8 @@ if TYPE_CHECKING:
 
 class VisionBackend(Protocol):
     def encode(self, pixel_values: np.ndarray) -> np.ndarray: ...
+    # Optional: a ``cancel`` attribute, set to the running request's Cancel (or None),
+    # whose signal stops ``encode``; else the signal is seen between stages.
 
 
 class LanguageBackend(Protocol):
@@ -72,7 +84,9 @@ class LanguageBackend(Protocol):
     def logits(self) -> np.ndarray: ...
     def reset(self) -> None: ...
     # Optional: ``truncate(n) -> bool`` keeps the first n positions (prefix reuse);
-    # a backend without it is reset before every request.
+    # a backend without it is reset before every request. Optional: a ``cancel``
+    # attribute, as for the vision backend; after a stopped evaluation ``n_past`` must
+    # count the positions the backend really holds.
 
 
 class LlavaEdge:
@@ -190,7 +204,7 @@ class LlavaEdge:
             top_p: float = 1.0, repeat_penalty: float = 1.0, seed: int | None = None,
             stop: Sequence[str] = (), system: str | None = None, bgr: bool = False,
             json_schema: dict | str | bool | None = None,
-            choices: Sequence[str] | None = None) -> Answer:
+            choices: Sequence[str] | None = None, cancel: Cancel | None = None) -> Answer:
         """Answer ``prompt`` about ``image`` (one, several, or none). Greedy by default.
 
         ``json_schema`` (a dict, its JSON text, or True for any object): the answer is
@@ -198,9 +212,10 @@ class LlavaEdge:
         text is exactly one of them. Either constrains decoding with a grammar (see
         :mod:`llava_edge.runtimes.structured`: what a schema may hold, why stop strings
         do not combine with them); :class:`StructuredOutputError` for a schema or choices
-        that cannot be used."""
+        that cannot be used. ``cancel``: a signal that stops the request with
+        :class:`~llava_edge.errors.Cancelled` (module docstring)."""
         run = self._run(image, prompt, max_new_tokens, temperature, top_k, top_p,
-                        repeat_penalty, seed, stop, system, bgr, json_schema, choices)
+                        repeat_penalty, seed, stop, system, bgr, json_schema, choices, cancel)
         for _ in run.tokens():
             pass
         return run.answer()
@@ -210,7 +225,7 @@ class LlavaEdge:
                top_p: float = 1.0, repeat_penalty: float = 1.0, seed: int | None = None,
                stop: Sequence[str] = (), system: str | None = None,
                bgr: bool = False, json_schema: dict | str | bool | None = None,
-               choices: Sequence[str] | None = None) -> "Stream":
+               choices: Sequence[str] | None = None, cancel: Cancel | None = None) -> "Stream":
         """Like :meth:`ask`, but iterate over the answer's text as it is decoded::
 
             s = model.stream(frame, "What do you see?")
@@ -221,19 +236,20 @@ class LlavaEdge:
         Breaking out of the loop stops decoding; the instance stays usable.
         """
         return Stream(self._run(image, prompt, max_new_tokens, temperature, top_k, top_p,
-                                repeat_penalty, seed, stop, system, bgr, json_schema, choices))
+                                repeat_penalty, seed, stop, system, bgr, json_schema, choices,
+                                cancel))
 
     def _run(self, image, prompt, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
-             seed, stop, system, bgr, json_schema=None, choices=None) -> "_Run":
+             seed, stop, system, bgr, json_schema=None, choices=None, cancel=None) -> "_Run":
         """Check the request and set up its generation (nothing is evaluated yet)."""
         t0 = time.perf_counter()
         images = _as_list(image)
         ids = self.prompt_ids(prompt, len(images), system)
         return self._start(ids, images, max_new_tokens, temperature, top_k, top_p,
-                           repeat_penalty, seed, stop, bgr, t0, json_schema, choices)
+                           repeat_penalty, seed, stop, bgr, t0, json_schema, choices, cancel)
 
     def _start(self, ids, images, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
-               seed, stop, bgr, t0, json_schema=None, choices=None) -> "_Run":
+               seed, stop, bgr, t0, json_schema=None, choices=None, cancel=None) -> "_Run":
         # Decoded now (outside the lock): each image's positions depend on its size.
         start = time.perf_counter()
         rgb = [load_image(img, self.max_pixels, bgr=bgr) for img in images]
@@ -258,7 +274,7 @@ class LlavaEdge:
         stops = () if structured else tuple(stop) + self.stop
         return _Run(self, rgb, rows, split_at_images(ids, self.image_token_id), n_prompt,
                     Sampler(params, constraint), max_new_tokens, stops, t0, load_ms,
-                    structured=structured)
+                    structured=structured, cancel=cancel)
 
     def ask_messages(self, messages: list[dict],
                      images: ImageInput | Sequence[ImageInput] | None = None,
@@ -266,15 +282,16 @@ class LlavaEdge:
                      top_p: float = 1.0, repeat_penalty: float = 1.0, seed: int | None = None,
                      stop: Sequence[str] = (), bgr: bool = False,
                      json_schema: dict | str | bool | None = None,
-                     choices: Sequence[str] | None = None) -> Answer:
+                     choices: Sequence[str] | None = None,
+                     cancel: Cancel | None = None) -> Answer:
         """Answer a whole chat: ``messages`` in the Hugging Face shape (system, user and
         assistant turns; user content with ``{"type": "image"}`` parts or ``<image>``
         markers), ``images`` in the order they appear. Stateless: the same call gives the
-        same answer whatever came before (reuse only saves time). ``json_schema`` and
-        ``choices``: as in :meth:`ask`."""
+        same answer whatever came before (reuse only saves time). ``json_schema``,
+        ``choices`` and ``cancel``: as in :meth:`ask`."""
         stream = self.stream_messages(messages, images, max_new_tokens, temperature, top_k,
                                       top_p, repeat_penalty, seed, stop, bgr,
-                                      json_schema=json_schema, choices=choices)
+                                      json_schema=json_schema, choices=choices, cancel=cancel)
         for _ in stream:
             pass
         return stream.answer
@@ -285,7 +302,8 @@ class LlavaEdge:
                         top_p: float = 1.0, repeat_penalty: float = 1.0,
                         seed: int | None = None, stop: Sequence[str] = (), bgr: bool = False,
                         on_done=None, json_schema: dict | str | bool | None = None,
-                        choices: Sequence[str] | None = None) -> "Stream":
+                        choices: Sequence[str] | None = None,
+                        cancel: Cancel | None = None) -> "Stream":
         """:meth:`ask_messages`, streamed (see :meth:`stream`). ``on_done(answer,
         completed)`` is called when the stream ends, ``completed`` False if it was
         stopped early."""
@@ -293,8 +311,8 @@ class LlavaEdge:
         images = _as_list(images)
         ids = self.messages_ids(messages, len(images))
         return Stream(self._start(ids, images, max_new_tokens, temperature, top_k, top_p,
-                                  repeat_penalty, seed, stop, bgr, t0, json_schema, choices),
-                      on_done=on_done)
+                                  repeat_penalty, seed, stop, bgr, t0, json_schema, choices,
+                                  cancel), on_done=on_done)
 
     def chat(self, system: str | None = None, **defaults) -> "ChatSession":
         """A multi-turn :class:`~llava_edge.runtimes.chat.ChatSession` on this model;
@@ -346,6 +364,19 @@ class LlavaEdge:
             keep = 0
         self._kv.truncate(keep)
         return keep
+
+    def _kv_holds(self, keys: list) -> None:
+        """The KV cache holds the first ``llm.n_past`` positions of the request with
+        ``keys``: make the prefix bookkeeping say so."""
+        n = min(self.llm.n_past, len(keys))
+        self._kv.truncate(n)
+        self._kv.extend(keys[len(self._kv):n])
+
+    def _set_cancel(self, cancel: "Cancel | None") -> None:
+        """Hand the running request's signal to the backends that can be stopped."""
+        for backend in (self.vision, self.llm):
+            if hasattr(backend, "cancel"):
+                backend.cancel = cancel
 
     def clear_cache(self) -> None:
         """Forget the KV cache and the cached image embeddings (answers do not change;

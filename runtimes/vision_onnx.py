@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from llava_edge.errors import LlavaEdgeError
+
+if TYPE_CHECKING:
+    from llava_edge.runtimes.cancel import Cancel
 
 # Tried in this order when providers="auto": TensorRT, then CUDA, then the CPU.
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -35,7 +39,13 @@ def choose_providers(requested: str | list[str] | None = "auto") -> list[str]:
 
 
 class OnnxVisionEncoder:
-    """One ONNX Runtime session over a vision graph."""
+    """One ONNX Runtime session over a vision graph.
+
+    ``cancel``: while set to a :class:`~llava_edge.runtimes.cancel.Cancel`, its signal
+    stops a running :meth:`encode` (ONNX Runtime's ``RunOptions.terminate``, seen between
+    graph nodes) with :class:`~llava_edge.errors.Cancelled`."""
+
+    cancel: "Cancel | None" = None
 
     def __init__(self, path: str | Path, providers: str | list[str] | None = "auto",
                  n_threads: int | None = None, spin: bool = False):
@@ -61,5 +71,24 @@ class OnnxVisionEncoder:
         x = np.ascontiguousarray(pixel_values, dtype=np.float32)
         if x.ndim == 3:
             x = x[None]
-        (out,) = self.session.run([self.output_name], {self.input_name: x})
+        cancel = self.cancel
+        if cancel is None:
+            (out,) = self.session.run([self.output_name], {self.input_name: x})
+        else:
+            (out,) = self._run_cancellable(x, cancel)
         return out.astype(np.float32, copy=False)
+
+    def _run_cancellable(self, x: np.ndarray, cancel: "Cancel") -> list:
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+
+        def terminate() -> None:  # called by the cancelling thread
+            options.terminate = True
+
+        with cancel.on_cancel(terminate):
+            try:
+                return self.session.run([self.output_name], {self.input_name: x}, options)
+            except Exception:  # ORT's own type ("Exiting due to terminate flag ...")
+                cancel.check()
+                raise

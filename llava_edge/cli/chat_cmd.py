@@ -10,8 +10,10 @@ from typing import Callable
 import click
 
 from llava_edge.cli.common import json_option, sampling_options
+from llava_edge.cli.interrupt import cancel_on_sigint
 from llava_edge.cli.run_cmd import max_tiles_option
-from llava_edge.errors import LlavaEdgeError
+from llava_edge.errors import Cancelled, LlavaEdgeError
+from llava_edge.runtimes.cancel import Cancel
 
 HELP = ("commands: /image PATH (attach an image to your next message), /reset (forget the "
         "conversation), /exit (or Ctrl-D); Ctrl-C stops an answer")
@@ -128,8 +130,11 @@ def _command(session, line: str, err: Callable[[str], None]) -> bool:
 
 
 def _answer(session, message: str, out, err, as_json: bool, stats: bool) -> None:
+    # Ctrl-C sets the answer's signal, which stops it within one llama.cpp ubatch even
+    # mid-prefill (a KeyboardInterrupt would wait for llama_decode to return).
+    cancel = Cancel()
     try:
-        stream = session.stream(message)
+        stream = session.stream(message, cancel=cancel)
     except LlavaEdgeError as e:
         err(f"Error: {e}")
         return
@@ -139,10 +144,11 @@ def _answer(session, message: str, out, err, as_json: bool, stats: bool) -> None
     pieces = iter(stream)
     stopped = False
     try:
-        for piece in pieces:
-            if not as_json:
-                out(piece)
-    except KeyboardInterrupt:
+        with cancel_on_sigint(cancel):
+            for piece in pieces:
+                if not as_json:
+                    out(piece)
+    except (KeyboardInterrupt, Cancelled):
         stopped = True
     except LlavaEdgeError as e:
         err(f"Error: {e}")

@@ -61,6 +61,9 @@ def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repea
         seed, structured, system, vision_precision, llm_quant, n_ctx, streaming, max_tiles,
         n_threads, reference_checkpoint, vision_backend, llm_backend, as_json):
     """Answer PROMPT about the image(s) with BUNDLE."""
+    from llava_edge.cli.interrupt import cancel_on_sigint
+    from llava_edge.errors import Cancelled
+    from llava_edge.runtimes.cancel import Cancel
     from llava_edge.runtimes.pipeline import LlavaEdge
 
     _check_reference(reference_checkpoint, vision_backend=vision_backend,
@@ -76,14 +79,20 @@ def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repea
         loaded = LlavaEdge.load(bundle, vision_precision=vision_precision,
                                 llm_quant=llm_quant, n_ctx=n_ctx, n_threads=n_threads,
                                 max_tiles=max_tiles)
-    with loaded as model:
+    cancel = Cancel()
+    with loaded as model, cancel_on_sigint(cancel):
         stream = model.stream(list(images), prompt, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_k=top_k, top_p=top_p,
                               repeat_penalty=repeat_penalty, seed=seed, system=system,
-                              **structured)
-        for piece in stream:
+                              cancel=cancel, **structured)
+        try:
+            for piece in stream:
+                if streaming and not as_json:
+                    click.echo(piece, nl=False)
+        except Cancelled:  # Ctrl-C, seen within one ubatch: exit 130 as for any Ctrl-C
             if streaming and not as_json:
-                click.echo(piece, nl=False)
+                click.echo()
+            raise KeyboardInterrupt from None
         answer = stream.answer
         if streaming and not as_json:
             click.echo()

@@ -3,9 +3,11 @@
 The model (not thread-safe) is only ever used by the worker thread. Requests are
 :class:`Job` s: :meth:`Worker.submit` admits one or raises :class:`QueueFull`; the thread
 takes jobs in arrival order and reports on each through its ``sink`` callback (the HTTP
-side turns those :class:`JobEvent` s into a response). Between tokens the thread checks
-the job's cancel flag, so a client that goes away or runs out of time frees the model
-within one token; breaking out of a ``LlavaEdge.stream`` leaves the instance usable.
+side turns those :class:`JobEvent` s into a response). Each job carries a
+:class:`~llava_edge.runtimes.cancel.Cancel` that the model watches, so a client that goes
+away or runs out of time frees the model within one vision-graph node, one llama.cpp
+ubatch of the prefill or one token, and the next job starts at once; the model's KV
+cache and prefix reuse stay consistent.
 
 No asyncio here: the sink is any callable, which keeps this module testable on its own.
 """
@@ -19,7 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal
 
-from llava_edge.errors import LlavaEdgeError
+from llava_edge.errors import Cancelled, LlavaEdgeError
+from llava_edge.runtimes.cancel import Cancel
 from llava_edge.runtimes.pipeline import LlavaEdge
 from llava_edge.runtimes.serve.openai_schema import ChatRequest
 
@@ -50,18 +53,20 @@ class Job:
     sink: Callable[[JobEvent], None]
     max_new_tokens: int
     stream_pieces: bool = False
-    cancel_event: threading.Event = field(default_factory=threading.Event)
-    cancel_reason: CancelReason | None = None
+    signal: Cancel = field(default_factory=Cancel)  # what the model watches
 
     def cancel(self, reason: CancelReason) -> None:
-        """Ask the worker to drop this job (at the next token, or before it starts)."""
-        if self.cancel_reason is None:
-            self.cancel_reason = reason
-        self.cancel_event.set()
+        """Ask the worker to drop this job (now if it runs, or before it starts); safe
+        from any thread."""
+        self.signal.cancel(reason)
+
+    @property
+    def cancel_reason(self) -> CancelReason | None:
+        return self.signal.reason  # type: ignore[return-value]
 
     @property
     def cancelled(self) -> bool:
-        return self.cancel_event.is_set()
+        return self.signal.cancelled
 
 
 class QueueFull(Exception):
@@ -203,7 +208,7 @@ class Worker:
             stream = self.model.stream_messages(
                 r.messages, r.images, max_new_tokens=job.max_new_tokens,
                 temperature=r.temperature, top_p=r.top_p, seed=r.seed, stop=r.stop,
-                json_schema=r.json_schema)
+                json_schema=r.json_schema, cancel=job.signal)
         except LlavaEdgeError as e:  # e.g. the prompt does not fit the context
             return "failed", JobEvent("error", error=e)
         _deliver(job, JobEvent("start"))
@@ -213,9 +218,11 @@ class Worker:
                 if job.stream_pieces:
                     _deliver(job, JobEvent("piece", text=piece))
                 while self._holding and not job.cancelled:
-                    job.cancel_event.wait(0.01)
+                    job.signal.wait(0.01)
                 if job.cancelled:
                     break
+        except Cancelled:  # stopped inside the model (vision, prefill or a token)
+            pass
         finally:
             pieces.close()  # ends decoding now; sets stream.answer
         if job.cancelled:
