@@ -25,6 +25,7 @@ openai = pytest.importorskip("openai")
 
 from llava_edge.runtimes.pipeline import LlavaEdge  # noqa: E402
 from llava_edge.runtimes.prompt import render  # noqa: E402
+from llava_edge.runtimes.remote_fetch import RemotePolicy  # noqa: E402
 from llava_edge.runtimes.serve.app import ServeConfig, create_app  # noqa: E402
 from llava_edge.runtimes.serve.openai_schema import ApiError, parse_chat_request  # noqa: E402
 from llava_edge.runtimes.serve.worker import Worker  # noqa: E402
@@ -438,7 +439,11 @@ def test_remote_images_are_fetched_only_when_allowed():
         with pytest.raises(ApiError) as e:
             parse_chat_request(raw, MODEL, MAX_PIXELS)
         assert e.value.code == "remote_image_refused"
-        chat = parse_chat_request(raw, MODEL, MAX_PIXELS, allow_remote_images=True)
+        # Loopback is refused unless allowed (tests/test_remote_fetch.py covers the policy).
+        with pytest.raises(ApiError, match="a loopback address"):
+            parse_chat_request(raw, MODEL, MAX_PIXELS, allow_remote_images=True)
+        chat = parse_chat_request(raw, MODEL, MAX_PIXELS, allow_remote_images=True,
+                                  remote_policy=RemotePolicy.from_allow_list(["127.0.0.1"]))
     finally:
         httpd.shutdown()
     assert len(chat.images) == 1 and chat.images[0].size == (80, 64)

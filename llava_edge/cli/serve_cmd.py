@@ -30,15 +30,25 @@ from llava_edge.cli.run_cmd import max_tiles_option, threads_option
               help="Refuse larger images (default: the runtime's limit, 64 M pixels).")
 @click.option("--allow-remote-images", is_flag=True,
               help="Fetch http(s) image URLs (refused by default: the server would make "
-                   "requests on a client's behalf).")
+                   "requests on a client's behalf). Only public addresses are fetched.")
+@click.option("--allow-remote-hosts", "allow_remote_hosts", multiple=True,
+              metavar="HOST[,HOST...]",
+              help="With --allow-remote-images, also fetch from these host names, IPs or "
+                   "CIDR networks, private or loopback ones included (repeatable).")
+@click.option("--max-remote-image-mb", default=32.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Largest remote image fetched.")
+@click.option("--remote-image-timeout", "remote_timeout_s", default=10.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a remote image fetch may take in all (redirects included).")
 @click.option("--vision-precision", default=None, help="Which vision graph of the bundle.")
 @click.option("--llm-quant", default=None, help="Which GGUF of the bundle.")
 @click.option("--n-ctx", type=int, default=None, help="Context length (default: bundle's).")
 @threads_option
 @max_tiles_option
 def serve(bundle, host, port, max_queue, api_key, model_name, timeout_s, max_body_mb,
-          max_image_pixels, allow_remote_images, vision_precision, llm_quant, n_ctx,
-          n_threads, max_tiles):
+          max_image_pixels, allow_remote_images, allow_remote_hosts, max_remote_image_mb,
+          remote_timeout_s, vision_precision, llm_quant, n_ctx, n_threads, max_tiles):
     """Serve BUNDLE with an OpenAI-compatible API: POST /v1/chat/completions (images as
     base64 data: URLs, streaming as server-sent events), GET /v1/models, GET /health.
 
@@ -53,6 +63,7 @@ def serve(bundle, host, port, max_queue, api_key, model_name, timeout_s, max_bod
     import uvicorn
 
     from llava_edge.runtimes.images import DEFAULT_MAX_PIXELS
+    from llava_edge.runtimes.remote_fetch import RemotePolicy
     from llava_edge.runtimes.serve.app import ServeConfig, create_app
     from llava_edge.runtimes.pipeline import LlavaEdge
     from llava_edge.runtimes.serve.worker import Worker
@@ -60,6 +71,15 @@ def serve(bundle, host, port, max_queue, api_key, model_name, timeout_s, max_bod
     if not _is_loopback(host) and api_key is None:
         click.echo(f"Warning: listening on {host} without --api-key: anyone who can reach "
                    "this port can use the model.", err=True)
+    try:
+        remote_policy = RemotePolicy.from_allow_list(
+            [h for spec in allow_remote_hosts for h in spec.split(",")],
+            max_bytes=int(max_remote_image_mb * 1024 * 1024), timeout_s=remote_timeout_s)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--allow-remote-hosts") from None
+    if allow_remote_hosts and not allow_remote_images:
+        click.echo("Warning: --allow-remote-hosts has no effect without "
+                   "--allow-remote-images.", err=True)
     max_pixels = max_image_pixels or DEFAULT_MAX_PIXELS
     model = LlavaEdge.load(bundle, vision_precision=vision_precision, llm_quant=llm_quant,
                            n_ctx=n_ctx, n_threads=n_threads, max_pixels=max_pixels,
@@ -67,7 +87,8 @@ def serve(bundle, host, port, max_queue, api_key, model_name, timeout_s, max_bod
     worker = Worker(model, max_queue=max_queue).start()
     config = ServeConfig(model_name=model_name or Path(bundle).resolve().name, api_key=api_key,
                          max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout_s,
-                         max_pixels=max_pixels, allow_remote_images=allow_remote_images)
+                         max_pixels=max_pixels, allow_remote_images=allow_remote_images,
+                         remote_policy=remote_policy)
     click.echo(f"serving '{config.model_name}' ({model.vision_precision} vision, "
                f"{model.llm_quant} LLM) on http://{host}:{port}/v1", err=True)
     try:

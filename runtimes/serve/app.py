@@ -7,7 +7,8 @@ open without the API key so that a load balancer can poll it).
 Every refusal is a 4xx/5xx with OpenAI's error body. A request is admitted to the
 worker's queue (or refused with 429 + Retry-After), then this side waits for the
 worker's events; while it waits it watches the deadline (504 and the job is cancelled)
-and the client (gone: the job is cancelled, so the model is free within one token).
+and the client (gone: the job is cancelled, so the model is free within one llama.cpp
+ubatch of a prefill, one vision-graph node or one token).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import hmac
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -26,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llava_edge.errors import LlavaEdgeError, PromptError, SamplingError
 from llava_edge.runtimes.images import DEFAULT_MAX_PIXELS
+from llava_edge.runtimes.remote_fetch import RemotePolicy
 from llava_edge.runtimes.serve.openai_schema import (ApiError, ChatRequest, FINISH_REASONS,
                                                       chunk_body, completion_body, error_body,
                                                       new_completion_id, parse_chat_request,
@@ -48,6 +50,8 @@ class ServeConfig:
     timeout_s: float = 300.0  # per request, from admission to the last token
     max_pixels: int = DEFAULT_MAX_PIXELS
     allow_remote_images: bool = False
+    # what a remote image fetch may reach and take (only with allow_remote_images)
+    remote_policy: RemotePolicy = field(default_factory=RemotePolicy)
 
 
 class _ClientGone(Exception):
@@ -99,7 +103,8 @@ def create_app(worker: Worker, config: ServeConfig) -> FastAPI:
         raw = await _read_body(request, config.max_body_bytes)
         # Decoding images is CPU work: keep it off the event loop.
         chat = await run_in_threadpool(parse_chat_request, raw, config.model_name,
-                                       config.max_pixels, config.allow_remote_images)
+                                       config.max_pixels, config.allow_remote_images,
+                                       config.remote_policy)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[JobEvent] = asyncio.Queue()
         job = Job(chat, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev),

@@ -5,9 +5,11 @@ Parsing is strict about what we use and lenient about what we ignore: a field we
 must have the right type and range (else :class:`ApiError`, a 4xx with an OpenAI-style
 error body), while fields we do not implement (``frequency_penalty``, ``logprobs``,
 ``user``, ...) are ignored, as OpenAI-compatible servers commonly do, so that stock
-clients work. Images come as ``image_url`` content parts holding base64 ``data:`` URLs;
-they are decoded here (with the pixel-limit guard of :func:`load_image`), so a bad image
-is refused before the request is queued. ``response_format`` (``text``, ``json_object``,
+clients work. Images come as ``image_url`` content parts holding base64 ``data:`` URLs
+(or, only with ``--allow-remote-images``, http(s) URLs fetched under a
+:class:`~llava_edge.runtimes.remote_fetch.RemotePolicy`); they are decoded here (with the
+pixel-limit guard of :func:`load_image`), so a bad image is refused before the request is
+queued. ``response_format`` (``text``, ``json_object``,
 ``json_schema``) constrains the answer with a grammar (:mod:`llava_edge.runtimes.structured`);
 its schema is converted here, so a bad one is a 400 naming ``response_format``.
 """
@@ -25,8 +27,9 @@ from typing import Any
 
 from PIL import Image
 
-from llava_edge.errors import ImageError, StructuredOutputError
+from llava_edge.errors import ImageError, RemoteFetchError, StructuredOutputError
 from llava_edge.runtimes.images import load_image
+from llava_edge.runtimes.remote_fetch import RemotePolicy, fetch_image_bytes
 from llava_edge.runtimes.structured import schema_gbnf
 
 MAX_STOP_STRINGS = 4  # as OpenAI
@@ -78,8 +81,12 @@ class ChatRequest:
 
 
 def parse_chat_request(raw: bytes, served_model: str, max_pixels: int,
-                       allow_remote_images: bool = False) -> ChatRequest:
-    """Parse and check a request body; raise :class:`ApiError` saying what is wrong."""
+                       allow_remote_images: bool = False,
+                       remote_policy: RemotePolicy | None = None) -> ChatRequest:
+    """Parse and check a request body; raise :class:`ApiError` saying what is wrong.
+
+    http(s) image URLs are refused unless ``allow_remote_images``; then they are fetched
+    under ``remote_policy`` (default: public addresses only, 32 MB, 10 s)."""
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -100,7 +107,8 @@ def parse_chat_request(raw: bytes, served_model: str, max_pixels: int,
     if n is not None and (not _is_int(n) or n != 1):
         raise ApiError(400, "only n=1 is supported", param="n", code="unsupported_value")
 
-    messages, images = _parse_messages(body.get("messages"), max_pixels, allow_remote_images)
+    remote = (remote_policy or RemotePolicy()) if allow_remote_images else None
+    messages, images = _parse_messages(body.get("messages"), max_pixels, remote)
     stream = _opt_bool(body, "stream", False)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
@@ -175,7 +183,7 @@ def _parse_response_format(spec: Any) -> dict | bool | None:
 
 
 def _parse_messages(messages: Any, max_pixels: int,
-                    allow_remote: bool) -> tuple[list[dict], list[Image.Image]]:
+                    remote: RemotePolicy | None) -> tuple[list[dict], list[Image.Image]]:
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty array", param="messages",
                        code="invalid_type" if messages is not None else
@@ -203,7 +211,7 @@ def _parse_messages(messages: Any, max_pixels: int,
                     content.append({"type": "text", "text": part["text"]})
                 else:
                     images.append(_image_from_part(part, f"{where}.content[{j}]", max_pixels,
-                                                   allow_remote))
+                                                   remote))
                     content.append({"type": "image"})
             out.append({"role": "user", "content": content})
         else:
@@ -241,18 +249,20 @@ def _content_parts(content: Any, where: str) -> list[dict]:
 
 
 def _image_from_part(part: dict, where: str, max_pixels: int,
-                     allow_remote: bool) -> Image.Image:
+                     remote: RemotePolicy | None) -> Image.Image:
+    """The image of an ``image_url`` part; ``remote`` is None when http(s) URLs are
+    refused."""
     spec = part.get("image_url")
     url = spec.get("url") if isinstance(spec, dict) else spec
     if not isinstance(url, str):
         raise ApiError(400, f"{where}.image_url.url must be a string",
                        param=f"{where}.image_url", code="invalid_type")
     if url.startswith(("http://", "https://")):
-        if not allow_remote:
+        if remote is None:
             raise ApiError(400, f"{where}: remote image URLs are refused by this server (send "
                            "a base64 data: URL, or start it with --allow-remote-images)",
                            param=f"{where}.image_url", code="remote_image_refused")
-        data = _fetch(url, where)
+        data = _fetch(url, where, remote)
     else:
         data = _decode_data_url(url, where)
     try:
@@ -262,25 +272,14 @@ def _image_from_part(part: dict, where: str, max_pixels: int,
                        code="invalid_image") from None
 
 
-REMOTE_MAX_BYTES = 32 * 1024 * 1024
-REMOTE_TIMEOUT_S = 10.0
-
-
-def _fetch(url: str, where: str) -> bytes:
-    """Download a remote image (only with --allow-remote-images), bounded in size and time."""
-    import urllib.error
-    import urllib.request
-
+def _fetch(url: str, where: str, policy: RemotePolicy) -> bytes:
+    """Download a remote image (only with --allow-remote-images) under ``policy``: public
+    addresses unless allowed, redirects re-checked, bounded in size and time."""
     try:
-        with urllib.request.urlopen(url, timeout=REMOTE_TIMEOUT_S) as r:  # noqa: S310 - opt-in
-            data = r.read(REMOTE_MAX_BYTES + 1)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise ApiError(400, f"{where}: could not fetch the image ({e})",
-                       param=f"{where}.image_url", code="invalid_image_url") from None
-    if len(data) > REMOTE_MAX_BYTES:
-        raise ApiError(400, f"{where}: the remote image is over {REMOTE_MAX_BYTES:,} bytes",
-                       param=f"{where}.image_url", code="invalid_image")
-    return data
+        return fetch_image_bytes(url, policy)
+    except RemoteFetchError as e:
+        raise ApiError(400, f"{where}: {e}", param=f"{where}.image_url",
+                       code="invalid_image_url") from None
 
 
 def _decode_data_url(url: str, where: str) -> bytes:
