@@ -44,7 +44,7 @@ from llava_edge.bundle import Bundle, open_bundle
 from llava_edge.cpu_features import vision_graph_warning
 from llava_edge.errors import PromptError
 from llava_edge.manifest import VisionGraph
-from llava_edge.runtimes.embed_cache import EmbeddingCache
+from llava_edge.runtimes.embed_cache import DEFAULT_EMBED_CACHE_MB, EmbeddingCache
 from llava_edge.runtimes.generation import Answer, Stream, Timings, _Holder, _Run
 from llava_edge.runtimes.image_embeds import encode_images, image_layout
 from llava_edge.runtimes.images import DEFAULT_MAX_PIXELS, ImageInput, load_image
@@ -94,7 +94,8 @@ class LlavaEdge:
 
     def __init__(self, bundle: Bundle, vision: VisionBackend, llm: LanguageBackend,
                  max_pixels: int = DEFAULT_MAX_PIXELS, reuse_prefix: bool = True,
-                 embed_cache_size: int = 16, max_tiles: int | None = None):
+                 embed_cache_size: int = 16, max_tiles: int | None = None,
+                 embed_cache_mb: float | None = DEFAULT_EMBED_CACHE_MB):
         self.bundle = bundle
         self.vision = vision
         self.llm = llm
@@ -111,7 +112,9 @@ class LlavaEdge:
         self.stop = m.prompt.stop
         # Reuse (module docstring); both may be changed between requests.
         self.reuse_prefix = reuse_prefix
-        self.embed_cache = EmbeddingCache(embed_cache_size)
+        self.embed_cache = EmbeddingCache(
+            embed_cache_size,
+            None if embed_cache_mb is None else int(embed_cache_mb * 1024 * 1024))
         self._kv = KVPrefix()
         self._lock = threading.Lock()
         self._holder: _Holder | None = None  # the request holding the lock
@@ -125,13 +128,16 @@ class LlavaEdge:
              providers: str | None = "auto",
              verify: str = "hash", max_pixels: int = DEFAULT_MAX_PIXELS,
              verbose: bool = False, reuse_prefix: bool = True,
-             embed_cache_size: int = 16, max_tiles: int | None = None) -> "LlavaEdge":
+             embed_cache_size: int = 16, max_tiles: int | None = None,
+             embed_cache_mb: float | None = DEFAULT_EMBED_CACHE_MB) -> "LlavaEdge":
         """Open and check ``bundle``, then load its vision graph and language model.
 
         ``repack``: llama.cpp's load-time weight repacking (faster decode; slower prefill
         and more memory on some CPUs, see :class:`LlamaCppLM`);
         ``reuse_prefix``: keep the KV cache's common prefix between requests;
         ``embed_cache_size``: images whose embeddings are kept (0: none);
+        ``embed_cache_mb``: and at most this many MiB of them (None: no byte bound), as
+        an image's embeddings take from ~2 to ~47 MB depending on the model and tiling;
         ``max_tiles``: LLaVA-NeXT bundles only, at most this many views per image (the
         base view included; None: as transformers tiles), fewer image positions and a
         faster first token for less detail.
@@ -149,7 +155,8 @@ class LlavaEdge:
                          n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, repack=repack,
                          verbose=verbose)
         model = cls(b, vision, llm, max_pixels=max_pixels, reuse_prefix=reuse_prefix,
-                    embed_cache_size=embed_cache_size, max_tiles=max_tiles)
+                    embed_cache_size=embed_cache_size, max_tiles=max_tiles,
+                    embed_cache_mb=embed_cache_mb)
         model.vision_precision, model.llm_quant = v.precision, lm.quant
         return model
 

@@ -7,6 +7,7 @@ import ipaddress
 import click
 
 from llava_edge.cli.run_cmd import max_tiles_option, threads_option
+from llava_edge.runtimes.embed_cache import DEFAULT_EMBED_CACHE_MB
 
 
 @click.command()
@@ -17,6 +18,14 @@ from llava_edge.cli.run_cmd import max_tiles_option, threads_option
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--max-queue", default=16, show_default=True, type=click.IntRange(0),
               help="Requests that may wait behind the running one; more get 429.")
+@click.option("--max-queue-image-mb", default=1024.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Decoded images (width x height x 3 bytes each) that waiting and running "
+                   "requests may hold in all; a request that would go over gets 429, one "
+                   "over it alone 413.")
+@click.option("--embed-cache-mb", default=DEFAULT_EMBED_CACHE_MB, show_default=True,
+              type=click.FloatRange(min=0),
+              help="Image embeddings kept for reuse, at most this many MiB (0: none).")
 @click.option("--api-key", default=None, envvar="LLAVA_EDGE_API_KEY",
               help="Require 'Authorization: Bearer KEY' on /v1/* (env LLAVA_EDGE_API_KEY).")
 @click.option("--model-name", default=None,
@@ -46,8 +55,8 @@ from llava_edge.cli.run_cmd import max_tiles_option, threads_option
 @click.option("--n-ctx", type=int, default=None, help="Context length (default: bundle's).")
 @threads_option
 @max_tiles_option
-def serve(bundle, host, port, max_queue, api_key, model_name, timeout_s, max_body_mb,
-          max_image_pixels, allow_remote_images, allow_remote_hosts, max_remote_image_mb,
+def serve(bundle, host, port, max_queue, max_queue_image_mb, embed_cache_mb, api_key,
+          model_name, timeout_s, max_body_mb, max_image_pixels, allow_remote_images, allow_remote_hosts, max_remote_image_mb,
           remote_timeout_s, vision_precision, llm_quant, n_ctx, n_threads, max_tiles):
     """Serve BUNDLE with an OpenAI-compatible API: POST /v1/chat/completions (images as
     base64 data: URLs, streaming as server-sent events), GET /v1/models, GET /health.
@@ -83,8 +92,9 @@ def serve(bundle, host, port, max_queue, api_key, model_name, timeout_s, max_bod
     max_pixels = max_image_pixels or DEFAULT_MAX_PIXELS
     model = LlavaEdge.load(bundle, vision_precision=vision_precision, llm_quant=llm_quant,
                            n_ctx=n_ctx, n_threads=n_threads, max_pixels=max_pixels,
-                           max_tiles=max_tiles)
-    worker = Worker(model, max_queue=max_queue).start()
+                           max_tiles=max_tiles, embed_cache_mb=embed_cache_mb)
+    worker = Worker(model, max_queue=max_queue,
+                    max_image_bytes=int(max_queue_image_mb * 1024 * 1024)).start()
     config = ServeConfig(model_name=model_name or Path(bundle).resolve().name, api_key=api_key,
                          max_body_bytes=int(max_body_mb * 1024 * 1024), timeout_s=timeout_s,
                          max_pixels=max_pixels, allow_remote_images=allow_remote_images,

@@ -1,14 +1,16 @@
 """The HTTP side of ``llava-edge serve``: an OpenAI-compatible FastAPI app.
 
 Routes: ``POST /v1/chat/completions`` (JSON, or server-sent events with ``stream: true``),
-``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health`` (queue depth and counters;
-open without the API key so that a load balancer can poll it).
+``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health`` (queue depth, queued image
+bytes, the embedding cache's entries and bytes, each with its limit, and counters; open
+without the API key so that a load balancer can poll it).
 
 Every refusal is a 4xx/5xx with OpenAI's error body. A request is admitted to the
-worker's queue (or refused with 429 + Retry-After), then this side waits for the
-worker's events; while it waits it watches the deadline (504 and the job is cancelled)
-and the client (gone: the job is cancelled, so the model is free within one llama.cpp
-ubatch of a prefill, one vision-graph node or one token).
+worker's queue (or refused: 429 + Retry-After when the queue is full in requests or in
+image bytes, 413 when its images alone are over the byte bound), then this side waits
+for the worker's events; while it waits it watches the deadline (504 and the job is
+cancelled) and the client (gone: the job is cancelled, so the model is free within one
+llama.cpp ubatch of a prefill, one vision-graph node or one token).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from llava_edge.runtimes.serve.openai_schema import (ApiError, ChatRequest, FINI
                                                       chunk_body, completion_body, error_body,
                                                       new_completion_id, parse_chat_request,
                                                       usage)
-from llava_edge.runtimes.serve.worker import Job, JobEvent, QueueFull, Worker
+from llava_edge.runtimes.serve.worker import (ImagesTooLarge, Job, JobEvent, QueueFull,
+                                              Worker)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,8 @@ def create_app(worker: Worker, config: ServeConfig) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": config.model_name, **asdict(worker.stats())}
+        return {"status": "ok", "model": config.model_name, **asdict(worker.stats()),
+                "embed_cache": worker.model.embed_cache.stats()}
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
@@ -115,6 +119,9 @@ def create_app(worker: Worker, config: ServeConfig) -> FastAPI:
         except QueueFull as e:
             raise ApiError(429, f"the server is busy ({e})", type="rate_limit_error",
                            code="queue_full", headers={"Retry-After": str(e.retry_after_s)})
+        except ImagesTooLarge as e:
+            raise ApiError(413, f"{e} (--max-queue-image-mb)", param="messages",
+                           code="images_too_large")
         waiter = _Waiter(job, events, request, loop.time() + config.timeout_s)
         try:
             _raise_for(await waiter.next())  # start, or why not

@@ -9,6 +9,12 @@ away or runs out of time frees the model within one vision-graph node, one llama
 ubatch of the prefill or one token, and the next job starts at once; the model's KV
 cache and prefix reuse stay consistent.
 
+Memory is bounded twice: ``max_queue`` jobs may wait, and the decoded images of the jobs
+admitted and not yet finished (waiting or running) may take ``max_image_bytes`` in all
+(width x height x 3 each). A job's bytes are held from :meth:`Worker.submit` until the
+worker thread is done with it, however it ends (answered, failed, timed out, cancelled:
+a cancelled job that still waits is dropped when its turn comes, like its queue slot).
+
 No asyncio here: the sink is any callable, which keeps this module testable on its own.
 """
 
@@ -54,6 +60,12 @@ class Job:
     max_new_tokens: int
     stream_pieces: bool = False
     signal: Cancel = field(default_factory=Cancel)  # what the model watches
+    held_image_bytes: int = 0  # counted in WorkerStats.queue_image_bytes until it ends
+
+    @property
+    def image_bytes(self) -> int:
+        """What the request's decoded images take: width x height x 3 (RGB) each."""
+        return sum(im.width * im.height * 3 for im in self.request.images)
 
     def cancel(self, reason: CancelReason) -> None:
         """Ask the worker to drop this job (now if it runs, or before it starts); safe
@@ -70,12 +82,24 @@ class Job:
 
 
 class QueueFull(Exception):
-    """The queue holds ``max_queue`` jobs already; ``retry_after_s`` is a guess at when
-    there will be room."""
+    """The queue holds ``max_queue`` jobs already, or the job's images would take the
+    queue over ``max_image_bytes``; ``retry_after_s`` is a guess at when there will be
+    room."""
 
-    def __init__(self, retry_after_s: int):
-        super().__init__(f"the queue is full; retry in about {retry_after_s} s")
+    def __init__(self, retry_after_s: int, what: str = "the queue is full"):
+        super().__init__(f"{what}; retry in about {retry_after_s} s")
         self.retry_after_s = retry_after_s
+
+
+class ImagesTooLarge(Exception):
+    """The job's images alone take more than ``max_image_bytes``: it can never be
+    admitted, so retrying is pointless."""
+
+    def __init__(self, image_bytes: int, max_image_bytes: int):
+        super().__init__(f"the request's decoded images take {image_bytes:,} bytes, over "
+                         f"the server's limit of {max_image_bytes:,} bytes for the images "
+                         "of queued and running requests")
+        self.image_bytes, self.max_image_bytes = image_bytes, max_image_bytes
 
 
 @dataclass
@@ -85,8 +109,11 @@ class WorkerStats:
     busy: bool = False
     queue_depth: int = 0  # admitted, not started
     max_queue: int = 0
+    queue_image_bytes: int = 0  # decoded images of the jobs waiting or running
+    max_queue_image_bytes: int | None = None  # None: no byte bound
     accepted: int = 0
-    rejected: int = 0  # queue full (429)
+    rejected: int = 0  # queue full, by count or by image bytes (429)
+    rejected_too_large: int = 0  # images over the whole byte bound (413)
     completed: int = 0
     cancelled: int = 0  # the client went away
     timed_out: int = 0
@@ -95,16 +122,21 @@ class WorkerStats:
 
 class Worker:
     """Runs ``model`` on one thread for jobs taken FIFO from a queue of ``max_queue``
-    waiting jobs (the running one is not counted)."""
+    waiting jobs (the running one is not counted), whose images, the running job's
+    included, take at most ``max_image_bytes`` (None: no such bound)."""
 
-    def __init__(self, model: LlavaEdge, max_queue: int = 16):
+    def __init__(self, model: LlavaEdge, max_queue: int = 16,
+                 max_image_bytes: int | None = None):
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
+        if max_image_bytes is not None and max_image_bytes < 0:
+            raise ValueError("max_image_bytes must be >= 0 or None")
         self.model = model
         self.max_queue = max_queue
+        self.max_image_bytes = max_image_bytes
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._stats = WorkerStats(max_queue=max_queue)
+        self._stats = WorkerStats(max_queue=max_queue, max_queue_image_bytes=max_image_bytes)
         self._mean_job_s = 1.0  # running mean, for Retry-After
         self._current: Job | None = None
         # Test hooks (see pause / hold_tokens): paused while _taking is clear, holding
@@ -125,16 +157,30 @@ class Worker:
         return self
 
     def submit(self, job: Job) -> None:
-        """Admit ``job`` at the back of the queue, or raise :class:`QueueFull`."""
+        """Admit ``job`` at the back of the queue, or raise :class:`QueueFull` (try again
+        later) or :class:`ImagesTooLarge` (never fits)."""
+        nbytes = job.image_bytes
         with self._lock:
             s = self._stats
+            limit = self.max_image_bytes
+            if limit is not None and nbytes > limit:
+                s.rejected_too_large += 1
+                raise ImagesTooLarge(nbytes, limit)
+            retry_s = max(1, round(self._mean_job_s * (s.queue_depth + 1)))
             # Full: max_queue jobs wait already, and none of them is about to be taken
             # by an idle worker (which is what lets max_queue=0 mean "no waiting").
             if s.queue_depth >= self.max_queue and (s.busy or s.queue_depth > 0):
                 s.rejected += 1
-                raise QueueFull(max(1, round(self._mean_job_s * (s.queue_depth + 1))))
+                raise QueueFull(retry_s)
+            # Fits once the jobs ahead are done (alone it fits, checked above).
+            if limit is not None and s.queue_image_bytes + nbytes > limit:
+                s.rejected += 1
+                raise QueueFull(retry_s, "the images of queued and running requests would "
+                                         "go over the server's limit for them")
             s.queue_depth += 1
+            s.queue_image_bytes += nbytes
             s.accepted += 1
+        job.held_image_bytes = nbytes
         self._queue.put(job)
 
     def stats(self) -> WorkerStats:
@@ -194,6 +240,8 @@ class Worker:
             with self._lock:
                 s = self._stats
                 setattr(s, outcome, getattr(s, outcome) + 1)
+                s.queue_image_bytes -= job.held_image_bytes  # every way a job ends
+                job.held_image_bytes = 0
                 s.busy = False
                 self._current = None
                 self._mean_job_s = 0.8 * self._mean_job_s + 0.2 * (time.monotonic() - start)
