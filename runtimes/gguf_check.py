@@ -50,6 +50,7 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 # Arrays longer than this (token lists, merges) are summarised, not kept in memory.
 _MAX_KEPT_ARRAY = 64
+_MAX_ARRAY_DEPTH = 8  # arrays of arrays (llama.cpp's own files have none)
 # Upper bounds that no real model reaches; beyond them the header is garbage.
 _MAX_COUNT = 1 << 24
 _MAX_DIMS = 4
@@ -109,6 +110,7 @@ class _Reader:
 
     def __init__(self, buf, path: Path):
         self.buf, self.path, self.pos = buf, path, 0
+        self.depth = 0  # arrays being read, one inside the other
 
     def _need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > len(self.buf):
@@ -145,17 +147,28 @@ class _Reader:
         if vtype == _STRING:
             return self.string(what)
         if vtype == _ARRAY:
-            item_type = self.unpack("<I", what)
-            count = self.unpack("<Q", what)
-            if count > len(self.buf):
-                raise GGUFFormatError(
-                    f"{self.path}: corrupt GGUF header: {what} claims {count} items")
-            if count > _MAX_KEPT_ARRAY:
-                self._skip_items(item_type, count, what)
-                return ArraySummary(item_type, count)
-            return [self.value(item_type, what) for _ in range(count)]
+            # Arrays of arrays recurse: bounded here, not by Python's stack.
+            if self.depth >= _MAX_ARRAY_DEPTH:
+                raise GGUFFormatError(f"{self.path}: corrupt GGUF header: {what} nests "
+                                      f"arrays over {_MAX_ARRAY_DEPTH} deep")
+            self.depth += 1
+            try:
+                return self._array(what)
+            finally:
+                self.depth -= 1
         raise GGUFFormatError(f"{self.path}: corrupt GGUF header: {what} has unknown "
                               f"value type {vtype}")
+
+    def _array(self, what: str):
+        item_type = self.unpack("<I", what)
+        count = self.unpack("<Q", what)
+        if count > len(self.buf):
+            raise GGUFFormatError(
+                f"{self.path}: corrupt GGUF header: {what} claims {count} items")
+        if count > _MAX_KEPT_ARRAY:
+            self._skip_items(item_type, count, what)
+            return ArraySummary(item_type, count)
+        return [self.value(item_type, what) for _ in range(count)]
 
     def _skip_items(self, item_type: int, count: int, what: str) -> None:
         if item_type in _SCALARS:

@@ -61,12 +61,49 @@ def user_message(prompt: str, n_images: int) -> dict:
             "content": [{"type": "image"}] * n_images + [{"type": "text", "text": prompt}]}
 
 
+def check_messages(messages: object) -> None:
+    """Raise :class:`PromptError` naming the first message that is not in the Hugging
+    Face shape: ``{"role": str, "content": str | [{"type": "text", "text": str} |
+    {"type": "image"}, ...]}``. Templates assume that shape; without this check a
+    malformed list would fail inside Jinja with a TypeError or render garbage."""
+    if not isinstance(messages, (list, tuple)):
+        raise PromptError(f"messages must be a list, not {type(messages).__name__}")
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise PromptError(f"{where} must be a dict, not {type(m).__name__}")
+        if not isinstance(m.get("role"), str) or not m["role"]:
+            raise PromptError(f"{where}.role must be a non-empty string")
+        content = m.get("content")
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, (list, tuple)):
+            raise PromptError(f"{where}.content must be a string or a list of parts")
+        for j, part in enumerate(content):
+            ok = isinstance(part, dict) and (
+                part.get("type") == "image"
+                or (part.get("type") == "text" and isinstance(part.get("text"), str)))
+            if not ok:
+                raise PromptError(f"{where}.content[{j}] must be {{'type': 'image'}} or "
+                                  "{'type': 'text', 'text': str}")
+
+
 def render(template: str, messages: list[dict], special_tokens: dict[str, str],
            add_generation_prompt: bool = True) -> str:
-    """Render ``messages`` with the chat ``template`` as transformers would."""
-    return _compile(template).render(messages=messages,
-                                     add_generation_prompt=add_generation_prompt,
-                                     **special_tokens)
+    """Render ``messages`` with the chat ``template`` as transformers would. A message
+    list of the wrong shape, or one the template refuses (``raise_exception``, e.g. roles
+    that do not alternate), is a :class:`PromptError`."""
+    import jinja2
+
+    check_messages(messages)
+    try:
+        return _compile(template).render(messages=messages,
+                                         add_generation_prompt=add_generation_prompt,
+                                         **special_tokens)
+    except jinja2.exceptions.TemplateError as e:  # raise_exception, undefined, syntax
+        raise PromptError(f"the chat template refused the messages: {e}") from None
+    except (TypeError, ValueError) as e:  # a custom template meeting unexpected values
+        raise PromptError(f"the chat template failed on the messages: {e}") from None
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,9 @@ from llava_edge.runtimes.embed_cache import DEFAULT_EMBED_CACHE_MB
 @threads_option
 @max_tiles_option
 def serve(bundle, host, port, max_queue, max_queue_image_mb, embed_cache_mb, api_key,
-          model_name, timeout_s, max_body_mb, max_image_pixels, allow_remote_images, allow_remote_hosts, max_remote_image_mb,
-          remote_timeout_s, vision_precision, llm_quant, n_ctx, n_threads, max_tiles):
+          model_name, timeout_s, max_body_mb, max_image_pixels, allow_remote_images,
+          allow_remote_hosts, max_remote_image_mb, remote_timeout_s, vision_precision,
+          llm_quant, n_ctx, n_threads, max_tiles):
     """Serve BUNDLE with an OpenAI-compatible API: POST /v1/chat/completions (images as
     base64 data: URLs, streaming as server-sent events), GET /v1/models, GET /health.
 

@@ -194,7 +194,8 @@ def _parse_messages(messages: Any, max_pixels: int,
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
             raise ApiError(400, f"{where} must be an object", param=where, code="invalid_type")
-        role = _ROLES.get(msg.get("role"))  # type: ignore[arg-type]
+        role = msg.get("role")
+        role = _ROLES.get(role) if isinstance(role, str) else None
         if role is None:
             raise ApiError(400, f"{where}.role must be one of system, developer, user, "
                            f"assistant (got {msg.get('role')!r})", param=f"{where}.role",
