@@ -208,14 +208,19 @@ def trained_checkpoint(tiny_checkpoint, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a model this small only loses time to thread sync
     try:
-        for _ in range(60):
+        # Until the answers are learnt, not a fixed step count: 60 steps reached loss < 0.2
+        # on the CPUs of earlier sessions but ended at 0.26 on an AVX-512/AMX Xeon (other
+        # float rounding in torch's kernels sends AdamW down another path).
+        for _ in range(300):
             loss = model(**batch, labels=labels).loss
+            if loss.item() < 0.1:
+                break
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     finally:
         torch.set_num_threads(threads)
-    assert loss.item() < 0.2
+    assert loss.item() < 0.1
     model.eval()
     out = tmp_path_factory.mktemp("trained") / "tiny-trained"
     model.save_pretrained(out)
