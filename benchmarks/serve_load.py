@@ -198,18 +198,29 @@ def sample_rss(pid: int, t0: float, stop: threading.Event, out: list, every_s: f
         stop.wait(every_s)
 
 
+def scene(seed: int, width: int = 320, height: int = 240) -> Image.Image:
+    """A synthetic scene: a coloured square (a quarter of the short side) on grey."""
+    rng = np.random.default_rng(seed)
+    arr = np.full((height, width, 3), 235, np.uint8)
+    side = max(1, min(width, height) // 4)
+    y, x = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
+    arr[y:y + side, x:x + side] = rng.integers(0, 256, 3)
+    return Image.fromarray(arr)
+
+
+def encode_image(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
 def scene_urls(n: int) -> list[str]:
-    """``n`` small synthetic scenes (a coloured square on grey) as PNG data URLs."""
-    urls = []
-    for seed in range(n):
-        rng = np.random.default_rng(seed)
-        arr = np.full((240, 320, 3), 235, np.uint8)
-        y, x = rng.integers(0, 180), rng.integers(0, 260)
-        arr[y:y + 60, x:x + 60] = rng.integers(0, 256, 3)
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, "PNG")
-        urls.append("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode())
-    return urls
+    """``n`` synthetic 320 x 240 scenes as PNG data URLs."""
+    return [data_url(encode_image(scene(seed))) for seed in range(n)]
 
 
 # -- analysis -------------------------------------------------------------------------------

@@ -162,6 +162,7 @@ def test_data_shapes_and_check(tmp_path, capsys):
 # -- the benchmarks' commands ---------------------------------------------------------------
 
 BENCH_COMMANDS = [("bench",), ("bench-vision",), ("bench-reuse",), ("bench-serve-load",),
+                  ("bench-soak",),
                   ("bench-quick",), ("bench-int8-schemes", "prepare"),
                   ("bench-int8-schemes", "measure"), ("data", "shapes-mc")]
 
@@ -177,6 +178,7 @@ def test_every_entry_point_is_a_command_with_help(capsys, path):
 @pytest.mark.parametrize("args, message", [
     (["bench-vision"], "give one of --preset and --checkpoint"),
     (["bench-serve-load"], "give one of --preset and --bundle"),
+    (["bench-soak"], "give one of --preset and --bundle"),
     (["bench-vision", "--preset", "tiny", "--batches", "1,x"], "--batches: give positive"),
     (["bench-vision", "--preset", "tiny", "--precisions", "int3"], "unknown precision 'int3'"),
     (["bench-vision", "--preset", "huge"], "unknown preset 'huge'"),

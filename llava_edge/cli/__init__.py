@@ -70,7 +70,8 @@ def _register_commands() -> None:
     from llava_edge.cli import bench_suite_cmd
 
     for command in (bench_suite_cmd.bench_vision, bench_suite_cmd.bench_reuse,
-                    bench_suite_cmd.bench_serve_load, bench_suite_cmd.bench_quick,
+                    bench_suite_cmd.bench_serve_load, bench_suite_cmd.bench_soak,
+                    bench_suite_cmd.bench_quick,
                     bench_suite_cmd.bench_int8_schemes, bench_suite_cmd.bench_tiling,
                     bench_suite_cmd.bench_loop):
         cli.add_command(command)

@@ -1,5 +1,5 @@
 """The benchmarks beside ``llava-edge bench``: ``bench-vision``, ``bench-reuse``,
-``bench-serve-load``, ``bench-quick`` and ``bench-int8-schemes prepare|measure``.
+``bench-serve-load``, ``bench-soak``, ``bench-quick`` and ``bench-int8-schemes prepare|measure``.
 
 Each is a thin shell over its module in :mod:`llava_edge.benchmarks` (the options in,
 the function called). They are top-level commands rather than subcommands of ``bench``:
@@ -170,6 +170,64 @@ def bench_serve_load(bundle, preset, work_dir, clients, duration, max_tokens, st
         out=out, command=command_line(click.get_current_context())))
     if not result["summary"]["passed"]:
         raise LlavaEdgeError("the load test failed a check (see the summary above)")
+
+
+@click.command("bench-soak")
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A bundle directory to serve.")
+@click.option("--preset", default=None, metavar="NAME",
+              help="Build this preset (random weights) in --work-dir and serve it.")
+@click.option("--work-dir", type=_PATH, default=Path(tempfile.gettempdir())
+              / "llava-edge-soak", show_default=True,
+              help="Where --preset is built (and reused).")
+@click.option("--duration", default=1800.0, show_default=True,
+              type=click.FloatRange(0, min_open=True), help="Seconds of traffic.")
+@click.option("--clients", default=6, show_default=True, type=click.IntRange(1),
+              help="Concurrent clients (more than the queue holds, so some get 429).")
+@click.option("--max-queue", default=2, show_default=True, type=click.IntRange(0))
+@click.option("--max-tokens", default=24, show_default=True, type=click.IntRange(1),
+              help="Each valid request asks for 1 to this many tokens.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1),
+              help="Server CPU threads.")
+@click.option("--server-timeout", default=20.0, show_default=True,
+              type=click.FloatRange(0, min_open=True), help="The server's --timeout.")
+@click.option("--embed-cache-mb", default=None, type=click.FloatRange(0),
+              help="The server's --embed-cache-mb (default: four images' embeddings, so "
+                   "that the cache evicts by bytes).")
+@click.option("--request-timeout", default=120.0, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="A request with no answer after this is counted as hung.")
+@click.option("--warmup", default=None, type=click.FloatRange(0),
+              help="Seconds before the memory baseline (default: a tenth of --duration).")
+@click.option("--window", default=60.0, show_default=True,
+              type=click.FloatRange(0, min_open=True),
+              help="Seconds per row of the over-time table.")
+@click.option("--out", type=_PATH, default=None,
+              help="Results folder (default: benchmarks/results/soak-<preset>-<date>).")
+def bench_soak(bundle, preset, work_dir, duration, clients, max_queue, max_tokens, threads,
+               server_timeout, embed_cache_mb, request_timeout, warmup, window, out):
+    """Soak test for `llava-edge serve`: mixed traffic (images of many sizes and formats,
+    streamed or not, remote images from a loopback server, client cancels, bad requests)
+    from more clients than the queue holds, for --duration seconds. Checks that nothing
+    was lost, hung or answered with an unexpected status, that the server's counters
+    agree, and that its memory and open descriptors stay flat after the warm-up; records
+    latency percentiles over time. Exits 1 when a check fails.
+
+    \b
+    llava-edge bench-soak --preset tiny --duration 1800
+    llava-edge bench-soak --bundle path/to/bundle --duration 600 --clients 4
+    """
+    from llava_edge.benchmarks.soak import SoakOptions, run_soak
+
+    _one_of(preset, bundle, "--bundle")
+    result = run_soak(SoakOptions(
+        bundle=bundle, preset=preset, work_dir=work_dir, duration=duration, clients=clients,
+        max_queue=max_queue, max_tokens=max_tokens, threads=threads,
+        server_timeout=server_timeout, embed_cache_mb=embed_cache_mb,
+        request_timeout=request_timeout, warmup=warmup, window=window, out=out,
+        command=command_line(click.get_current_context())))
+    if not result["summary"]["passed"]:
+        raise LlavaEdgeError("the soak test failed a check (see the summary above)")
 
 
 @click.command("bench-quick")
