@@ -502,8 +502,8 @@ def run_soak(args: SoakOptions) -> dict:
     from llava_edge.benchmarks.build import ensure_bundle
 
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    bundle = (Path(args.bundle) if args.bundle else
-              ensure_bundle(args.preset, args.work_dir, purpose="bench-soak (building a preset)")[1])
+    bundle = (Path(args.bundle) if args.bundle else ensure_bundle(
+        args.preset, args.work_dir, purpose="bench-soak (building a preset)")[1])
     manifest = open_bundle(bundle, verify="size").manifest
     preset = args.preset or manifest.source.preset or bundle.name
     port, key = free_port(), "soak-test-key"
