@@ -216,7 +216,7 @@ def run_loop_bench(preset: str = "tiny", bundle: Path | None = None,
                      "max_fps": max_fps},
            "machine": machine_info(threads or os.cpu_count()), "versions": versions(),
            "scenarios": [asdict(s) for s in SCENARIOS], "runs": []}
-    with LlavaEdge.load(bundle, n_threads=threads, **load) as model:
+    with LlavaEdge.load(bundle, n_threads=threads, tune=False, **load) as model:
         res["vision_precision"], res["llm_quant"] = model.vision_precision, model.llm_quant
         res["n_vocab"] = model.llm.n_vocab
         with FrameSource(video, realtime=False) as warm:  # allocate buffers, load pages

@@ -135,7 +135,8 @@ class LlavaEdgeRunner:
             for name in entry.files:
                 self.files[name] = bundle.file(name).stat().st_size
             self.model = LlavaEdge.load(job.bundle, vision_precision=vision, llm_quant=quant,
-                                        n_ctx=job.n_ctx, verify="none", **llm_kwargs, **reuse)
+                                        n_ctx=job.n_ctx, verify="none", tune=False,
+                                        **llm_kwargs, **reuse)
 
     def _torch_vision(self, job: Job) -> _TorchVision:
         import torch

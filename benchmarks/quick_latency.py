@@ -27,7 +27,7 @@ def measure(bundle: str, image: str, prompt: str, repeats: int, n_threads: int |
             # (those are measured by benchmarks/reuse_bench.py).
             with LlavaEdge.load(bundle, vision_precision=v.precision, llm_quant=lm.quant,
                                 n_threads=n_threads, verify="none", reuse_prefix=False,
-                                embed_cache_size=0) as model:
+                                embed_cache_size=0, tune=False) as model:
                 model.ask(image, prompt, max_new_tokens=max_new_tokens)  # warm-up
                 runs = [model.ask(image, prompt, max_new_tokens=max_new_tokens)
                         for _ in range(repeats)]

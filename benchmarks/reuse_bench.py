@@ -215,7 +215,7 @@ def run_reuse_bench(preset: str = "tiny", bundle: Path | None = None,
            "max_new_tokens": max_new_tokens, "n_threads": threads,
            "command": command, "machine": machine(), "versions": versions()}
     n, r = max_new_tokens, repeats
-    with LlavaEdge.load(bundle, n_threads=threads, **load) as model:
+    with LlavaEdge.load(bundle, n_threads=threads, tune=False, **load) as model:
         res["vision_precision"], res["llm_quant"] = model.vision_precision, model.llm_quant
         res["n_image_tokens"] = model.n_image_tokens
         same_frame(model, 1, n, 900)  # warm-up: first calls allocate buffers

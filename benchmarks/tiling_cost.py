@@ -55,7 +55,7 @@ def measure(bundle: str, max_tiles: list[int | None], repeats: int, n_threads: i
     for limit in max_tiles:
         with LlavaEdge.load(bundle, vision_precision=vision_precision, llm_quant=llm_quant,
                             n_threads=n_threads, verify="none", reuse_prefix=False,
-                            embed_cache_size=0, max_tiles=limit) as model:
+                            embed_cache_size=0, max_tiles=limit, tune=False) as model:
             if model.bundle.manifest.anyres is None:
                 raise LlavaEdgeError(f"{bundle} is not a LLaVA-NeXT bundle (no tiling)")
             for i, (name, size) in enumerate(IMAGE_SIZES.items()):

@@ -118,6 +118,9 @@ class BundleChoice:
     vision_precisions: list[str]        # all the bundle holds
     llm_quants: list[str]
     graph_warnings: dict[str, str] = field(default_factory=dict)  # file -> warning
+    tune_profile: str | None = None     # the `llava-edge tune` profile load() applies
+    tune_note: str = ""                 # which profile applies, or why none does
+    tuned_settings: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -381,13 +384,20 @@ def probe_cuda() -> CudaInfo | None:
 
 
 def bundle_choice(path: str | Path, cpu: CpuInfo, providers: list[str]) -> BundleChoice:
-    """What ``LlavaEdge.load(path)`` picks: the manifest's default graph and GGUF."""
+    """What ``LlavaEdge.load(path)`` picks: the graph and GGUF of this machine's tune
+    profile for the bundle if there is one, else the manifest's defaults."""
     from llava_edge.bundle import open_bundle
+    from llava_edge.runtimes.tune.profile import lookup
 
     b = open_bundle(path, verify="size")  # sizes only: hashing GBs is load's job, not ours
-    v, lm = b.vision_entry(None), b.llm_entry(None)
+    found = lookup(b.path)
+    tuned = found.profile.settings if found.profile else None
+    v = b.vision_entry(tuned.vision_precision if tuned else None)
+    lm = b.llm_entry(tuned.llm_quant if tuned else None)
     warnings = {e.file: w for e in b.manifest.vision if (w := vision_graph_warning(e, cpu))}
     return BundleChoice(path=str(path), vision_file=v.file, vision_precision=v.precision,
                         llm_file=lm.file, llm_quant=lm.quant, providers=list(providers),
                         vision_precisions=b.vision_precisions, llm_quants=b.llm_quants,
-                        graph_warnings=warnings)
+                        graph_warnings=warnings,
+                        tune_profile=str(found.path) if found.path else None,
+                        tune_note=found.note, tuned_settings=tuned.chosen() if tuned else {})

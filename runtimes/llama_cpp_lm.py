@@ -59,7 +59,8 @@ class LlamaCppLM:
     holds its own copy of most weights and the mapped file's pages would count a second
     time (tinyllava-1.1b Q4_K_M, repacked: peak RSS 824 MB read against 1280 MB mapped,
     same prefill and decode speed within the noise). llama.cpp's log is silenced unless
-    ``verbose`` (the log callback is process-wide).
+    ``verbose`` (the log callback is process-wide). ``n_threads`` decodes,
+    ``n_threads_batch`` (default: ``n_threads``) evaluates batches (the prefill).
 
     :attr:`cancel`: while set to a :class:`~llava_edge.runtimes.cancel.Cancel`, an
     evaluation stops within one ubatch of the signal (llama.cpp's abort callback) and
@@ -69,7 +70,8 @@ class LlamaCppLM:
     def __init__(self, gguf_path: str | os.PathLike, n_ctx: int = DEFAULT_N_CTX,
                  n_threads: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
                  n_gpu_layers: int = 0, flash_attn: bool = False, repack: bool = True,
-                 mmap: bool | None = None, verbose: bool = False):
+                 mmap: bool | None = None, verbose: bool = False,
+                 n_threads_batch: int | None = None):
         if n_ctx < 1 or n_batch < 1 or (n_ubatch is not None and n_ubatch < 1):
             raise LlamaCppError(f"n_ctx, n_batch and n_ubatch must be positive "
                                 f"(got {n_ctx}, {n_batch}, {n_ubatch})")
@@ -100,7 +102,7 @@ class LlamaCppLM:
         threads = n_threads or max(1, os.cpu_count() or 1)
         set_fields(ctx_params, n_ctx=n_ctx, n_batch=n_batch,
                     n_ubatch=min(n_batch, n_ubatch or 512), n_seq_max=1, n_threads=threads,
-                    n_threads_batch=threads, no_perf=not verbose,
+                    n_threads_batch=n_threads_batch or threads, no_perf=not verbose,
                     flash_attn_type=(llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
                                      else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED))
         with capture_llama_log(verbose=verbose) as log:

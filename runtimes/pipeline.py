@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
@@ -118,22 +119,34 @@ class LlavaEdge:
         self._kv = KVPrefix()
         self._lock = threading.Lock()
         self._holder: _Holder | None = None  # the request holding the lock
+        self.settings = None  # RuntimeSettings used by load(); tune_note: which profile
+        self.tune_note: str | None = None
         self._holder_thread: int | None = None
 
     @classmethod
     def load(cls, bundle: str | Path, vision_precision: str | None = None,
              llm_quant: str | None = None, n_threads: int | None = None,
              n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
-             n_gpu_layers: int = 0, flash_attn: bool = False, repack: bool = True,
-             providers: str | None = "auto",
+             n_gpu_layers: int = 0, flash_attn: bool | None = None,
+             repack: bool | None = None, providers: str | None = "auto",
              verify: str = "hash", max_pixels: int = DEFAULT_MAX_PIXELS,
              verbose: bool = False, reuse_prefix: bool = True,
              embed_cache_size: int = 16, max_tiles: int | None = None,
-             embed_cache_mb: float | None = DEFAULT_EMBED_CACHE_MB) -> "LlavaEdge":
+             embed_cache_mb: float | None = DEFAULT_EMBED_CACHE_MB,
+             n_threads_batch: int | None = None, vision_threads: int | None = None,
+             tune: bool | str | Path = True) -> "LlavaEdge":
         """Open and check ``bundle``, then load its vision graph and language model.
 
-        ``repack``: llama.cpp's load-time weight repacking (faster decode; slower prefill
-        and more memory on some CPUs, see :class:`LlamaCppLM`);
+        ``tune``: use the profile ``llava-edge tune`` made for this bundle on this machine
+        (True: look it up; a path: that profile file; False: none). Its settings fill in
+        every one of ``vision_precision``, ``llm_quant``, ``vision_threads``,
+        ``n_threads``, ``n_threads_batch``, ``repack``, ``flash_attn`` and ``n_ubatch``
+        left at None; :attr:`settings` says what was used and :attr:`tune_note` why.
+        ``n_threads``: every stage's threads (default: all cores); ``n_threads_batch``
+        (llama.cpp's prefill) and ``vision_threads`` (ONNX Runtime) override it per stage;
+        ``repack``: llama.cpp's load-time weight repacking (default on: faster decode;
+        slower prefill and more memory on some CPUs, see :class:`LlamaCppLM`);
+        ``flash_attn``: default off;
         ``reuse_prefix``: keep the KV cache's common prefix between requests;
         ``embed_cache_size``: images whose embeddings are kept (0: none);
         ``embed_cache_mb``: and at most this many MiB of them (None: no byte bound), as
@@ -145,19 +158,31 @@ class LlavaEdge:
         from llava_edge.runtimes.llama_cpp_lm import LlamaCppLM
         from llava_edge.runtimes.vision_onnx import OnnxVisionEncoder
 
+        from llava_edge.runtimes.tune.profile import RuntimeSettings, find_profile, resolve
+
         b = open_bundle(bundle, verify=verify)
-        v = b.vision_entry(vision_precision)
-        lm = b.llm_entry(llm_quant)
+        explicit = RuntimeSettings(
+            vision_precision=vision_precision, llm_quant=llm_quant,
+            vision_threads=vision_threads or n_threads, n_threads=n_threads,
+            n_threads_batch=n_threads_batch or n_threads, repack=repack,
+            flash_attn=flash_attn, n_ubatch=n_ubatch)
+        profile, note = find_profile(b.path, tune)
+        s = resolve(explicit, profile)
+        v = b.vision_entry(s.vision_precision)
+        lm = b.llm_entry(s.llm_quant)
         _warn_once_if_unsafe(b.file(v.file), v)
-        vision = OnnxVisionEncoder(b.file(v.file), providers=providers, n_threads=n_threads)
+        vision = OnnxVisionEncoder(b.file(v.file), providers=providers,
+                                   n_threads=s.vision_threads)
         llm = LlamaCppLM(b.file(lm.file), n_ctx=n_ctx or b.manifest.prompt.n_ctx,
-                         n_threads=n_threads, n_batch=n_batch, n_ubatch=n_ubatch,
-                         n_gpu_layers=n_gpu_layers, flash_attn=flash_attn, repack=repack,
-                         verbose=verbose)
+                         n_threads=s.n_threads, n_threads_batch=s.n_threads_batch,
+                         n_batch=n_batch, n_ubatch=s.n_ubatch, n_gpu_layers=n_gpu_layers,
+                         flash_attn=s.flash_attn, repack=s.repack, verbose=verbose)
         model = cls(b, vision, llm, max_pixels=max_pixels, reuse_prefix=reuse_prefix,
                     embed_cache_size=embed_cache_size, max_tiles=max_tiles,
                     embed_cache_mb=embed_cache_mb)
         model.vision_precision, model.llm_quant = v.precision, lm.quant
+        model.settings = replace(s, vision_precision=v.precision, llm_quant=lm.quant)
+        model.tune_note = note
         return model
 
     # -- images -------------------------------------------------------------------------

@@ -11,6 +11,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# `llava-edge tune` profiles: a folder of the session's own, so that a profile made on
+# this machine by hand never changes what a test measures (tests/test_tune.py sets its own).
+if "LLAVA_EDGE_TUNE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["LLAVA_EDGE_TUNE_DIR"] = tempfile.mkdtemp(prefix="llava-edge-tune-")
 
 
 def _is_local(address) -> bool:

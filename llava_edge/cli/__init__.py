@@ -81,6 +81,9 @@ def _register_commands() -> None:
     from llava_edge.cli import doctor_cmd
 
     cli.add_command(doctor_cmd.doctor)
+    from llava_edge.cli import tune_cmd
+
+    cli.add_command(tune_cmd.tune)
 
 
 _register_commands()

@@ -11,7 +11,7 @@ import click
 
 from llava_edge.cli.common import json_option, sampling_options
 from llava_edge.cli.interrupt import cancel_on_sigint
-from llava_edge.cli.run_cmd import max_tiles_option
+from llava_edge.cli.run_cmd import max_tiles_option, tune_option
 from llava_edge.errors import Cancelled, LlavaEdgeError
 from llava_edge.runtimes.cancel import Cancel
 
@@ -33,9 +33,11 @@ HELP = ("commands: /image PATH (attach an image to your next message), /reset (f
               help="CPU threads (default: all cores).")
 @click.option("--stats", is_flag=True, help="After each answer, print its timings to stderr.")
 @max_tiles_option
+@tune_option
 @json_option
 def chat(bundle, images, system, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
-         seed, vision_precision, llm_quant, n_ctx, n_threads, stats, max_tiles, as_json):
+         seed, vision_precision, llm_quant, n_ctx, n_threads, stats, max_tiles, use_tune,
+         as_json):
     """Chat with BUNDLE: type a message, get a streamed answer; the conversation is kept.
 
     \b
@@ -51,7 +53,8 @@ def chat(bundle, images, system, max_new_tokens, temperature, top_k, top_p, repe
     from llava_edge.runtimes.pipeline import LlavaEdge
 
     with LlavaEdge.load(bundle, vision_precision=vision_precision, llm_quant=llm_quant,
-                        n_ctx=n_ctx, n_threads=n_threads, max_tiles=max_tiles) as model:
+                        n_ctx=n_ctx, n_threads=n_threads, max_tiles=max_tiles,
+                        tune=use_tune) as model:
         session = model.chat(system=system, max_new_tokens=max_new_tokens,
                              temperature=temperature, top_k=top_k, top_p=top_p,
                              repeat_penalty=repeat_penalty, seed=seed)

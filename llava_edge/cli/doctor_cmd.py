@@ -64,6 +64,7 @@ def _print(r: DoctorReport) -> None:
                                f"{_short(b.providers)}, LLM {b.llm_file} ({b.llm_quant}); it "
                                f"holds vision {', '.join(b.vision_precisions)} and LLM "
                                f"{', '.join(b.llm_quants)}"))
+        rows.append(("tuning", b.tune_note))
     rows.append(("warnings", str(len(r.warnings)) if r.warnings else "none"))
     width = max(len(k) for k, _ in rows)
     for k, val in rows:

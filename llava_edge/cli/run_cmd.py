@@ -11,6 +11,10 @@ from llava_edge.cli.common import (emit_json, json_option, sampling_options,
 
 threads_option = click.option("--threads", "n_threads", type=int, default=None,
                               help="CPU threads (default: all cores).")
+tune_option = click.option(
+    "--tune/--no-tune", "use_tune", default=True, show_default=True,
+    help="Use the settings `llava-edge tune` measured for this bundle on this machine, if "
+         "any (explicit flags still win).")
 max_tiles_option = click.option(
     "--max-tiles", type=click.IntRange(min=1), default=None,
     help="LLaVA-NeXT bundles: at most N views per image, the base view included (fewer "
@@ -53,13 +57,14 @@ def _check_reference(reference_checkpoint, **backends) -> None:
 @click.option("--stream", "streaming", is_flag=True, help="Print the answer as it is decoded.")
 @max_tiles_option
 @threads_option
+@tune_option
 @reference_option
 @vision_backend_option
 @llm_backend_option
 @json_option
 def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
         seed, structured, system, vision_precision, llm_quant, n_ctx, streaming, max_tiles,
-        n_threads, reference_checkpoint, vision_backend, llm_backend, as_json):
+        n_threads, use_tune, reference_checkpoint, vision_backend, llm_backend, as_json):
     """Answer PROMPT about the image(s) with BUNDLE."""
     from llava_edge.cli.interrupt import cancel_on_sigint
     from llava_edge.errors import Cancelled
@@ -78,7 +83,7 @@ def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repea
     else:
         loaded = LlavaEdge.load(bundle, vision_precision=vision_precision,
                                 llm_quant=llm_quant, n_ctx=n_ctx, n_threads=n_threads,
-                                max_tiles=max_tiles)
+                                max_tiles=max_tiles, tune=use_tune)
     cancel = Cancel()
     with loaded as model, cancel_on_sigint(cancel):
         stream = model.stream(list(images), prompt, max_new_tokens=max_new_tokens,

@@ -6,7 +6,7 @@ import ipaddress
 
 import click
 
-from llava_edge.cli.run_cmd import max_tiles_option, threads_option
+from llava_edge.cli.run_cmd import max_tiles_option, threads_option, tune_option
 from llava_edge.runtimes.embed_cache import DEFAULT_EMBED_CACHE_MB
 
 
@@ -54,11 +54,12 @@ from llava_edge.runtimes.embed_cache import DEFAULT_EMBED_CACHE_MB
 @click.option("--llm-quant", default=None, help="Which GGUF of the bundle.")
 @click.option("--n-ctx", type=int, default=None, help="Context length (default: bundle's).")
 @threads_option
+@tune_option
 @max_tiles_option
 def serve(bundle, host, port, max_queue, max_queue_image_mb, embed_cache_mb, api_key,
           model_name, timeout_s, max_body_mb, max_image_pixels, allow_remote_images,
           allow_remote_hosts, max_remote_image_mb, remote_timeout_s, vision_precision,
-          llm_quant, n_ctx, n_threads, max_tiles):
+          llm_quant, n_ctx, n_threads, use_tune, max_tiles):
     """Serve BUNDLE with an OpenAI-compatible API: POST /v1/chat/completions (images as
     base64 data: URLs, streaming as server-sent events), GET /v1/models, GET /health.
 
@@ -93,7 +94,8 @@ def serve(bundle, host, port, max_queue, max_queue_image_mb, embed_cache_mb, api
     max_pixels = max_image_pixels or DEFAULT_MAX_PIXELS
     model = LlavaEdge.load(bundle, vision_precision=vision_precision, llm_quant=llm_quant,
                            n_ctx=n_ctx, n_threads=n_threads, max_pixels=max_pixels,
-                           max_tiles=max_tiles, embed_cache_mb=embed_cache_mb)
+                           max_tiles=max_tiles, embed_cache_mb=embed_cache_mb,
+                           tune=use_tune)
     worker = Worker(model, max_queue=max_queue,
                     max_image_bytes=int(max_queue_image_mb * 1024 * 1024)).start()
     config = ServeConfig(model_name=model_name or Path(bundle).resolve().name, api_key=api_key,

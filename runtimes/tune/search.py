@@ -1,0 +1,257 @@
+"""The search behind ``llava-edge tune``: coordinate descent over the runtime settings.
+
+Start from the defaults (the manifest's graph and GGUF, every core, repacking on, flash
+attention off, ``n_ubatch`` 512) and measure them. Then, one setting at a time, in an
+order that puts the largest effects first (the graph/GGUF pair, then threads, repacking,
+flash attention, ``n_ubatch``), try each other value with the others at the best so far,
+and keep a value only when it beats the best by more than ``tolerance`` (measurement
+noise must not pick settings). Each candidate runs in a fresh process
+(:mod:`.measure`): a warm-up request, then ``repeats`` rounds of two cold requests.
+
+Fidelity is part of the choice. A graph/GGUF pair is eligible only if the bundle's export
+gates passed for both (vision ``passed``, the GGUF's logit parity ``ok`` where it was
+measured); it is measured first with the default settings, and those greedy tokens are
+its reference. Any other setting is eligible only if it gives exactly the reference tokens
+of its pair: a faster setting that changes an answer is not taken.
+
+Objectives (smaller is better): ``first-token`` (median ms to the first token),
+``decode`` (ms per generated token), ``answer`` (first token + ``answer_tokens`` tokens),
+``memory`` (peak RSS, among candidates whose first token is within
+``max_first_token_ms``). Settings that cannot move an objective are not searched for it
+(decode threads for the first token; vision and prefill threads for decode).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from llava_edge.bundle import open_bundle
+from llava_edge.cpu_features import this_cpu
+from llava_edge.errors import LlavaEdgeError
+from llava_edge.runtimes.tune.profile import (DEFAULTS, RuntimeSettings, TuneProfile,
+                                              bundle_key, machine_description)
+
+OBJECTIVES = ("first-token", "decode", "answer", "memory")
+# Settings searched per objective, in order (the pair first: the others are then compared
+# against its reference tokens).
+_DIMS = {
+    "first-token": ("pair", "n_threads_batch", "vision_threads", "repack", "flash_attn",
+                    "n_ubatch"),
+    "decode": ("pair", "n_threads", "repack", "flash_attn"),
+    "answer": ("pair", "n_threads_batch", "n_threads", "vision_threads", "repack",
+               "flash_attn", "n_ubatch"),
+    "memory": ("pair", "repack", "n_ubatch", "n_threads_batch", "vision_threads",
+               "n_threads", "flash_attn"),
+}
+
+
+class TuneError(LlavaEdgeError):
+    """Tuning could not measure the defaults (so there is nothing to compare with)."""
+
+
+@dataclass
+class TuneOptions:
+    """What ``llava-edge tune`` runs."""
+
+    bundle: Path
+    objective: str = "first-token"
+    budget_s: float = 600.0
+    repeats: int = 3
+    max_new_tokens: int = 32
+    answer_tokens: int = 64            # objective "answer"
+    max_first_token_ms: float | None = None  # objective "memory": the latency bound
+    threads: tuple[int, ...] | None = None   # values tried per thread setting (1..cores)
+    ubatch: tuple[int, ...] = (128, 256, 512)
+    dims: tuple[str, ...] | None = None      # only these settings (default: per objective)
+    tolerance: float = 0.03
+    candidate_timeout_s: float = 900.0
+    command: str = "llava-edge tune"
+
+
+@dataclass
+class Candidate:
+    settings: RuntimeSettings
+    changed: str                 # the setting this candidate tried ("defaults" first)
+    figures: dict | None = None
+    error: str | None = None
+    eligible: bool = False
+    why: str = ""                # the fidelity verdict, or why it was not measured
+    score: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["settings"] = self.settings.chosen()
+        if self.figures:
+            d["figures"] = {k: v for k, v in self.figures.items() if k != "tokens"}
+        return d
+
+
+Measure = Callable[[Path, dict, "TuneOptions"], dict]
+
+
+def measure_in_subprocess(bundle: Path, settings: dict, opts: TuneOptions) -> dict:
+    """Run :mod:`.measure` in a fresh Python; its JSON result, or {"error": ...}."""
+    spec = json.dumps({"bundle": str(bundle), "settings": settings, "repeats": opts.repeats,
+                       "max_new_tokens": opts.max_new_tokens})
+    try:
+        proc = subprocess.run([sys.executable, "-m", "llava_edge.runtimes.tune.measure", spec],
+                              capture_output=True, text=True, timeout=opts.candidate_timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within {opts.candidate_timeout_s:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"the measurement exited with {proc.returncode}: {tail}"}
+    return json.loads(lines[-1])
+
+
+def score(figures: dict, opts: TuneOptions) -> float:
+    """The objective's value (smaller is better); inf when it cannot be computed."""
+    inf = float("inf")
+    per_token = figures.get("ms_per_token")
+    if opts.objective == "first-token":
+        return figures["first_token_ms"]
+    if opts.objective == "decode":
+        return per_token if per_token is not None else inf
+    if opts.objective == "answer":
+        return figures["first_token_ms"] + opts.answer_tokens * (per_token or 0.0)
+    bound = opts.max_first_token_ms
+    if bound is not None and figures["first_token_ms"] > bound:
+        return inf
+    return figures["peak_rss_mb"]
+
+
+def eligible_pairs(manifest) -> list[tuple[tuple[str, str], str]]:
+    """The (vision precision, GGUF quant) pairs whose export gates passed, default first,
+    each with the reason; and the refused ones, so the report can say why."""
+    llm_parity = manifest.parity.get("llm", {}) or {}
+    default = (manifest.vision_entry().precision, manifest.llm_entry().quant)
+    out = []
+    for v in manifest.vision:
+        for lm in manifest.llm:
+            why = []
+            if v.passed is False:
+                why.append(f"vision {v.precision} missed its parity gate")
+            gguf = llm_parity.get(lm.quant)
+            if isinstance(gguf, dict) and gguf.get("ok") is False:
+                why.append(f"{lm.quant} missed its logit parity")
+            out.append(((v.precision, lm.quant), "; ".join(why)))
+    out.sort(key=lambda p: p[0] != default)
+    return out
+
+
+def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
+         progress: Callable[[int, int], None] | None = None,
+         log: Callable[[str], None] | None = None) -> TuneProfile:
+    """Measure, search, and return the profile (not saved: see ``save_profile``)."""
+    if opts.objective not in OBJECTIVES:
+        raise TuneError(f"unknown objective {opts.objective!r} (choose from {OBJECTIVES})")
+    if opts.objective == "memory" and opts.max_first_token_ms is None:
+        raise TuneError("objective 'memory' needs a first-token bound (--max-first-token-ms)")
+    bundle = open_bundle(opts.bundle, verify="size")
+    m = bundle.manifest
+    cores = this_cpu().cores
+    threads = opts.threads or tuple(range(1, cores + 1))
+    dims = opts.dims or _DIMS[opts.objective]
+    pairs = eligible_pairs(m)
+    values = {"pair": [p for p, _ in pairs[1:]],
+              "n_threads_batch": threads, "n_threads": threads, "vision_threads": threads,
+              "repack": (True, False), "flash_attn": (False, True), "n_ubatch": opts.ubatch}
+    base = replace(DEFAULTS, vision_precision=pairs[0][0][0], llm_quant=pairs[0][0][1],
+                   vision_threads=cores, n_threads=cores, n_threads_batch=cores)
+    # the defaults, then each value but the current one of every setting
+    planned = 1 + sum(len(values[d]) - (d != "pair") for d in dims)
+    started = time.monotonic()
+    history: list[Candidate] = []
+    refs: dict[tuple[str, str], list] = {}
+    say = log or (lambda _line: None)
+
+    def run(settings: RuntimeSettings, changed: str, reference: bool,
+            refused: str = "") -> Candidate:
+        c = Candidate(settings, changed)
+        history.append(c)
+        elapsed = time.monotonic() - started
+        last = max((h.seconds for h in history), default=0.0)
+        if refused:
+            c.why = f"not measured: {refused}"
+        elif len(history) > 1 and elapsed + last > opts.budget_s:
+            c.why = f"not measured: the budget ({opts.budget_s:.0f} s) would be spent"
+        else:
+            t0 = time.monotonic()
+            result = measure(Path(opts.bundle), settings.chosen(), opts)
+            c.seconds = time.monotonic() - t0
+            if "error" in result:
+                c.error = c.why = result["error"]
+            else:
+                c.figures, c.score = result, score(result, opts)
+                pair = (settings.vision_precision, settings.llm_quant)
+                if reference:
+                    refs[pair] = result["tokens"]
+                    c.eligible, c.why = True, "reference tokens of its pair (export gates passed)"
+                elif result["tokens"] == refs.get(pair):
+                    c.eligible, c.why = True, "same greedy tokens as its pair's reference"
+                else:
+                    c.why = "greedy tokens differ from its pair's reference: not eligible"
+        if progress:
+            progress(len(history), planned)
+        say(_line(c, opts))
+        return c
+
+    best = run(base, "defaults", reference=True)
+    if best.figures is None:
+        raise TuneError(f"{opts.bundle}: the default settings could not be measured "
+                        f"({best.error or best.why})")
+    defaults = best
+    refusals = dict(pairs)
+    for dim in dims:
+        for value in values[dim]:
+            if dim == "pair":
+                settings = replace(best.settings, vision_precision=value[0], llm_quant=value[1])
+                c = run(settings, f"pair={value[0]}+{value[1]}", reference=True,
+                        refused=refusals.get(value, ""))
+            else:
+                settings = replace(best.settings, **{dim: value})
+                if any(h.settings == settings for h in history):
+                    continue  # measured already (the best so far, or a value tried before)
+                c = run(settings, f"{dim}={value}", reference=False)
+            if c.eligible and c.score is not None and \
+                    c.score < best.score * (1 - opts.tolerance):
+                best = c
+    figures = {"defaults": _summary(defaults), "tuned": _summary(best),
+               "objective_defaults": defaults.score, "objective_tuned": best.score,
+               "ratio": (best.score / defaults.score) if defaults.score else None,
+               "search_s": time.monotonic() - started, "measured": sum(
+                   1 for h in history if h.figures is not None), "planned": planned}
+    return TuneProfile(
+        machine=machine_description(), bundle=bundle_key(opts.bundle),
+        bundle_path=str(Path(opts.bundle).resolve()), settings=best.settings,
+        objective=opts.objective, figures=figures,
+        candidates=[h.to_dict() for h in history],
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        command=opts.command)
+
+
+def _summary(c: Candidate) -> dict:
+    f = c.figures or {}
+    return {"settings": c.settings.chosen(), **{k: f.get(k) for k in (
+        "first_token_ms", "vision_ms", "prefill_ms", "ms_per_token", "decode_tokens_per_s",
+        "peak_rss_mb", "load_s")}}
+
+
+def _line(c: Candidate, opts: TuneOptions) -> str:
+    if c.figures is None:
+        return f"{c.changed:<28} {c.why}"
+    f = c.figures
+    per = f"{f['ms_per_token']:.1f}" if f.get("ms_per_token") else "n/a"
+    mark = "" if c.eligible else "  (" + c.why + ")"
+    return (f"{c.changed:<28} first token {f['first_token_ms']:8.1f} ms  "
+            f"{per:>6} ms/token  peak {f['peak_rss_mb']:7.1f} MB  "
+            f"[{opts.objective} {c.score:.1f}]{mark}")

@@ -1,0 +1,204 @@
+"""`llava-edge tune`: the search (with a stand-in measurement, to test its rules), the
+profile (written, applied by LlavaEdge.load, ignored for another machine or bundle), and
+one real run on the tiny bundle (measurements in subprocesses, as users run it)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import pytest
+
+from llava_edge.cli import run
+from llava_edge.runtimes.pipeline import LlavaEdge
+from llava_edge.runtimes.tune.profile import (DEFAULTS, RuntimeSettings, TuneProfile,
+                                              TuneProfileError, bundle_key, lookup,
+                                              machine_description, resolve, save_profile)
+from llava_edge.runtimes.tune.search import TuneError, TuneOptions, eligible_pairs, tune
+
+
+@pytest.fixture
+def tune_dir(tmp_path, monkeypatch):
+    d = tmp_path / "profiles"
+    monkeypatch.setenv("LLAVA_EDGE_TUNE_DIR", str(d))
+    return d
+
+
+def test_explicit_settings_win_over_the_profile_which_wins_over_defaults():
+    profile = TuneProfile(machine={}, bundle="b", bundle_path="p", objective="first-token",
+                          settings=RuntimeSettings(flash_attn=True, n_ubatch=128, n_threads=1))
+    s = resolve(RuntimeSettings(n_ubatch=256), profile)
+    assert (s.flash_attn, s.n_ubatch, s.n_threads, s.repack) == (True, 256, 1, DEFAULTS.repack)
+    assert resolve(RuntimeSettings(), None) == DEFAULTS
+
+
+# -- the search's rules, with a stand-in measurement ----------------------------------------
+
+def fake_measure(table):
+    """A measurement from a table: settings -> (first token ms, tokens); ms/token 10."""
+    calls = []
+
+    def measure(bundle, settings, opts):
+        calls.append(settings)
+        s = RuntimeSettings(**settings)
+        ms, tokens = table(s)
+        return {"first_token_ms": ms, "ms_per_token": 10.0, "peak_rss_mb": 100.0 + ms / 10,
+                "vision_ms": 1.0, "prefill_ms": ms - 1, "decode_tokens_per_s": 100.0,
+                "load_s": 0.1, "tokens": tokens}
+    measure.calls = calls
+    return measure
+
+
+def test_a_faster_setting_that_changes_the_answer_is_not_taken(tiny_bundle, tune_dir):
+    def table(s):
+        if s.flash_attn:  # fastest, but another answer
+            return 50.0, [[1, 2, 3], [9]]
+        if s.n_ubatch == 128:  # faster, same answer
+            return 80.0, [[1, 2, 3], [4]]
+        return 100.0, [[1, 2, 3], [4]]
+
+    measure = fake_measure(table)
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("flash_attn", "n_ubatch")), measure=measure)
+    assert p.settings.flash_attn is False and p.settings.n_ubatch == 128
+    verdicts = {c["changed"]: (c["eligible"], c["why"]) for c in p.candidates}
+    assert verdicts["flash_attn=True"][0] is False
+    assert "differ" in verdicts["flash_attn=True"][1]
+    assert p.figures["objective_defaults"] == 100.0 and p.figures["objective_tuned"] == 80.0
+
+
+def test_noise_does_not_pick_a_setting_and_pairs_follow_their_gates(tiny_bundle, tune_dir):
+    def table(s):  # every pair is its own reference; int8 is 2% faster: under tolerance
+        return (98.0 if s.vision_precision == "int8" else 100.0), [[s.llm_quant == "F16"]]
+
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("pair",)), measure=fake_measure(table))
+    assert (p.settings.vision_precision, p.settings.llm_quant) == ("fp32", "F16")
+    assert len(p.candidates) == 4  # defaults + the 3 other pairs, all eligible here
+    assert all(c["eligible"] for c in p.candidates)
+
+
+def test_a_pair_that_missed_its_gate_is_never_measured(tiny_bundle):
+    from llava_edge.bundle import open_bundle
+
+    m = open_bundle(tiny_bundle, verify="size").manifest
+    failed = replace(m, vision=tuple(replace(v, passed=False) if v.precision == "int8" else v
+                                     for v in m.vision))
+    reasons = dict(eligible_pairs(failed))
+    assert reasons[("int8", "F16")] == "vision int8 missed its parity gate"
+    assert reasons[("fp32", "F16")] == "" and next(iter(reasons)) == ("fp32", "F16")
+
+
+def test_the_budget_stops_the_search(tiny_bundle, tune_dir):
+    measure = fake_measure(lambda s: (100.0, [[1]]))
+    p = tune(TuneOptions(bundle=tiny_bundle, budget_s=1e-9, dims=("n_ubatch",)), measure=measure)
+    assert len(measure.calls) == 1  # the defaults only
+    assert all("budget" in c["why"] for c in p.candidates[1:])
+
+
+def test_objectives_need_what_they_need(tiny_bundle):
+    with pytest.raises(TuneError, match="max-first-token-ms"):
+        tune(TuneOptions(bundle=tiny_bundle, objective="memory"), measure=fake_measure(None))
+    failing = {"error": "boom"}
+    with pytest.raises(TuneError, match="could not be measured"):
+        tune(TuneOptions(bundle=tiny_bundle), measure=lambda *a: failing)
+
+
+# -- profiles ----------------------------------------------------------------------------
+
+
+def _profile(bundle, **settings):
+    return TuneProfile(machine=machine_description(), bundle=bundle_key(bundle),
+                       bundle_path=str(bundle), objective="first-token",
+                       settings=RuntimeSettings(**settings))
+
+
+def test_load_applies_this_machines_profile_and_flags_override_it(tiny_bundle, tune_dir):
+    path = save_profile(_profile(tiny_bundle, vision_precision="int8", llm_quant="Q4_K_M",
+                                 n_threads=1, n_threads_batch=1, flash_attn=True,
+                                 n_ubatch=128))
+    assert path.parent.parent == tune_dir
+    with LlavaEdge.load(tiny_bundle) as model:
+        s = model.settings
+        assert (s.vision_precision, s.llm_quant, s.flash_attn, s.n_ubatch) == \
+            ("int8", "Q4_K_M", True, 128)
+        assert str(path) in model.tune_note
+        assert model.ask(None, "Hello", max_new_tokens=2).n_tokens >= 1
+    with LlavaEdge.load(tiny_bundle, flash_attn=False, llm_quant="F16", n_threads=2) as model:
+        s = model.settings
+        assert (s.vision_precision, s.llm_quant, s.flash_attn, s.n_threads,
+                s.n_threads_batch, s.vision_threads) == ("int8", "F16", False, 2, 2, 2)
+    with LlavaEdge.load(tiny_bundle, tune=False) as model:
+        assert model.settings.vision_precision == "fp32" and model.settings.flash_attn is False
+    with LlavaEdge.load(tiny_bundle, tune=path) as model:  # named explicitly
+        assert model.settings.n_ubatch == 128
+
+
+def test_a_profile_for_another_machine_or_bundle_is_ignored(tiny_bundle, tmp_path, tune_dir,
+                                                            caplog):
+    other = _profile(tiny_bundle, flash_attn=True)
+    other.machine = {**other.machine, "cpu_model": "Some Other CPU", "cores": 64}
+    path = save_profile(other)
+    found = lookup(tiny_bundle)
+    assert found.profile is None and "other machines" in found.note
+    assert "Some Other CPU" in found.note
+    with caplog.at_level("WARNING"):
+        with LlavaEdge.load(tiny_bundle) as model:
+            assert model.settings.flash_attn is False
+    assert "other machines" in caplog.text
+    with pytest.raises(TuneProfileError, match="another machine"):
+        LlavaEdge.load(tiny_bundle, tune=path)
+    # the same bundle exported again is another bundle (its manifest differs)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["created"] = "2000-01-01T00:00:00+00:00"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    mine = save_profile(_profile(tiny_bundle, n_ubatch=256))
+    assert lookup(copy).profile is None and lookup(tiny_bundle).path == mine
+    with pytest.raises(TuneProfileError, match="another bundle"):
+        LlavaEdge.load(copy, tune=mine, verify="size")
+
+
+def test_an_unreadable_profile_is_ignored_by_lookup_and_refused_by_name(tiny_bundle, tune_dir):
+    path = save_profile(_profile(tiny_bundle, n_ubatch=256))
+    path.write_text("{not json")
+    assert lookup(tiny_bundle).profile is None
+    with pytest.raises(TuneProfileError, match="not a usable tune profile"):
+        LlavaEdge.load(tiny_bundle, tune=path)
+
+
+# -- the real thing ----------------------------------------------------------------------
+
+
+def test_tune_on_tiny_writes_a_profile_that_run_and_doctor_use(tiny_bundle, tune_dir, capsys):
+    assert run(["tune", str(tiny_bundle), "--settings", "pair,n_ubatch", "--ubatch", "64",
+                "--repeats", "1", "--max-new-tokens", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["profile"] and out["machine"] == machine_description()
+    changed = [c["changed"] for c in out["candidates"]]
+    assert changed[0] == "defaults" and "n_ubatch=64" in changed and len(changed) == 5
+    measured = [c for c in out["candidates"] if c["figures"]]
+    assert len(measured) == 5
+    for c in measured:
+        f = c["figures"]
+        assert f["first_token_ms"] > 0 and f["peak_rss_mb"] > 0 and f["n_requests"] == 2
+    # every pair is its own reference; n_ubatch=64 must match fp32+F16's tokens to count
+    assert all(c["eligible"] for c in measured if c["changed"].startswith(("pair", "def")))
+    found = lookup(tiny_bundle)
+    assert str(found.path) == out["profile"]
+    assert found.profile.settings.chosen() == out["settings"]
+    assert run(["doctor", str(tiny_bundle)]) == 0
+    assert f"tuned profile {out['profile']}" in capsys.readouterr().out
+    with LlavaEdge.load(tiny_bundle) as model:
+        assert model.settings.chosen().items() >= out["settings"].items()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--objective", "memory"], "needs a first-token bound"),
+    (["--settings", "warp_drive"], "unknown setting(s) ['warp_drive']"),
+    (["--threads", "0"], "give positive integers"),
+])
+def test_tune_refuses_bad_input(tiny_bundle, tune_dir, capsys, args, message):
+    assert run(["tune", str(tiny_bundle), *args]) != 0
+    assert message in capsys.readouterr().err
+    assert not tune_dir.exists()
