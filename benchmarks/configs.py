@@ -48,11 +48,14 @@ class Config:
     # The bundle's default pair (its `export --int4` choice): every ratio is taken
     # against it. Not part of equality: the same cell is the same configuration.
     default: bool = field(default=False, compare=False)
+    # The settings of this machine's `llava-edge tune` profile for the bundle (its pair,
+    # threads, repacking, flash attention, n_ubatch) rather than the bench's options.
+    tuned: bool = False
 
     @property
     def name(self) -> str:
         if self.kind == "llava-edge":
-            return f"llava-edge {self.vision}+{self.llm}"
+            return f"llava-edge {'tuned ' if self.tuned else ''}{self.vision}+{self.llm}"
         return f"{self.kind} {self.vision}+{self.llm}"
 
     def to_dict(self) -> dict:

@@ -51,6 +51,7 @@ class Job:
     repack: bool = True  # llama.cpp weight repacking at load (llava-edge rows only)
     context_tokens: int | None = None  # llama.cpp-raw: prompt positions to match
     reuse: bool = False  # llava-edge: keep its KV prefix / embedding cache between requests
+    tuned_settings: dict | None = None  # the tuned row: RuntimeSettings.chosen() of a profile
 
     @classmethod
     def from_dict(cls, d: dict) -> "Job":
@@ -117,6 +118,12 @@ class LlavaEdgeRunner:
         self.files = {lm.file: bundle.file(lm.file).stat().st_size}
         llm_kwargs = dict(n_threads=job.threads, n_batch=job.n_batch, n_ubatch=job.n_ubatch,
                           flash_attn=job.flash_attn, repack=job.repack)
+        if job.tuned_settings is not None:  # the profile's choices replace the bench's
+            llm_kwargs = dict(n_batch=job.n_batch, **{
+                k: v for k, v in job.tuned_settings.items()
+                if k not in ("vision_precision", "llm_quant")})
+            self.notes.append("tuned: " + ", ".join(f"{k}={v}" for k, v in
+                                                    job.tuned_settings.items()))
         reuse = _reuse_kwargs(LlavaEdge, job.reuse)
         self.notes.append("cold requests: KV prefix reuse and the embedding cache off"
                           if not job.reuse else "KV prefix reuse and embedding cache on "

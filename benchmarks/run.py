@@ -49,6 +49,7 @@ class BenchOptions:
     flash_attn: bool = False
     repack: bool = True
     reuse: bool = False
+    tuned: bool = True  # add a row with this machine's tune profile for the bundle, if any
     gemm_size: int = 2048
     bandwidth_mb: int = 512
     out_dir: Path | None = None
@@ -114,6 +115,9 @@ def run_bench(options: BenchOptions, say: Say, progress: Progress | None = None)
         skipped += [configs.Skipped(c, "quantized only: the PyTorch model does not fit")
                     for c in chosen if c.kind == "transformers"]
         chosen = kept
+    tuned = _tuned_row(bundle.path, say) if o.tuned else None
+    if tuned is not None:
+        chosen.insert(1 if chosen and chosen[0].default else 0, tuned[0])
     if not chosen:
         raise LlavaEdgeError("nothing to measure: " + "; ".join(
             f"{s.config.name}: {s.reason}" for s in skipped))
@@ -140,6 +144,9 @@ def run_bench(options: BenchOptions, say: Say, progress: Progress | None = None)
                 "image_size": f"{IMAGE_SIZE}x{IMAGE_SIZE}", "n_ctx": n_ctx,
                 "n_batch": o.n_batch, "n_ubatch": o.n_ubatch, "flash_attn": o.flash_attn,
                 "repack": o.repack, "reuse": o.reuse,
+                "tuned_profile": tuned and {"path": str(tuned[1].path),
+                                            "settings": tuned[1].profile.settings.chosen(),
+                                            "objective": tuned[1].profile.objective},
                 "matrix": o.matrix, "vision": list(vision_sel or ["all"]),
                 "llm": list(llm_sel or ["all"]), "peers": o.peers,
                 "statistic": "median and p90 of the repeats"}
@@ -186,7 +193,8 @@ def run_bench(options: BenchOptions, say: Say, progress: Progress | None = None)
                   max_new_tokens=o.max_new_tokens, warmup=o.warmup, repeats=o.repeats,
                   threads=o.threads, n_ctx=n_ctx, n_batch=o.n_batch, n_ubatch=o.n_ubatch,
                   flash_attn=o.flash_attn, repack=o.repack, context_tokens=context,
-                  reuse=o.reuse)
+                  reuse=o.reuse, tuned_settings=(tuned[1].profile.settings.chosen()
+                                                 if c.tuned else None))
         base = i * (o.warmup + o.repeats)
         result = measure_config(job, logs, lambda done, _t, b=base: advance(b + done))
         advance(base + o.warmup + o.repeats)
@@ -195,6 +203,21 @@ def run_bench(options: BenchOptions, say: Say, progress: Progress | None = None)
         report = assemble(results, chosen[i + 1:])
         rep.write_report(out, report)
     return BenchRun(out=out, report=report)
+
+
+def _tuned_row(bundle: Path, say: Say):
+    """(the tuned row's Config, the Lookup) when this machine has a tune profile for the
+    bundle; None (said why) otherwise."""
+    from llava_edge.benchmarks import configs
+    from llava_edge.runtimes.tune.profile import lookup
+
+    found = lookup(bundle)
+    if found.profile is None:
+        say(f"  no tuned row: {found.note}")
+        return None
+    s = found.profile.settings
+    say(f"  tuned row: {found.note}")
+    return configs.Config("llava-edge", s.vision_precision, s.llm_quant, tuned=True), found
 
 
 def summary_json(run: BenchRun) -> dict:

@@ -15,7 +15,7 @@ from llava_edge.runtimes.pipeline import LlavaEdge
 from llava_edge.runtimes.tune.profile import (DEFAULTS, RuntimeSettings, TuneProfile,
                                               TuneProfileError, bundle_key, lookup,
                                               machine_description, resolve, save_profile)
-from llava_edge.runtimes.tune.search import TuneError, TuneOptions, eligible_pairs, tune
+from llava_edge.runtimes.tune.search import TuneError, TuneOptions, file_choices, tune
 
 
 @pytest.fixture
@@ -67,25 +67,42 @@ def test_a_faster_setting_that_changes_the_answer_is_not_taken(tiny_bundle, tune
     assert p.figures["objective_defaults"] == 100.0 and p.figures["objective_tuned"] == 80.0
 
 
-def test_noise_does_not_pick_a_setting_and_pairs_follow_their_gates(tiny_bundle, tune_dir):
-    def table(s):  # every pair is its own reference; int8 is 2% faster: under tolerance
-        return (98.0 if s.vision_precision == "int8" else 100.0), [[s.llm_quant == "F16"]]
+def test_noise_does_not_pick_a_setting_and_each_pair_is_its_own_reference(tiny_bundle,
+                                                                          tune_dir):
+    def table(s):  # int8 is 2% faster: under the tolerance; Q4_K_M 10% and other tokens
+        ms = (98.0 if s.vision_precision == "int8" else 100.0) - (10 if s.llm_quant ==
+                                                                   "Q4_K_M" else 0)
+        return ms, [[s.llm_quant == "F16"]]
 
-    p = tune(TuneOptions(bundle=tiny_bundle, dims=("pair",)), measure=fake_measure(table))
-    assert (p.settings.vision_precision, p.settings.llm_quant) == ("fp32", "F16")
-    assert len(p.candidates) == 4  # defaults + the 3 other pairs, all eligible here
-    assert all(c["eligible"] for c in p.candidates)
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("vision_precision", "llm_quant")),
+             measure=fake_measure(table))
+    assert (p.settings.vision_precision, p.settings.llm_quant) == ("fp32", "Q4_K_M")
+    assert [c["changed"] for c in p.candidates] == [
+        "defaults", "vision_precision=int8", "llm_quant=Q4_K_M"]
+    assert all(c["eligible"] for c in p.candidates)  # a new pair: its own reference
 
 
-def test_a_pair_that_missed_its_gate_is_never_measured(tiny_bundle):
+def test_a_graph_or_gguf_that_missed_its_gate_is_never_measured(tiny_bundle, tune_dir,
+                                                                 monkeypatch):
     from llava_edge.bundle import open_bundle
+    from llava_edge.runtimes.tune import search
 
     m = open_bundle(tiny_bundle, verify="size").manifest
     failed = replace(m, vision=tuple(replace(v, passed=False) if v.precision == "int8" else v
-                                     for v in m.vision))
-    reasons = dict(eligible_pairs(failed))
-    assert reasons[("int8", "F16")] == "vision int8 missed its parity gate"
-    assert reasons[("fp32", "F16")] == "" and next(iter(reasons)) == ("fp32", "F16")
+                                     for v in m.vision),
+                     parity={**m.parity, "llm": {"Q4_K_M": {"ok": False}}})
+    choices = file_choices(failed)
+    assert choices["vision_precision"] == {"fp32": "", "int8": "vision int8 missed its "
+                                                              "parity gate"}
+    assert choices["llm_quant"] == {"F16": "", "Q4_K_M": "Q4_K_M missed its logit parity"}
+    monkeypatch.setattr(search, "file_choices", lambda _m: choices)
+    measure = fake_measure(lambda s: (50.0, [[1]]))
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("vision_precision", "llm_quant")),
+             measure=measure)
+    assert len(measure.calls) == 1 and p.settings.vision_precision == "fp32"
+    assert [c["why"] for c in p.candidates[1:]] == [
+        "not measured: vision int8 missed its parity gate",
+        "not measured: Q4_K_M missed its logit parity"]
 
 
 def test_the_budget_stops_the_search(tiny_bundle, tune_dir):
@@ -171,19 +188,21 @@ def test_an_unreadable_profile_is_ignored_by_lookup_and_refused_by_name(tiny_bun
 
 
 def test_tune_on_tiny_writes_a_profile_that_run_and_doctor_use(tiny_bundle, tune_dir, capsys):
-    assert run(["tune", str(tiny_bundle), "--settings", "pair,n_ubatch", "--ubatch", "64",
+    assert run(["tune", str(tiny_bundle), "--settings", "vision_precision,llm_quant,n_ubatch",
+                "--ubatch", "64",
                 "--repeats", "1", "--max-new-tokens", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["profile"] and out["machine"] == machine_description()
     changed = [c["changed"] for c in out["candidates"]]
-    assert changed[0] == "defaults" and "n_ubatch=64" in changed and len(changed) == 5
+    assert changed[:3] == ["defaults", "vision_precision=int8", "llm_quant=Q4_K_M"]
+    assert "n_ubatch=64" in changed and len(changed) == 4
     measured = [c for c in out["candidates"] if c["figures"]]
-    assert len(measured) == 5
+    assert len(measured) == 4
     for c in measured:
         f = c["figures"]
         assert f["first_token_ms"] > 0 and f["peak_rss_mb"] > 0 and f["n_requests"] == 2
-    # every pair is its own reference; n_ubatch=64 must match fp32+F16's tokens to count
-    assert all(c["eligible"] for c in measured if c["changed"].startswith(("pair", "def")))
+    # a new pair is its own reference; n_ubatch=64 must match its pair's tokens to count
+    assert all(c["eligible"] for c in measured if c["changed"] != "n_ubatch=64")
     found = lookup(tiny_bundle)
     assert str(found.path) == out["profile"]
     assert found.profile.settings.chosen() == out["settings"]
@@ -202,3 +221,29 @@ def test_tune_refuses_bad_input(tiny_bundle, tune_dir, capsys, args, message):
     assert run(["tune", str(tiny_bundle), *args]) != 0
     assert message in capsys.readouterr().err
     assert not tune_dir.exists()
+
+
+def test_bench_adds_a_tuned_row_beside_the_defaults(tiny_bundle, tune_dir, tmp_path):
+    save_profile(_profile(tiny_bundle, vision_precision="int8", llm_quant="Q4_K_M",
+                          n_threads=1, n_threads_batch=1, vision_threads=1, flash_attn=True,
+                          n_ubatch=128))
+    out = tmp_path / "results"
+    assert run(["bench", "--bundle", str(tiny_bundle), "--vision", "fp32", "--llm", "F16",
+                "--no-peers", "--threads", "1", "--repeats", "2", "--warmup", "1",
+                "--max-new-tokens", "4", "--work-dir", str(tmp_path / "work"), "--out",
+                str(out), "--gemm-size", "128", "--bandwidth-mb", "16", "--json"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    names = [r["config"]["name"] for r in data["results"]]
+    assert names[:2] == ["llava-edge fp32+F16", "llava-edge tuned int8+Q4_K_M"]
+    tuned = data["results"][1]
+    assert tuned["config"]["tuned"] and "error" not in tuned
+    assert any(n.startswith("tuned: ") and "flash_attn=True" in n for n in tuned["notes"])
+    assert data["settings"]["tuned_profile"]["settings"]["n_ubatch"] == 128
+    assert any(t["target"].startswith("tuned: ") for t in data["targets"])
+    assert run(["bench", "--bundle", str(tiny_bundle), "--vision", "fp32", "--llm", "F16",
+                "--no-peers", "--no-tuned", "--threads", "1", "--repeats", "1", "--warmup", "1",
+                "--max-new-tokens", "2", "--work-dir", str(tmp_path / "work"), "--out",
+                str(tmp_path / "r2"), "--gemm-size", "128", "--bandwidth-mb", "16",
+                "--json"]) == 0
+    data = json.loads((tmp_path / "r2" / "results.json").read_text())
+    assert not any(r["config"].get("tuned") for r in data["results"])

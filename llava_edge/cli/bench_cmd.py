@@ -56,6 +56,9 @@ from llava_edge.errors import LlavaEdgeError
 @click.option("--reuse/--no-reuse", default=False, show_default=True,
               help="Let llava-edge reuse its KV prefix and image embeddings between the "
                    "repeats (default: cold requests, as the peers run).")
+@click.option("--tuned/--no-tuned", default=True, show_default=True,
+              help="Add a row with this machine's `llava-edge tune` profile for the bundle "
+                   "(its pair and settings), when there is one.")
 @click.option("--gemm-size", default=2048, show_default=True, type=click.IntRange(64),
               help="Matrix size of the fp32 GEMM probe.")
 @click.option("--bandwidth-mb", default=512, show_default=True, type=click.IntRange(8),
@@ -70,8 +73,7 @@ from llava_edge.errors import LlavaEdgeError
 @json_option
 def bench(preset_name, bundle_dir, checkpoint, vision, llm, matrix, peers, repeats, warmup,
           threads, max_new_tokens, prompt, n_batch, n_ubatch, flash_attn, repack, reuse,
-          gemm_size,
-          bandwidth_mb, work_dir, out_dir, note, as_json):
+          tuned, gemm_size, bandwidth_mb, work_dir, out_dir, note, as_json):
     """Benchmark a bundle: load time, preprocess / vision / prefill, time to first token,
     decode tokens/s, end-to-end latency, peak RSS and size on disk per configuration,
     against transformers and stock llama.cpp, with the machine's bandwidth and GEMM
@@ -94,7 +96,7 @@ def bench(preset_name, bundle_dir, checkpoint, vision, llm, matrix, peers, repea
         checkpoint=Path(checkpoint) if checkpoint else None, vision=vision, llm=llm,
         matrix=matrix, peers=peers, repeats=repeats, warmup=warmup, threads=threads,
         max_new_tokens=max_new_tokens, prompt=prompt, n_batch=n_batch, n_ubatch=n_ubatch,
-        flash_attn=flash_attn, repack=repack, reuse=reuse, gemm_size=gemm_size,
+        flash_attn=flash_attn, repack=repack, reuse=reuse, tuned=tuned, gemm_size=gemm_size,
         bandwidth_mb=bandwidth_mb, out_dir=Path(out_dir) if out_dir else None, note=note,
         command=command_line(click.get_current_context()))
     with progress_bar("bench") as update:

@@ -2,16 +2,18 @@
 
 Start from the defaults (the manifest's graph and GGUF, every core, repacking on, flash
 attention off, ``n_ubatch`` 512) and measure them. Then, one setting at a time, in an
-order that puts the largest effects first (the graph/GGUF pair, then threads, repacking,
-flash attention, ``n_ubatch``), try each other value with the others at the best so far,
+order that puts the largest effects first (the vision graph, the GGUF, then threads,
+repacking, flash attention, ``n_ubatch``), try each other value with the others at the
+best so far,
 and keep a value only when it beats the best by more than ``tolerance`` (measurement
 noise must not pick settings). Each candidate runs in a fresh process
 (:mod:`.measure`): a warm-up request, then ``repeats`` rounds of two cold requests.
 
-Fidelity is part of the choice. A graph/GGUF pair is eligible only if the bundle's export
-gates passed for both (vision ``passed``, the GGUF's logit parity ``ok`` where it was
-measured); it is measured first with the default settings, and those greedy tokens are
-its reference. Any other setting is eligible only if it gives exactly the reference tokens
+Fidelity is part of the choice. A vision graph or GGUF is eligible only if its export
+gate passed (vision ``passed``, the GGUF's logit parity ``ok`` where it was measured);
+the first candidate with a new (graph, GGUF) pair gives that pair's reference tokens
+(the graphs and GGUFs are searched before the runtime settings, so it runs at the
+defaults). Any other setting is eligible only if it gives exactly the reference tokens
 of its pair: a faster setting that changes an answer is not taken.
 
 Objectives (smaller is better): ``first-token`` (median ms to the first token),
@@ -39,17 +41,18 @@ from llava_edge.runtimes.tune.profile import (DEFAULTS, RuntimeSettings, TunePro
                                               bundle_key, machine_description)
 
 OBJECTIVES = ("first-token", "decode", "answer", "memory")
-# Settings searched per objective, in order (the pair first: the others are then compared
-# against its reference tokens).
+# Settings searched per objective, in order (the files first: the runtime settings are
+# then compared against their pair's reference tokens).
 _DIMS = {
-    "first-token": ("pair", "n_threads_batch", "vision_threads", "repack", "flash_attn",
-                    "n_ubatch"),
-    "decode": ("pair", "n_threads", "repack", "flash_attn"),
-    "answer": ("pair", "n_threads_batch", "n_threads", "vision_threads", "repack",
-               "flash_attn", "n_ubatch"),
-    "memory": ("pair", "repack", "n_ubatch", "n_threads_batch", "vision_threads",
-               "n_threads", "flash_attn"),
+    "first-token": ("vision_precision", "llm_quant", "n_threads_batch", "vision_threads",
+                    "repack", "flash_attn", "n_ubatch"),
+    "decode": ("llm_quant", "n_threads", "repack", "flash_attn"),
+    "answer": ("vision_precision", "llm_quant", "n_threads_batch", "n_threads",
+               "vision_threads", "repack", "flash_attn", "n_ubatch"),
+    "memory": ("vision_precision", "llm_quant", "repack", "n_ubatch", "n_threads_batch",
+               "vision_threads", "n_threads", "flash_attn"),
 }
+_FILES = ("vision_precision", "llm_quant")
 
 
 class TuneError(LlavaEdgeError):
@@ -129,23 +132,22 @@ def score(figures: dict, opts: TuneOptions) -> float:
     return figures["peak_rss_mb"]
 
 
-def eligible_pairs(manifest) -> list[tuple[tuple[str, str], str]]:
-    """The (vision precision, GGUF quant) pairs whose export gates passed, default first,
-    each with the reason; and the refused ones, so the report can say why."""
+def file_choices(manifest) -> dict[str, dict[str, str]]:
+    """Per file setting, the bundle's values (default first), each with why it may not be
+    used ("" when its export gate passed or none was recorded)."""
     llm_parity = manifest.parity.get("llm", {}) or {}
-    default = (manifest.vision_entry().precision, manifest.llm_entry().quant)
-    out = []
-    for v in manifest.vision:
-        for lm in manifest.llm:
-            why = []
-            if v.passed is False:
-                why.append(f"vision {v.precision} missed its parity gate")
-            gguf = llm_parity.get(lm.quant)
-            if isinstance(gguf, dict) and gguf.get("ok") is False:
-                why.append(f"{lm.quant} missed its logit parity")
-            out.append(((v.precision, lm.quant), "; ".join(why)))
-    out.sort(key=lambda p: p[0] != default)
-    return out
+    vision = {v.precision: "" if v.passed is not False else
+              f"vision {v.precision} missed its parity gate" for v in manifest.vision}
+    llm = {}
+    for lm in manifest.llm:
+        gguf = llm_parity.get(lm.quant)
+        llm[lm.quant] = (f"{lm.quant} missed its logit parity"
+                         if isinstance(gguf, dict) and gguf.get("ok") is False else "")
+
+    def default_first(d, default):
+        return {default: d[default], **{k: v for k, v in d.items() if k != default}}
+    return {"vision_precision": default_first(vision, manifest.vision_entry().precision),
+            "llm_quant": default_first(llm, manifest.llm_entry().quant)}
 
 
 def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
@@ -161,14 +163,16 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
     cores = this_cpu().cores
     threads = opts.threads or tuple(range(1, cores + 1))
     dims = opts.dims or _DIMS[opts.objective]
-    pairs = eligible_pairs(m)
-    values = {"pair": [p for p, _ in pairs[1:]],
+    files = file_choices(m)
+    values = {"vision_precision": tuple(files["vision_precision"]),
+              "llm_quant": tuple(files["llm_quant"]),
               "n_threads_batch": threads, "n_threads": threads, "vision_threads": threads,
               "repack": (True, False), "flash_attn": (False, True), "n_ubatch": opts.ubatch}
-    base = replace(DEFAULTS, vision_precision=pairs[0][0][0], llm_quant=pairs[0][0][1],
-                   vision_threads=cores, n_threads=cores, n_threads_batch=cores)
+    base = replace(DEFAULTS, vision_precision=values["vision_precision"][0],
+                   llm_quant=values["llm_quant"][0], vision_threads=cores, n_threads=cores,
+                   n_threads_batch=cores)
     # the defaults, then each value but the current one of every setting
-    planned = 1 + sum(len(values[d]) - (d != "pair") for d in dims)
+    planned = 1 + sum(len(values[d]) - 1 for d in dims)
     started = time.monotonic()
     history: list[Candidate] = []
     refs: dict[tuple[str, str], list] = {}
@@ -210,18 +214,14 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
         raise TuneError(f"{opts.bundle}: the default settings could not be measured "
                         f"({best.error or best.why})")
     defaults = best
-    refusals = dict(pairs)
     for dim in dims:
         for value in values[dim]:
-            if dim == "pair":
-                settings = replace(best.settings, vision_precision=value[0], llm_quant=value[1])
-                c = run(settings, f"pair={value[0]}+{value[1]}", reference=True,
-                        refused=refusals.get(value, ""))
-            else:
-                settings = replace(best.settings, **{dim: value})
-                if any(h.settings == settings for h in history):
-                    continue  # measured already (the best so far, or a value tried before)
-                c = run(settings, f"{dim}={value}", reference=False)
+            settings = replace(best.settings, **{dim: value})
+            if any(h.settings == settings for h in history):
+                continue  # measured already (the best so far, or a value tried before)
+            pair = (settings.vision_precision, settings.llm_quant)
+            c = run(settings, f"{dim}={value}", reference=pair not in refs,
+                    refused=files[dim][value] if dim in _FILES else "")
             if c.eligible and c.score is not None and \
                     c.score < best.score * (1 - opts.tolerance):
                 best = c
