@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 __all__ = ["GrammarConstraint", "LlamaCppLM", "LlamaCppError", "set_fields"]
 
+# KV cache element types: f16 is llama.cpp's default; q8_0 halves the cache (V needs
+# flash attention to be quantized).
+KV_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}
+
 # llama_token_data {int32 id; float logit; float p} as numpy sees it (12 bytes, no padding)
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 assert _TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
@@ -61,6 +65,7 @@ class LlamaCppLM:
     same prefill and decode speed within the noise). llama.cpp's log is silenced unless
     ``verbose`` (the log callback is process-wide). ``n_threads`` decodes,
     ``n_threads_batch`` (default: ``n_threads``) evaluates batches (the prefill).
+    ``kv_type``: the KV cache's element type, ``f16`` or ``q8_0`` (with flash attention).
 
     :attr:`cancel`: while set to a :class:`~llava_edge.runtimes.cancel.Cancel`, an
     evaluation stops within one ubatch of the signal (llama.cpp's abort callback) and
@@ -71,7 +76,12 @@ class LlamaCppLM:
                  n_threads: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
                  n_gpu_layers: int = 0, flash_attn: bool = False, repack: bool = True,
                  mmap: bool | None = None, verbose: bool = False,
-                 n_threads_batch: int | None = None):
+                 n_threads_batch: int | None = None, kv_type: str = "f16"):
+        if kv_type not in KV_TYPES:
+            raise LlamaCppError(f"kv_type must be one of {', '.join(KV_TYPES)} (got {kv_type!r})")
+        if kv_type != "f16" and not flash_attn:
+            raise LlamaCppError(f"a {kv_type} KV cache needs flash attention (llama.cpp "
+                                "quantizes the V cache only with it)")
         if n_ctx < 1 or n_batch < 1 or (n_ubatch is not None and n_ubatch < 1):
             raise LlamaCppError(f"n_ctx, n_batch and n_ubatch must be positive "
                                 f"(got {n_ctx}, {n_batch}, {n_ubatch})")
@@ -103,6 +113,7 @@ class LlamaCppLM:
         set_fields(ctx_params, n_ctx=n_ctx, n_batch=n_batch,
                     n_ubatch=min(n_batch, n_ubatch or 512), n_seq_max=1, n_threads=threads,
                     n_threads_batch=n_threads_batch or threads, no_perf=not verbose,
+                    type_k=KV_TYPES[kv_type], type_v=KV_TYPES[kv_type],
                     flash_attn_type=(llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
                                      else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED))
         with capture_llama_log(verbose=verbose) as log:

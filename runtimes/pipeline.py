@@ -134,19 +134,20 @@ class LlavaEdge:
              embed_cache_size: int = 16, max_tiles: int | None = None,
              embed_cache_mb: float | None = DEFAULT_EMBED_CACHE_MB,
              n_threads_batch: int | None = None, vision_threads: int | None = None,
-             tune: bool | str | Path = True) -> "LlavaEdge":
+             kv_type: str | None = None, tune: bool | str | Path = True) -> "LlavaEdge":
         """Open and check ``bundle``, then load its vision graph and language model.
 
         ``tune``: use the profile ``llava-edge tune`` made for this bundle on this machine
         (True: look it up; a path: that profile file; False: none). Its settings fill in
         every one of ``vision_precision``, ``llm_quant``, ``vision_threads``,
-        ``n_threads``, ``n_threads_batch``, ``repack``, ``flash_attn`` and ``n_ubatch``
-        left at None; :attr:`settings` says what was used and :attr:`tune_note` why.
+        ``n_threads``, ``n_threads_batch``, ``repack``, ``flash_attn``, ``n_ubatch`` and
+        ``kv_type`` left at None; :attr:`settings` says what was used and :attr:`tune_note` why.
         ``n_threads``: every stage's threads (default: all cores); ``n_threads_batch``
         (llama.cpp's prefill) and ``vision_threads`` (ONNX Runtime) override it per stage;
         ``repack``: llama.cpp's load-time weight repacking (default on: faster decode;
         slower prefill and more memory on some CPUs, see :class:`LlamaCppLM`);
-        ``flash_attn``: default off;
+        ``flash_attn``: default off; ``kv_type``: the KV cache's type, ``f16`` (default)
+        or ``q8_0`` (half the cache; needs flash attention);
         ``reuse_prefix``: keep the KV cache's common prefix between requests;
         ``embed_cache_size``: images whose embeddings are kept (0: none);
         ``embed_cache_mb``: and at most this many MiB of them (None: no byte bound), as
@@ -165,7 +166,7 @@ class LlavaEdge:
             vision_precision=vision_precision, llm_quant=llm_quant,
             vision_threads=vision_threads or n_threads, n_threads=n_threads,
             n_threads_batch=n_threads_batch or n_threads, repack=repack,
-            flash_attn=flash_attn, n_ubatch=n_ubatch)
+            flash_attn=flash_attn, n_ubatch=n_ubatch, kv_type=kv_type)
         profile, note = find_profile(b.path, tune)
         s = resolve(explicit, profile)
         v = b.vision_entry(s.vision_precision)
@@ -176,7 +177,8 @@ class LlavaEdge:
         llm = LlamaCppLM(b.file(lm.file), n_ctx=n_ctx or b.manifest.prompt.n_ctx,
                          n_threads=s.n_threads, n_threads_batch=s.n_threads_batch,
                          n_batch=n_batch, n_ubatch=s.n_ubatch, n_gpu_layers=n_gpu_layers,
-                         flash_attn=s.flash_attn, repack=s.repack, verbose=verbose)
+                         flash_attn=s.flash_attn, repack=s.repack, kv_type=s.kv_type,
+                         verbose=verbose)
         model = cls(b, vision, llm, max_pixels=max_pixels, reuse_prefix=reuse_prefix,
                     embed_cache_size=embed_cache_size, max_tiles=max_tiles,
                     embed_cache_mb=embed_cache_mb)

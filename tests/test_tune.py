@@ -247,3 +247,22 @@ def test_bench_adds_a_tuned_row_beside_the_defaults(tiny_bundle, tune_dir, tmp_p
                 "--json"]) == 0
     data = json.loads((tmp_path / "r2" / "results.json").read_text())
     assert not any(r["config"].get("tuned") for r in data["results"])
+
+
+def test_a_quantized_kv_cache_is_tried_only_with_flash_attention(tiny_bundle, tune_dir):
+    def table(s):
+        return (60.0 if s.kv_type == "q8_0" else 100.0), [[1]]
+
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("kv_type",)), measure=fake_measure(table))
+    assert p.settings.kv_type == "f16"
+    assert "needs flash attention" in p.candidates[1]["why"]
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("flash_attn", "kv_type")),
+             measure=fake_measure(lambda s: (100.0 - 30 * bool(s.flash_attn)
+                                             - 20 * (s.kv_type == "q8_0"), [[1]])))
+    assert (p.settings.flash_attn, p.settings.kv_type) == (True, "q8_0")
+    with LlavaEdge.load(tiny_bundle, flash_attn=True, kv_type="q8_0", tune=False) as model:
+        assert model.ask(None, "Hello", max_new_tokens=2).n_tokens >= 1
+    from llava_edge.errors import LlavaEdgeError
+
+    with pytest.raises(LlavaEdgeError, match="needs flash attention"):
+        LlavaEdge.load(tiny_bundle, kv_type="q8_0", tune=False)

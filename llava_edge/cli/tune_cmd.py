@@ -59,8 +59,8 @@ def _settings(_ctx, _param, value):
               metavar="N,N,...", help="llama.cpp n_ubatch values tried.")
 @click.option("--settings", "dims", callback=_settings, default=None, metavar="NAME,...",
               help="Search only these (vision_precision, llm_quant, n_threads, "
-                   "n_threads_batch, vision_threads, repack, flash_attn, n_ubatch); default: "
-                   "those that move the objective.")
+                   "n_threads_batch, vision_threads, repack, flash_attn, n_ubatch, kv_type); "
+                   "default: those that move the objective.")
 @click.option("--tolerance", default=0.03, show_default=True, type=click.FloatRange(0, 0.5),
               help="A setting must beat the best so far by this fraction to be taken.")
 @click.option("--save/--no-save", default=True, show_default=True,
@@ -70,11 +70,11 @@ def _settings(_ctx, _param, value):
 def tune(bundle, objective, budget_s, repeats, max_new_tokens, answer_tokens,
          max_first_token_ms, threads, ubatch, dims, tolerance, save, as_json):
     """Measure, on this machine, the settings that change BUNDLE's latency (its vision
-    graphs and GGUFs whose export gates passed, threads per stage, llama.cpp's repacking,
-    flash attention, n_ubatch) and save the best as a profile that `run`, `chat`, `serve`,
-    `watch` and `LlavaEdge.load` then use on this machine (`--no-tune` or explicit flags
-    override). A setting is taken only if the greedy answers stay token for token the
-    same.
+    graphs and GGUFs whose export gates passed, threads per stage, llama.cpp's
+    repacking, flash attention, n_ubatch, the KV cache type) and save the best as a
+    profile that `run`, `chat`, `serve`, `watch` and `LlavaEdge.load` then use on this
+    machine (`--no-tune` or explicit flags override). A setting is taken only if the
+    greedy answers stay token for token the same.
 
     \b
     llava-edge tune bundle/                          # first token, 10 minutes at most

@@ -3,9 +3,9 @@
 Start from the defaults (the manifest's graph and GGUF, every core, repacking on, flash
 attention off, ``n_ubatch`` 512) and measure them. Then, one setting at a time, in an
 order that puts the largest effects first (the vision graph, the GGUF, then threads,
-repacking, flash attention, ``n_ubatch``), try each other value with the others at the
-best so far,
-and keep a value only when it beats the best by more than ``tolerance`` (measurement
+repacking, flash attention, ``n_ubatch``, the KV cache type), try each other value with
+the others at the best so far, and keep a value only when it beats the best by more
+than ``tolerance`` (measurement
 noise must not pick settings). Each candidate runs in a fresh process
 (:mod:`.measure`): a warm-up request, then ``repeats`` rounds of two cold requests.
 
@@ -45,12 +45,12 @@ OBJECTIVES = ("first-token", "decode", "answer", "memory")
 # then compared against their pair's reference tokens).
 _DIMS = {
     "first-token": ("vision_precision", "llm_quant", "n_threads_batch", "vision_threads",
-                    "repack", "flash_attn", "n_ubatch"),
-    "decode": ("llm_quant", "n_threads", "repack", "flash_attn"),
+                    "repack", "flash_attn", "n_ubatch", "kv_type"),
+    "decode": ("llm_quant", "n_threads", "repack", "flash_attn", "kv_type"),
     "answer": ("vision_precision", "llm_quant", "n_threads_batch", "n_threads",
-               "vision_threads", "repack", "flash_attn", "n_ubatch"),
+               "vision_threads", "repack", "flash_attn", "n_ubatch", "kv_type"),
     "memory": ("vision_precision", "llm_quant", "repack", "n_ubatch", "n_threads_batch",
-               "vision_threads", "n_threads", "flash_attn"),
+               "vision_threads", "n_threads", "flash_attn", "kv_type"),
 }
 _FILES = ("vision_precision", "llm_quant")
 
@@ -167,7 +167,8 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
     values = {"vision_precision": tuple(files["vision_precision"]),
               "llm_quant": tuple(files["llm_quant"]),
               "n_threads_batch": threads, "n_threads": threads, "vision_threads": threads,
-              "repack": (True, False), "flash_attn": (False, True), "n_ubatch": opts.ubatch}
+              "repack": (True, False), "flash_attn": (False, True), "n_ubatch": opts.ubatch,
+              "kv_type": ("f16", "q8_0")}
     base = replace(DEFAULTS, vision_precision=values["vision_precision"][0],
                    llm_quant=values["llm_quant"][0], vision_threads=cores, n_threads=cores,
                    n_threads_batch=cores)
@@ -220,8 +221,10 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
             if any(h.settings == settings for h in history):
                 continue  # measured already (the best so far, or a value tried before)
             pair = (settings.vision_precision, settings.llm_quant)
-            c = run(settings, f"{dim}={value}", reference=pair not in refs,
-                    refused=files[dim][value] if dim in _FILES else "")
+            refused = files[dim][value] if dim in _FILES else ""
+            if settings.kv_type != "f16" and not settings.flash_attn:
+                refused = "a quantized KV cache needs flash attention, which did not win"
+            c = run(settings, f"{dim}={value}", reference=pair not in refs, refused=refused)
             if c.eligible and c.score is not None and \
                     c.score < best.score * (1 - opts.tolerance):
                 best = c
