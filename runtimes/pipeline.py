@@ -127,8 +127,8 @@ class LlavaEdge:
     def load(cls, bundle: str | Path, vision_precision: str | None = None,
              llm_quant: str | None = None, n_threads: int | None = None,
              n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
-             n_gpu_layers: int = 0, flash_attn: bool | None = None,
-             repack: bool | None = None, providers: str | None = "auto",
+             n_gpu_layers: int | None = None, flash_attn: bool | None = None,
+             repack: bool | None = None, providers: str | None = None,
              verify: str = "hash", max_pixels: int = DEFAULT_MAX_PIXELS,
              verbose: bool = False, reuse_prefix: bool = True,
              embed_cache_size: int = 16, max_tiles: int | None = None,
@@ -140,8 +140,9 @@ class LlavaEdge:
         ``tune``: use the profile ``llava-edge tune`` made for this bundle on this machine
         (True: look it up; a path: that profile file; False: none). Its settings fill in
         every one of ``vision_precision``, ``llm_quant``, ``vision_threads``,
-        ``n_threads``, ``n_threads_batch``, ``repack``, ``flash_attn``, ``n_ubatch`` and
-        ``kv_type`` left at None; :attr:`settings` says what was used and :attr:`tune_note` why.
+        ``n_threads``, ``n_threads_batch``, ``repack``, ``flash_attn``, ``n_ubatch``,
+        ``kv_type``, ``n_gpu_layers`` and ``providers`` left at None (defaults: 0 layers
+        offloaded, providers "auto"); :attr:`settings` says what was used and :attr:`tune_note` why.
         ``n_threads``: every stage's threads (default: all cores); ``n_threads_batch``
         (llama.cpp's prefill) and ``vision_threads`` (ONNX Runtime) override it per stage;
         ``repack``: llama.cpp's load-time weight repacking (default on: faster decode;
@@ -166,17 +167,18 @@ class LlavaEdge:
             vision_precision=vision_precision, llm_quant=llm_quant,
             vision_threads=vision_threads or n_threads, n_threads=n_threads,
             n_threads_batch=n_threads_batch or n_threads, repack=repack,
-            flash_attn=flash_attn, n_ubatch=n_ubatch, kv_type=kv_type)
+            flash_attn=flash_attn, n_ubatch=n_ubatch, kv_type=kv_type,
+            n_gpu_layers=n_gpu_layers, providers=providers)
         profile, note = find_profile(b.path, tune)
         s = resolve(explicit, profile)
         v = b.vision_entry(s.vision_precision)
         lm = b.llm_entry(s.llm_quant)
         _warn_once_if_unsafe(b.file(v.file), v)
-        vision = OnnxVisionEncoder(b.file(v.file), providers=providers,
+        vision = OnnxVisionEncoder(b.file(v.file), providers=s.providers,
                                    n_threads=s.vision_threads)
         llm = LlamaCppLM(b.file(lm.file), n_ctx=n_ctx or b.manifest.prompt.n_ctx,
                          n_threads=s.n_threads, n_threads_batch=s.n_threads_batch,
-                         n_batch=n_batch, n_ubatch=s.n_ubatch, n_gpu_layers=n_gpu_layers,
+                         n_batch=n_batch, n_ubatch=s.n_ubatch, n_gpu_layers=s.n_gpu_layers,
                          flash_attn=s.flash_attn, repack=s.repack, kv_type=s.kv_type,
                          verbose=verbose)
         model = cls(b, vision, llm, max_pixels=max_pixels, reuse_prefix=reuse_prefix,

@@ -266,3 +266,22 @@ def test_a_quantized_kv_cache_is_tried_only_with_flash_attention(tiny_bundle, tu
 
     with pytest.raises(LlavaEdgeError, match="needs flash attention"):
         LlavaEdge.load(tiny_bundle, kv_type="q8_0", tune=False)
+
+
+def test_gpu_settings_are_searched_only_where_the_machine_has_them(tiny_bundle, tune_dir,
+                                                                   monkeypatch):
+    from llava_edge.runtimes.tune import search
+
+    on_gpu = fake_measure(lambda s: (100.0 - 60 * (s.n_gpu_layers == 999)
+                                     - 10 * (s.providers == "cuda"), [[1]]))
+    monkeypatch.setattr(search, "gpu_choices", lambda: {
+        "n_gpu_layers": (0, 999), "providers": ("auto", "cpu", "cuda")})
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("n_gpu_layers", "providers")),
+             measure=on_gpu)
+    assert (p.settings.n_gpu_layers, p.settings.providers) == (999, "cuda")
+    monkeypatch.setattr(search, "gpu_choices", lambda: {"n_gpu_layers": (0,),
+                                                        "providers": ("auto",)})
+    cpu_only = fake_measure(lambda s: (100.0, [[1]]))
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("n_gpu_layers", "providers")),
+             measure=cpu_only)
+    assert len(cpu_only.calls) == 1 and len(p.candidates) == 1  # nothing to try

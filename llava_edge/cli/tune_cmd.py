@@ -59,8 +59,8 @@ def _settings(_ctx, _param, value):
               metavar="N,N,...", help="llama.cpp n_ubatch values tried.")
 @click.option("--settings", "dims", callback=_settings, default=None, metavar="NAME,...",
               help="Search only these (vision_precision, llm_quant, n_threads, "
-                   "n_threads_batch, vision_threads, repack, flash_attn, n_ubatch, kv_type); "
-                   "default: those that move the objective.")
+                   "n_threads_batch, vision_threads, repack, flash_attn, n_ubatch, kv_type, "
+                   "n_gpu_layers, providers); default: those that move the objective.")
 @click.option("--tolerance", default=0.03, show_default=True, type=click.FloatRange(0, 0.5),
               help="A setting must beat the best so far by this fraction to be taken.")
 @click.option("--save/--no-save", default=True, show_default=True,

@@ -2,8 +2,8 @@
 
 :class:`RuntimeSettings` holds the knobs that change latency and memory without changing
 the model: which of the bundle's vision graphs and GGUFs, threads (vision, llama.cpp
-prefill and decode), llama.cpp's weight repacking, flash attention, ``n_ubatch`` and the
-KV cache's type.
+prefill and decode), llama.cpp's weight repacking, flash attention, ``n_ubatch``, the
+KV cache's type, and where there is a GPU the layers offloaded and ONNX Runtime's provider.
 ``None`` in a field means "not chosen": the built-in default (:data:`DEFAULTS`) applies.
 
 ``llava-edge tune`` measures them on the machine it runs on and writes a
@@ -52,6 +52,8 @@ class RuntimeSettings:
     flash_attn: bool | None = None
     n_ubatch: int | None = None         # llama.cpp's physical batch (positions per step)
     kv_type: str | None = None          # KV cache: f16, or q8_0 (needs flash_attn)
+    n_gpu_layers: int | None = None     # llama.cpp layers offloaded (a GPU build only)
+    providers: str | None = None        # ONNX Runtime: auto, cpu, cuda, tensorrt
 
     def over(self, base: "RuntimeSettings") -> "RuntimeSettings":
         """These settings, with ``base``'s wherever this has None."""
@@ -68,7 +70,8 @@ class RuntimeSettings:
 
 # What the runtime does when nothing chooses otherwise (threads None: every core; the
 # graph and GGUF None: the manifest's defaults).
-DEFAULTS = RuntimeSettings(repack=True, flash_attn=False, n_ubatch=512, kv_type="f16")
+DEFAULTS = RuntimeSettings(repack=True, flash_attn=False, n_ubatch=512, kv_type="f16",
+                           n_gpu_layers=0, providers="auto")
 
 
 def resolve(explicit: RuntimeSettings, profile: "TuneProfile | None") -> RuntimeSettings:

@@ -44,13 +44,15 @@ OBJECTIVES = ("first-token", "decode", "answer", "memory")
 # Settings searched per objective, in order (the files first: the runtime settings are
 # then compared against their pair's reference tokens).
 _DIMS = {
-    "first-token": ("vision_precision", "llm_quant", "n_threads_batch", "vision_threads",
-                    "repack", "flash_attn", "n_ubatch", "kv_type"),
-    "decode": ("llm_quant", "n_threads", "repack", "flash_attn", "kv_type"),
-    "answer": ("vision_precision", "llm_quant", "n_threads_batch", "n_threads",
-               "vision_threads", "repack", "flash_attn", "n_ubatch", "kv_type"),
-    "memory": ("vision_precision", "llm_quant", "repack", "n_ubatch", "n_threads_batch",
-               "vision_threads", "n_threads", "flash_attn", "kv_type"),
+    "first-token": ("vision_precision", "llm_quant", "n_gpu_layers", "providers",
+                    "n_threads_batch", "vision_threads", "repack", "flash_attn", "n_ubatch",
+                    "kv_type"),
+    "decode": ("llm_quant", "n_gpu_layers", "n_threads", "repack", "flash_attn", "kv_type"),
+    "answer": ("vision_precision", "llm_quant", "n_gpu_layers", "providers",
+               "n_threads_batch", "n_threads", "vision_threads", "repack", "flash_attn",
+               "n_ubatch", "kv_type"),
+    "memory": ("vision_precision", "llm_quant", "n_gpu_layers", "repack", "n_ubatch",
+               "n_threads_batch", "vision_threads", "n_threads", "flash_attn", "kv_type"),
 }
 _FILES = ("vision_precision", "llm_quant")
 
@@ -132,6 +134,21 @@ def score(figures: dict, opts: TuneOptions) -> float:
     return figures["peak_rss_mb"]
 
 
+def gpu_choices() -> dict[str, tuple]:
+    """The GPU settings this machine can try: every layer offloaded when llama.cpp was
+    built with a GPU backend and sees a device; ONNX Runtime's CUDA / TensorRT providers
+    when installed. Empty values (nothing tried) on a CPU-only machine."""
+    import llama_cpp
+    import onnxruntime as ort
+
+    layers = (0, 999) if llama_cpp.llama_supports_gpu_offload() else (0,)
+    have = ort.get_available_providers()
+    providers = ("auto", "cpu") + tuple(
+        short for short, name in (("cuda", "CUDAExecutionProvider"),
+                                  ("tensorrt", "TensorrtExecutionProvider")) if name in have)
+    return {"n_gpu_layers": layers, "providers": providers if len(providers) > 2 else ("auto",)}
+
+
 def file_choices(manifest) -> dict[str, dict[str, str]]:
     """Per file setting, the bundle's values (default first), each with why it may not be
     used ("" when its export gate passed or none was recorded)."""
@@ -168,12 +185,14 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
               "llm_quant": tuple(files["llm_quant"]),
               "n_threads_batch": threads, "n_threads": threads, "vision_threads": threads,
               "repack": (True, False), "flash_attn": (False, True), "n_ubatch": opts.ubatch,
-              "kv_type": ("f16", "q8_0")}
+              "kv_type": ("f16", "q8_0"), **gpu_choices()}
     base = replace(DEFAULTS, vision_precision=values["vision_precision"][0],
                    llm_quant=values["llm_quant"][0], vision_threads=cores, n_threads=cores,
                    n_threads_batch=cores)
+    # Settings with nothing to try here (a GPU setting without a GPU) are left out.
+    dims = tuple(d for d in dims if set(values[d]) - {getattr(base, d)})
     # the defaults, then each value but the current one of every setting
-    planned = 1 + sum(len(values[d]) - 1 for d in dims)
+    planned = 1 + sum(len(set(values[d]) - {getattr(base, d)}) for d in dims)
     started = time.monotonic()
     history: list[Candidate] = []
     refs: dict[tuple[str, str], list] = {}
