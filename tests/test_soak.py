@@ -50,6 +50,10 @@ def test_summary_passes_a_clean_run_and_fails_on_each_kind_of_trouble():
     assert not s["checks"]["every_admitted_job_ended"]
     s = summarize(_outcomes(), 100, flat, _health(rejected=2), 10)
     assert not s["checks"]["busy_counted_alike"]
+    # ... unless a request dropped before any answer may have been that 429
+    dropped = Outcome("cancel_waiting", 3, 1, 0, "cancelled")
+    s = summarize(_outcomes([dropped]), 100, flat, _health(rejected=2), 10)
+    assert s["checks"]["busy_counted_alike"]
     s = summarize(_outcomes(), 100, flat, _health(queue_image_bytes=9), 10)
     assert not s["checks"]["no_image_bytes_held_when_idle"]
     leak = [(t, 100.0 + t, 10 + t) for t in range(100)]
