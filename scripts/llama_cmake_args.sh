@@ -14,13 +14,17 @@
 # sve -> +sve. A CPU with none of them (Cortex-A53/A57/A72: Pi 3/4, Jetson Nano) gets the
 # armv8-a build.
 #
-# A CUDA build: set LLAVA_EDGE_CUDA=1 (adds -DGGML_CUDA=on). On a Jetson it also sets
-# CMAKE_CUDA_ARCHITECTURES from the device tree (Orin 87, Xavier 72); elsewhere llama.cpp's
-# default list of architectures is built.
+# A CUDA build (-DGGML_CUDA=on) is made by itself where nvcc (on PATH, $CUDACXX or
+# /usr/local/cuda/bin) and an NVIDIA GPU (`nvidia-smi -L`, or a Jetson's
+# /etc/nv_tegra_release) are both here; LLAVA_EDGE_CUDA=1 forces it, LLAVA_EDGE_CUDA=0
+# turns it off. On a Jetson it also sets CMAKE_CUDA_ARCHITECTURES from the device tree
+# (Orin 87, Xavier 72); elsewhere llama.cpp's default list of architectures is built.
+# Which build and why goes to stderr.
 # An explicit CMAKE_ARGS in the environment wins over everything here.
 #
 # For tests: LLAVA_EDGE_MACHINE, LLAVA_EDGE_CPUINFO and LLAVA_EDGE_DEVICE_TREE stand in for
-# `uname -m`, /proc/cpuinfo and /proc/device-tree/compatible.
+# `uname -m`, /proc/cpuinfo and /proc/device-tree/compatible; LLAVA_EDGE_NVCC (a path, or
+# "none") and LLAVA_EDGE_NVIDIA_GPU (1 or 0) for the nvcc and GPU probes.
 set -euo pipefail
 
 if [ -n "${CMAKE_ARGS:-}" ]; then
@@ -52,7 +56,29 @@ elif [ "$machine" = "aarch64" ] && [ -r "$cpuinfo" ]; then
   has sve && arm="$arm+sve"
   [ -n "$arm" ] && args="$args -DGGML_CPU_ARM_ARCH=armv8.2-a$arm"
 fi
-if [ "${LLAVA_EDGE_CUDA:-0}" = "1" ]; then
+cuda="${LLAVA_EDGE_CUDA:-auto}"
+if [ "$cuda" = "auto" ]; then
+  nvcc="${LLAVA_EDGE_NVCC:-$(command -v nvcc || true)}"
+  [ -z "$nvcc" ] && [ -n "${CUDACXX:-}" ] && [ -x "${CUDACXX}" ] && nvcc="$CUDACXX"
+  [ -z "$nvcc" ] && [ -x /usr/local/cuda/bin/nvcc ] && nvcc=/usr/local/cuda/bin/nvcc
+  [ "$nvcc" = "none" ] && nvcc=""
+  gpu="${LLAVA_EDGE_NVIDIA_GPU:-}"
+  if [ -z "$gpu" ]; then
+    gpu=0
+    { nvidia-smi -L 2>/dev/null | grep -q '^GPU '; } && gpu=1
+    [ -e /etc/nv_tegra_release ] && gpu=1
+  fi
+  if [ -n "$nvcc" ] && [ "$gpu" = "1" ]; then
+    cuda=1
+    echo "llama.cpp: a CUDA build (nvcc at $nvcc and an NVIDIA GPU found; LLAVA_EDGE_CUDA=0 for a CPU build)" >&2
+  else
+    cuda=0
+    why="no NVIDIA GPU found"
+    [ -z "$nvcc" ] && why="no nvcc found"
+    echo "llama.cpp: a CPU build ($why; LLAVA_EDGE_CUDA=1 to force CUDA)" >&2
+  fi
+fi
+if [ "$cuda" = "1" ]; then
   args="$args -DGGML_CUDA=on"
   if [ "$machine" = "aarch64" ]; then
     tree="${LLAVA_EDGE_DEVICE_TREE:-/proc/device-tree/compatible}"

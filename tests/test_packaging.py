@@ -161,7 +161,8 @@ def _cmake_args(tmp_path, machine, cpuinfo, compatible=None, **env):
         tree.write_bytes(compatible)
     environ = {k: v for k, v in os.environ.items() if k not in ("CMAKE_ARGS", "LLAVA_EDGE_CUDA")}
     environ.update(LLAVA_EDGE_MACHINE=machine, LLAVA_EDGE_CPUINFO=str(info),
-                   LLAVA_EDGE_DEVICE_TREE=str(tree), **env)
+                   LLAVA_EDGE_DEVICE_TREE=str(tree), LLAVA_EDGE_NVIDIA_GPU="0")
+    environ.update(env)
     return subprocess.run([str(ROOT / "scripts" / "llama_cmake_args.sh")], env=environ,
                           capture_output=True, text=True, check=True, timeout=30).stdout.strip()
 
@@ -192,6 +193,29 @@ def test_cmake_args_for_cuda_on_a_jetson_orin(tmp_path):
     # not a Jetson (no device tree): llama.cpp's own list of CUDA architectures
     assert _cmake_args(tmp_path, "aarch64", PI4, LLAVA_EDGE_CUDA="1") == (
         "-DGGML_NATIVE=OFF -DGGML_CUDA=on")
+
+
+@pytest.mark.parametrize("nvcc, gpu, cuda, says", [
+    ("/opt/cuda/bin/nvcc", "1", "", "a CUDA build (nvcc at /opt/cuda/bin/nvcc and an NVIDIA GPU"),
+    ("/opt/cuda/bin/nvcc", "0", "", "a CPU build (no NVIDIA GPU found"),
+    ("none", "1", "", "a CPU build (no nvcc found"),
+    ("/opt/cuda/bin/nvcc", "1", "0", None),  # opted out
+    ("none", "0", "1", None),  # forced
+], ids=["nvcc-and-gpu", "no-gpu", "no-nvcc", "opt-out", "forced"])
+def test_cuda_build_where_nvcc_and_a_gpu_are_here(tmp_path, nvcc, gpu, cuda, says):
+    env = dict(LLAVA_EDGE_NVCC=nvcc, LLAVA_EDGE_NVIDIA_GPU=gpu)
+    if cuda:
+        env["LLAVA_EDGE_CUDA"] = cuda
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\n" + AVX2)
+    environ = {k: v for k, v in os.environ.items() if k not in ("CMAKE_ARGS", "LLAVA_EDGE_CUDA")}
+    environ.update(LLAVA_EDGE_MACHINE="x86_64", LLAVA_EDGE_CPUINFO=str(info), **env)
+    out = subprocess.run([str(ROOT / "scripts" / "llama_cmake_args.sh")], env=environ,
+                         capture_output=True, text=True, check=True, timeout=30)
+    wants_cuda = cuda == "1" or (cuda == "" and says and "CUDA build" in says)
+    assert ("-DGGML_CUDA=on" in out.stdout) == bool(wants_cuda)
+    if says:
+        assert says in out.stderr
 
 
 def test_explicit_cmake_args_win(tmp_path):
