@@ -40,6 +40,8 @@ class Timings:
     images_encoded: int = 0  # images run through the vision graph
     embedding_cache_hits: int = 0  # images whose embeddings came from the cache
     constrain_ms: float = 0.0  # json_schema / choices: masking by the grammar (in decode_ms)
+    vision_on: str = ""  # where the vision graph ran: ONNX Runtime's provider (CPU, CUDA, ...)
+    llm_on: str = ""     # where the LLM ran: CPU, or GPU (N of M layers)
 
 
 @dataclass
@@ -106,7 +108,7 @@ class _Run(_Holder):
         self.n_prompt, self.sampler, self.max_new_tokens, self.stop = (n_prompt, sampler,
                                                                       max_new_tokens, stop)
         self.t0, self.structured, self.cancel = t0, structured, cancel
-        self.timings = Timings(preprocess_ms=load_ms)
+        self.timings = Timings(preprocess_ms=load_ms, **model.placement())
         self.generated: list[int] = []
         self.reason = "length"
         self.superseded = False  # set when a later request of the same thread took over

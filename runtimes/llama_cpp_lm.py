@@ -50,6 +50,22 @@ _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float3
 assert _TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
 
 
+def gpu_layers(value: int | str | None) -> int:
+    """Layers to offload: ``"auto"`` (or None) is every layer where llama.cpp was built
+    with a GPU backend that found a device (``llama_supports_gpu_offload``), else 0; a
+    number is taken as given (llama.cpp caps it at the model's layer count)."""
+    if value is None or value == "auto":
+        return 999 if llama_cpp.llama_supports_gpu_offload() else 0
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise LlamaCppError(f"n_gpu_layers must be a number or 'auto' (got {value!r})")
+    if value < 0:
+        raise LlamaCppError(f"n_gpu_layers must be >= 0 or 'auto' (got {value})")
+    return value
+
+
 class LlamaCppLM:
     """A GGUF language model in llama.cpp, evaluated incrementally on one sequence.
 
@@ -66,6 +82,7 @@ class LlamaCppLM:
     ``verbose`` (the log callback is process-wide). ``n_threads`` decodes,
     ``n_threads_batch`` (default: ``n_threads``) evaluates batches (the prefill).
     ``kv_type``: the KV cache's element type, ``f16`` or ``q8_0`` (with flash attention).
+    ``n_gpu_layers``: layers offloaded to a GPU, or ``"auto"`` (see :func:`gpu_layers`).
 
     :attr:`cancel`: while set to a :class:`~llava_edge.runtimes.cancel.Cancel`, an
     evaluation stops within one ubatch of the signal (llama.cpp's abort callback) and
@@ -74,7 +91,7 @@ class LlamaCppLM:
 
     def __init__(self, gguf_path: str | os.PathLike, n_ctx: int = DEFAULT_N_CTX,
                  n_threads: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
-                 n_gpu_layers: int = 0, flash_attn: bool = False, repack: bool = True,
+                 n_gpu_layers: int | str = 0, flash_attn: bool = False, repack: bool = True,
                  mmap: bool | None = None, verbose: bool = False,
                  n_threads_batch: int | None = None, kv_type: str = "f16"):
         if kv_type not in KV_TYPES:
@@ -103,7 +120,8 @@ class LlamaCppLM:
 
         model_params = llama_cpp.llama_model_default_params()
         self.mmap = (not repack) if mmap is None else mmap
-        set_fields(model_params, n_gpu_layers=n_gpu_layers, use_extra_bufts=repack,
+        self.n_gpu_layers = gpu_layers(n_gpu_layers)
+        set_fields(model_params, n_gpu_layers=self.n_gpu_layers, use_extra_bufts=repack,
                     load_mode=(llama_cpp.LLAMA_LOAD_MODE_MMAP if self.mmap
                                else llama_cpp.LLAMA_LOAD_MODE_NONE))
         self._model = load_model(self.path, model_params, rules.overrides, verbose)
@@ -136,6 +154,14 @@ class LlamaCppLM:
         self._embd_batch = llama_cpp.llama_batch_init(self.n_batch, self.n_embd, 1)
 
     # -- tokens ---------------------------------------------------------------------
+
+    @property
+    def placement(self) -> str:
+        """Where the model runs: ``CPU``, or ``GPU (N layers)``."""
+        if not self.n_gpu_layers:
+            return "CPU"
+        n = llama_cpp.llama_model_n_layer(self._model)
+        return f"GPU ({min(self.n_gpu_layers, n + 1)} of {n + 1} layers)"
 
     @property
     def bos_token(self) -> int:

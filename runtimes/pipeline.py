@@ -127,7 +127,7 @@ class LlavaEdge:
     def load(cls, bundle: str | Path, vision_precision: str | None = None,
              llm_quant: str | None = None, n_threads: int | None = None,
              n_ctx: int | None = None, n_batch: int = 512, n_ubatch: int | None = None,
-             n_gpu_layers: int | None = None, flash_attn: bool | None = None,
+             n_gpu_layers: int | str | None = None, flash_attn: bool | None = None,
              repack: bool | None = None, providers: str | None = None,
              verify: str = "hash", max_pixels: int = DEFAULT_MAX_PIXELS,
              verbose: bool = False, reuse_prefix: bool = True,
@@ -141,8 +141,8 @@ class LlavaEdge:
         (True: look it up; a path: that profile file; False: none). Its settings fill in
         every one of ``vision_precision``, ``llm_quant``, ``vision_threads``,
         ``n_threads``, ``n_threads_batch``, ``repack``, ``flash_attn``, ``n_ubatch``,
-        ``kv_type``, ``n_gpu_layers`` and ``providers`` left at None (defaults: 0 layers
-        offloaded, providers "auto"); :attr:`settings` says what was used and :attr:`tune_note` why.
+        ``kv_type``, ``n_gpu_layers`` and ``providers`` left at None (defaults: every
+        layer on the GPU when llama.cpp has one, else none; providers "auto"); :attr:`settings` says what was used and :attr:`tune_note` why.
         ``n_threads``: every stage's threads (default: all cores); ``n_threads_batch``
         (llama.cpp's prefill) and ``vision_threads`` (ONNX Runtime) override it per stage;
         ``repack``: llama.cpp's load-time weight repacking (default on: faster decode;
@@ -188,6 +188,13 @@ class LlavaEdge:
         model.settings = replace(s, vision_precision=v.precision, llm_quant=lm.quant)
         model.tune_note = note
         return model
+
+    def placement(self) -> dict[str, str]:
+        """Where each stage runs: ``{"vision_on": ..., "llm_on": ...}`` (backends that
+        cannot say give "")."""
+        providers = getattr(self.vision, "providers", None) or []
+        return {"vision_on": providers[0].removesuffix("ExecutionProvider") if providers
+                else "", "llm_on": getattr(self.llm, "placement", "")}
 
     # -- images -------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import click
 
 from llava_edge.cli.common import json_option, sampling_options
 from llava_edge.cli.interrupt import cancel_on_sigint
-from llava_edge.cli.run_cmd import max_tiles_option, tune_option
+from llava_edge.cli.run_cmd import max_tiles_option, runtime_options, tune_option
 from llava_edge.errors import Cancelled, LlavaEdgeError
 from llava_edge.runtimes.cancel import Cancel
 
@@ -34,10 +34,11 @@ HELP = ("commands: /image PATH (attach an image to your next message), /reset (f
 @click.option("--stats", is_flag=True, help="After each answer, print its timings to stderr.")
 @max_tiles_option
 @tune_option
+@runtime_options
 @json_option
 def chat(bundle, images, system, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
          seed, vision_precision, llm_quant, n_ctx, n_threads, stats, max_tiles, use_tune,
-         as_json):
+         as_json, **runtime):
     """Chat with BUNDLE: type a message, get a streamed answer; the conversation is kept.
 
     \b
@@ -54,7 +55,7 @@ def chat(bundle, images, system, max_new_tokens, temperature, top_k, top_p, repe
 
     with LlavaEdge.load(bundle, vision_precision=vision_precision, llm_quant=llm_quant,
                         n_ctx=n_ctx, n_threads=n_threads, max_tiles=max_tiles,
-                        tune=use_tune) as model:
+                        tune=use_tune, **runtime) as model:
         session = model.chat(system=system, max_new_tokens=max_new_tokens,
                              temperature=temperature, top_k=top_k, top_p=top_p,
                              repeat_penalty=repeat_penalty, seed=seed)

@@ -11,6 +11,44 @@ from llava_edge.cli.common import (emit_json, json_option, sampling_options,
 
 threads_option = click.option("--threads", "n_threads", type=int, default=None,
                               help="CPU threads (default: all cores).")
+
+
+def _gpu_layers(_ctx, _param, value):
+    if value is None or value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise click.BadParameter(f"give a number of layers >= 0 or 'auto' (got {value!r})")
+    return n
+
+
+_RUNTIME_OPTIONS = (
+    click.option("--gpu-layers", "n_gpu_layers", callback=_gpu_layers, default=None,
+                 metavar="N|auto", help="llama.cpp layers on the GPU (default: auto, every "
+                 "layer where llama.cpp has a GPU, else none)."),
+    click.option("--providers", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+                 default=None, help="ONNX Runtime provider for the vision graph (default: "
+                 "auto, the fastest installed)."),
+    click.option("--flash-attn/--no-flash-attn", "flash_attn", default=None,
+                 help="llama.cpp flash attention (default: off)."),
+    click.option("--repack/--no-repack", "repack", default=None,
+                 help="llama.cpp's load-time weight repacking (default: on)."),
+    click.option("--kv-type", type=click.Choice(["f16", "q8_0"]), default=None,
+                 help="KV cache type (default: f16; q8_0 needs --flash-attn)."),
+)
+
+
+def runtime_options(f):
+    """The runtime settings ``LlavaEdge.load`` takes, as options whose names are its
+    argument names (unset: the tune profile's choice, else the default)."""
+    for option in reversed(_RUNTIME_OPTIONS):
+        f = option(f)
+    return f
+
+
 tune_option = click.option(
     "--tune/--no-tune", "use_tune", default=True, show_default=True,
     help="Use the settings `llava-edge tune` measured for this bundle on this machine, if "
@@ -58,13 +96,15 @@ def _check_reference(reference_checkpoint, **backends) -> None:
 @max_tiles_option
 @threads_option
 @tune_option
+@runtime_options
 @reference_option
 @vision_backend_option
 @llm_backend_option
 @json_option
 def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
         seed, structured, system, vision_precision, llm_quant, n_ctx, streaming, max_tiles,
-        n_threads, use_tune, reference_checkpoint, vision_backend, llm_backend, as_json):
+        n_threads, use_tune, reference_checkpoint, vision_backend, llm_backend, as_json,
+        **runtime):
     """Answer PROMPT about the image(s) with BUNDLE."""
     from llava_edge.cli.interrupt import cancel_on_sigint
     from llava_edge.errors import Cancelled
@@ -83,7 +123,7 @@ def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repea
     else:
         loaded = LlavaEdge.load(bundle, vision_precision=vision_precision,
                                 llm_quant=llm_quant, n_ctx=n_ctx, n_threads=n_threads,
-                                max_tiles=max_tiles, tune=use_tune)
+                                max_tiles=max_tiles, tune=use_tune, **runtime)
     cancel = Cancel()
     with loaded as model, cancel_on_sigint(cancel):
         stream = model.stream(list(images), prompt, max_new_tokens=max_new_tokens,
@@ -137,11 +177,12 @@ def _structured_value(answer, raise_error: bool = False) -> dict:
 @click.option("--vision-precision", default=None)
 @max_tiles_option
 @threads_option
+@_RUNTIME_OPTIONS[1]  # --providers
 @reference_option
 @vision_backend_option
 @llm_backend_option
 @json_option
-def embed(bundle, image, out_file, vision_precision, max_tiles, n_threads,
+def embed(bundle, image, out_file, vision_precision, max_tiles, n_threads, providers,
           reference_checkpoint, vision_backend, llm_backend, as_json):
     """Save the rows IMAGE takes in the LLM's sequence, [n_positions, n_embd], as they are
     injected (LLaVA-NeXT: the tiles' features packed with the newlines), for debugging
@@ -168,7 +209,8 @@ def embed(bundle, image, out_file, vision_precision, max_tiles, n_threads,
             torch.set_num_threads(n_threads)
     else:
         entry = b.vision_entry(vision_precision)
-        encoder, precision = OnnxVisionEncoder(b.file(entry.file), n_threads=n_threads), \
+        encoder, precision = OnnxVisionEncoder(b.file(entry.file), n_threads=n_threads,
+                                               providers=providers or "auto"), \
             entry.precision
     m = b.manifest
     layout = image_layout(m, b.file(m.anyres.newline_file) if m.anyres else None, max_tiles)

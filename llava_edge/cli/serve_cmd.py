@@ -6,7 +6,8 @@ import ipaddress
 
 import click
 
-from llava_edge.cli.run_cmd import max_tiles_option, threads_option, tune_option
+from llava_edge.cli.run_cmd import (max_tiles_option, runtime_options, threads_option,
+                                    tune_option)
 from llava_edge.runtimes.embed_cache import DEFAULT_EMBED_CACHE_MB
 
 
@@ -55,11 +56,12 @@ from llava_edge.runtimes.embed_cache import DEFAULT_EMBED_CACHE_MB
 @click.option("--n-ctx", type=int, default=None, help="Context length (default: bundle's).")
 @threads_option
 @tune_option
+@runtime_options
 @max_tiles_option
 def serve(bundle, host, port, max_queue, max_queue_image_mb, embed_cache_mb, api_key,
           model_name, timeout_s, max_body_mb, max_image_pixels, allow_remote_images,
           allow_remote_hosts, max_remote_image_mb, remote_timeout_s, vision_precision,
-          llm_quant, n_ctx, n_threads, use_tune, max_tiles):
+          llm_quant, n_ctx, n_threads, use_tune, max_tiles, **runtime):
     """Serve BUNDLE with an OpenAI-compatible API: POST /v1/chat/completions (images as
     base64 data: URLs, streaming as server-sent events), GET /v1/models, GET /health.
 
@@ -95,7 +97,7 @@ def serve(bundle, host, port, max_queue, max_queue_image_mb, embed_cache_mb, api
     model = LlavaEdge.load(bundle, vision_precision=vision_precision, llm_quant=llm_quant,
                            n_ctx=n_ctx, n_threads=n_threads, max_pixels=max_pixels,
                            max_tiles=max_tiles, embed_cache_mb=embed_cache_mb,
-                           tune=use_tune)
+                           tune=use_tune, **runtime)
     worker = Worker(model, max_queue=max_queue,
                     max_image_bytes=int(max_queue_image_mb * 1024 * 1024)).start()
     config = ServeConfig(model_name=model_name or Path(bundle).resolve().name, api_key=api_key,

@@ -9,7 +9,8 @@ import sys
 import click
 
 from llava_edge.cli.common import sampling_options, structured_options
-from llava_edge.cli.run_cmd import max_tiles_option, threads_option, tune_option
+from llava_edge.cli.run_cmd import (max_tiles_option, runtime_options, threads_option,
+                                    tune_option)
 
 
 @click.command()
@@ -54,10 +55,11 @@ from llava_edge.cli.run_cmd import max_tiles_option, threads_option, tune_option
 @max_tiles_option
 @threads_option
 @tune_option
+@runtime_options
 def watch(bundle, sources, questions, questions_file, every_s, frames, duration_s, max_rounds,
           max_fps, fps, realtime, loop, out_file, structured, max_new_tokens,
           temperature, top_k, top_p, repeat_penalty, seed, system, vision_precision, llm_quant,
-          n_ctx, max_tiles, n_threads, use_tune):
+          n_ctx, max_tiles, n_threads, use_tune, **runtime):
     """Ask QUESTIONs about the newest frames of SOURCE with BUNDLE, round after round.
 
     \b
@@ -91,7 +93,7 @@ def watch(bundle, sources, questions, questions_file, every_s, frames, duration_
             source.start()
         with LlavaEdge.load(bundle, vision_precision=vision_precision, llm_quant=llm_quant,
                             n_ctx=n_ctx, n_threads=n_threads, max_tiles=max_tiles,
-                            tune=use_tune) as model:
+                            tune=use_tune, **runtime) as model:
             records = watch_loop(
                 model, opened, questions, every_s=every_s, frames=frames,
                 duration_s=duration_s, max_rounds=max_rounds, summary=summary,

@@ -52,7 +52,7 @@ class RuntimeSettings:
     flash_attn: bool | None = None
     n_ubatch: int | None = None         # llama.cpp's physical batch (positions per step)
     kv_type: str | None = None          # KV cache: f16, or q8_0 (needs flash_attn)
-    n_gpu_layers: int | None = None     # llama.cpp layers offloaded (a GPU build only)
+    n_gpu_layers: int | str | None = None  # llama.cpp layers offloaded, or "auto"
     providers: str | None = None        # ONNX Runtime: auto, cpu, cuda, tensorrt
 
     def over(self, base: "RuntimeSettings") -> "RuntimeSettings":
@@ -69,9 +69,10 @@ class RuntimeSettings:
 
 
 # What the runtime does when nothing chooses otherwise (threads None: every core; the
-# graph and GGUF None: the manifest's defaults).
+# graph and GGUF None: the manifest's defaults; "auto": every layer on a GPU when
+# llama.cpp has one, the best ONNX Runtime provider installed).
 DEFAULTS = RuntimeSettings(repack=True, flash_attn=False, n_ubatch=512, kv_type="f16",
-                           n_gpu_layers=0, providers="auto")
+                           n_gpu_layers="auto", providers="auto")
 
 
 def resolve(explicit: RuntimeSettings, profile: "TuneProfile | None") -> RuntimeSettings:

@@ -37,6 +37,7 @@ from typing import Callable
 from llava_edge.bundle import open_bundle
 from llava_edge.cpu_features import this_cpu
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.runtimes.llama_cpp_lm import gpu_layers
 from llava_edge.runtimes.tune.profile import (DEFAULTS, RuntimeSettings, TuneProfile,
                                               bundle_key, machine_description)
 
@@ -188,7 +189,7 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
               "kv_type": ("f16", "q8_0"), **gpu_choices()}
     base = replace(DEFAULTS, vision_precision=values["vision_precision"][0],
                    llm_quant=values["llm_quant"][0], vision_threads=cores, n_threads=cores,
-                   n_threads_batch=cores)
+                   n_threads_batch=cores, n_gpu_layers=gpu_layers(DEFAULTS.n_gpu_layers))
     # Settings with nothing to try here (a GPU setting without a GPU) are left out.
     dims = tuple(d for d in dims if set(values[d]) - {getattr(base, d)})
     # the defaults, then each value but the current one of every setting
