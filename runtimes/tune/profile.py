@@ -236,9 +236,10 @@ def lookup(bundle_dir: str | os.PathLike, machine: dict | None = None,
 
 
 def _differences(theirs: dict, ours: dict) -> str:
+    """What differs between two machine descriptions, for people (two fields at most)."""
     keys = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
-    return ", ".join(f"{k}: {theirs.get(k)!r} there" for k in keys[:2] if k != "features") or \
-        ("CPU features differ" if "features" in keys else "same description")
+    named = [f"{k}: {theirs.get(k)!r} there" for k in keys if k != "features"][:2]
+    return ", ".join(named) or ("CPU features differ" if keys else "same description")
 
 
 def find_profile(bundle_dir: str | os.PathLike,
