@@ -33,9 +33,10 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from llava_edge.errors import LlavaEdgeError, PromptError
+from llava_edge.errors import Cancelled, LlavaEdgeError, PromptError
 
 if TYPE_CHECKING:
+    from llava_edge.runtimes.cancel import Cancel
     from llava_edge.runtimes.frame_source import Frame, FrameSource
     from llava_edge.runtimes.pipeline import LlavaEdge
 
@@ -99,13 +100,17 @@ class WatchSummary:
 def watch(model: "LlavaEdge", sources: Sequence["FrameSource"], questions: Sequence[str], *,
           every_s: float = 0.0, frames: int = 1, duration_s: float | None = None,
           max_rounds: int | None = None, summary: WatchSummary | None = None,
-          frame_timeout_s: float | None = None, **ask_options) -> Iterator[WatchRecord]:
+          frame_timeout_s: float | None = None, cancel: "Cancel | None" = None,
+          **ask_options) -> Iterator[WatchRecord]:
     """Yield a :class:`WatchRecord` per question per round (see the module docstring).
 
     ``sources`` are started here if they were not; the caller closes them.
     ``ask_options`` go to :meth:`LlavaEdge.ask` (max_new_tokens, sampling, system,
     json_schema, choices). ``summary``, when given, is kept up to date (the counts are
-    right even if the caller stops the iteration early).
+    right even if the caller stops the iteration early). ``cancel``: once signalled, the
+    answer in progress stops within one llama.cpp ubatch, one vision-graph node or one
+    token (:class:`~llava_edge.errors.Cancelled` is raised, ``summary.ended_by`` is
+    "cancelled"), and no new round starts.
     """
     questions = [q for q in questions if q.strip()]
     if not questions:
@@ -124,6 +129,9 @@ def watch(model: "LlavaEdge", sources: Sequence["FrameSource"], questions: Seque
     summary.ended_by = "running"
     try:
         while True:
+            if cancel is not None and cancel.cancelled:
+                summary.ended_by = "cancelled"
+                return
             if duration_s is not None and time.monotonic() - t_start >= duration_s:
                 summary.ended_by = "duration"
                 return
@@ -139,8 +147,12 @@ def watch(model: "LlavaEdge", sources: Sequence["FrameSource"], questions: Seque
             images = [f.image for f in taken]
             newest = max(f.captured for f in taken)
             for question in questions:
-                record = _answer(model, images, question, ask_options, summary.rounds, infos,
-                                 newest)
+                try:
+                    record = _answer(model, images, question, ask_options | {"cancel": cancel},
+                                     summary.rounds, infos, newest)
+                except Cancelled:
+                    summary.ended_by = "cancelled"
+                    raise
                 summary.answers += 1
                 summary.errors += record.error is not None
                 _update(summary, sources, t_start)

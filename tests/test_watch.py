@@ -243,3 +243,42 @@ def test_bench_loop_runs_every_scenario(tiny_bundle, tmp_path):
         assert r["age_p50_s"] > 0 and r["answers_per_min"] > 0
     assert res["runs"][-1]["constrain_ms_per_token"] > 0
     assert "| yes/no (choices) | on |" in (folder / "results.md").read_text()
+
+
+def test_a_cancel_stops_the_answer_in_progress_and_the_watch(model, folder):
+    from llava_edge.errors import Cancelled
+    from llava_edge.runtimes.cancel import Cancel
+
+    cancel, summary = Cancel(), WatchSummary()
+    with FrameSource(folder) as source:
+        records = watch(model, [source], ["What is it?"], summary=summary, cancel=cancel,
+                        max_new_tokens=4)
+        assert next(records).round == 0
+        cancel.cancel("interrupted")  # between rounds: no new round starts
+        assert list(records) == [] and summary.ended_by == "cancelled"
+        assert summary.rounds == 1
+    # a signal set before the first round: no answer at all
+    summary = WatchSummary()
+    with FrameSource(folder) as source:
+        records = watch(model, [source], ["What is it?"], summary=summary, max_new_tokens=4,
+                        cancel=cancel)
+        assert list(records) == [] and summary.ended_by == "cancelled"
+    # a signal during an answer: the ask stops and the watch raises Cancelled
+    armed = Cancel()
+    with FrameSource(folder) as source:
+        records = watch(model, [source], ["What is it?"], summary=summary, max_new_tokens=64,
+                        cancel=armed)
+        next(records)
+        real_ask = model.ask
+
+        def ask_then_cancel(*args, **kwargs):
+            armed.cancel("interrupted")  # as a Ctrl-C arriving during the prefill
+            return real_ask(*args, **kwargs)
+
+        model.ask = ask_then_cancel
+        try:
+            with pytest.raises(Cancelled):
+                next(records)
+        finally:
+            del model.ask
+    assert summary.ended_by == "cancelled"

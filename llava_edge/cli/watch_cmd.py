@@ -73,6 +73,9 @@ def watch(bundle, sources, questions, questions_file, every_s, frames, duration_
       llava-edge watch bundle/ --source 0 --question "Is the path clear?" --choice yes --choice no
       llava-edge watch bundle/ --source clip.mp4 --question "What changed?" --frames 2
     """
+    from llava_edge.cli.interrupt import cancel_on_sigint
+    from llava_edge.errors import Cancelled
+    from llava_edge.runtimes.cancel import Cancel
     from llava_edge.runtimes.frame_source import FrameSource
     from llava_edge.runtimes.pipeline import LlavaEdge
     from llava_edge.runtimes.watch import WatchSummary
@@ -94,17 +97,23 @@ def watch(bundle, sources, questions, questions_file, every_s, frames, duration_
         with LlavaEdge.load(bundle, vision_precision=vision_precision, llm_quant=llm_quant,
                             n_ctx=n_ctx, n_threads=n_threads, max_tiles=max_tiles,
                             tune=use_tune, **runtime) as model:
+            # Ctrl-C cancels the answer in progress at once (within a ubatch of a
+            # prefill), and the watch ends with its summary; a second Ctrl-C is a
+            # KeyboardInterrupt as usual.
+            cancel = Cancel()
             records = watch_loop(
                 model, opened, questions, every_s=every_s, frames=frames,
                 duration_s=duration_s, max_rounds=max_rounds, summary=summary,
-                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, system=system,
-                **structured)
+                cancel=cancel, max_new_tokens=max_new_tokens, temperature=temperature,
+                top_k=top_k, top_p=top_p, repeat_penalty=repeat_penalty, seed=seed,
+                system=system, **structured)
             try:
-                for record in records:
-                    _write_line(out, record.to_json())
-            except KeyboardInterrupt:  # the way a watch is meant to end: not an error
+                with cancel_on_sigint(cancel):
+                    for record in records:
+                        _write_line(out, record.to_json())
+            except (KeyboardInterrupt, Cancelled):  # the way a watch is meant to end
                 records.close()
+            if cancel.cancelled or summary.ended_by in ("cancelled", "stopped"):
                 summary.ended_by = "interrupted"
         _write_line(out, summary.to_json())
     finally:
