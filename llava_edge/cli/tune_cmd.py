@@ -46,9 +46,10 @@ def _settings(_ctx, _param, value):
 @click.option("--budget", "budget_s", default=600.0, show_default=True,
               type=click.FloatRange(0, min_open=True),
               help="Seconds of measuring; candidates that would not fit are left out.")
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),
+@click.option("--repeats", default=2, show_default=True, type=click.IntRange(1),
               help="Rounds of two cold requests per candidate (after one warm-up).")
-@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(2))
+@click.option("--max-new-tokens", default=16, show_default=True, type=click.IntRange(2),
+              help="Tokens per request (the greedy tokens compared for fidelity).")
 @click.option("--answer-tokens", default=64, show_default=True, type=click.IntRange(1),
               help="--objective answer: the answer length it is timed for.")
 @click.option("--max-first-token-ms", type=click.FloatRange(0, min_open=True), default=None,

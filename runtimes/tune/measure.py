@@ -29,8 +29,8 @@ PROMPTS = ("Describe the image in detail.", "What colours and shapes are in the 
 class Job:
     bundle: str
     settings: dict          # RuntimeSettings.chosen()
-    repeats: int = 3
-    max_new_tokens: int = 32
+    repeats: int = 2
+    max_new_tokens: int = 16
     image_size: tuple[int, int] = (640, 480)
 
 
