@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -21,8 +20,9 @@ from llava_edge.runtimes.pipeline import LlavaEdge  # noqa: E402
 from llava_edge.runtimes.serve.app import ServeConfig, create_app  # noqa: E402
 from llava_edge.runtimes.serve.worker import Worker  # noqa: E402
 from scene_images import scene  # noqa: E402
+from uvicorn_thread import serving  # noqa: E402
 from test_serve import (API_KEY, MAX_BODY, MAX_PIXELS, MODEL, Served,  # noqa: E402
-                        _assert_openai_error, _data_url, _free_port, _png, _user)
+                        _assert_openai_error, _data_url, _png, _user)
 
 # -- the embedding cache --------------------------------------------------------------------
 
@@ -117,27 +117,14 @@ CACHE_MB = 1.0
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle):
-    import uvicorn
-
     model = LlavaEdge.load(tiny_bundle, vision_precision="fp32", llm_quant="F16",
                            n_threads=1, max_pixels=MAX_PIXELS, embed_cache_mb=CACHE_MB)
     # max_queue=4: the count bound is never what refuses a request here
     worker = Worker(model, max_queue=4, max_image_bytes=MAX_IMAGE_BYTES).start()
     config = ServeConfig(model_name=MODEL, api_key=API_KEY, max_body_bytes=MAX_BODY,
                          timeout_s=300.0, max_pixels=MAX_PIXELS)
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(worker, config), host="127.0.0.1", port=port,
-                                       log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    for _ in range(2400):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    assert uv.started, "uvicorn did not start"
-    yield Served(port, worker, config)
-    uv.should_exit = True
-    thread.join(30)
+    with serving(create_app(worker, config)) as port:
+        yield Served(port, worker, config)
     worker.close()
 
 

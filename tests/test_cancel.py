@@ -196,27 +196,15 @@ def test_cancel_during_the_vision_call(tiny_next_bundle):
 @pytest.fixture(scope="module")
 def server(tiny_bundle):
     pytest.importorskip("fastapi")
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     from llava_edge.runtimes.serve.app import ServeConfig, create_app
+    from uvicorn_thread import serving
     from llava_edge.runtimes.serve.worker import Worker
 
     worker = Worker(LlavaEdge.load(tiny_bundle, **LOAD), max_queue=4).start()
     config = ServeConfig(model_name="tiny", timeout_s=300.0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(create_app(worker, config), host="127.0.0.1",
-                                       port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    for _ in range(2400):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    assert uv.started
-    yield port, worker, config
-    uv.should_exit = True
-    thread.join(30)
+    with serving(create_app(worker, config)) as port:
+        yield port, worker, config
     worker.close()
 
 

@@ -151,40 +151,29 @@ def test_server_answers_about_a_tiled_image_like_the_pipeline(tiny_next_bundle, 
     """The OpenAI-compatible server on a LLaVA-NeXT bundle: same answer and prompt-token
     count (which depends on the image's size) as the pipeline."""
     pytest.importorskip("fastapi")
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     pytest.importorskip("openai")
-    import threading
-    import time
-
     from llava_edge.runtimes.serve.app import ServeConfig, create_app
     from llava_edge.runtimes.serve.worker import Worker
-    from test_serve import Served, _data_url, _free_port, _png, _user
+    from test_serve import Served, _data_url, _png, _user
+    from uvicorn_thread import serving
 
     model = LlavaEdge.load(tiny_next_bundle, vision_precision="fp32", llm_quant="F16",
                            n_threads=1)
     worker = Worker(model, max_queue=1).start()
     config = ServeConfig(model_name="next", api_key="k", max_body_bytes=8 << 20,
                          timeout_s=300.0, max_pixels=4_000_000)
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(worker, config), host="127.0.0.1", port=port,
-                                       log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
     try:
-        for _ in range(2400):
-            if uv.started:
-                break
-            time.sleep(0.05)
-        image = _image(SIZES["wide"], 3)
-        client = Served(port, worker, config).client(api_key="k")
-        r = client.chat.completions.create(model="next", messages=[
-            _user(_data_url(_png(image)), "Describe the image.")], max_tokens=6, temperature=0)
-        expected = next_model.ask(image, "Describe the image.", max_new_tokens=6)
-        assert r.choices[0].message.content == expected.text
-        assert r.usage.prompt_tokens == expected.n_prompt_tokens
+        with serving(create_app(worker, config)) as port:
+            image = _image(SIZES["wide"], 3)
+            client = Served(port, worker, config).client(api_key="k")
+            r = client.chat.completions.create(model="next", messages=[
+                _user(_data_url(_png(image)), "Describe the image.")], max_tokens=6,
+                temperature=0)
+            expected = next_model.ask(image, "Describe the image.", max_new_tokens=6)
+            assert r.choices[0].message.content == expected.text
+            assert r.usage.prompt_tokens == expected.n_prompt_tokens
     finally:
-        uv.should_exit = True
-        thread.join(30)
         worker.close()
 
 

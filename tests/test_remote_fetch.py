@@ -372,26 +372,11 @@ def test_a_non_image_content_type_is_refused(two):
 def _serving(config):
     """The real app on a free loopback port. Refusals happen while the request is parsed,
     before the worker is involved, so no model is loaded."""
-    import uvicorn
-
     from llava_edge.runtimes.serve.app import create_app
+    from uvicorn_thread import serving
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(create_app(object(), config), host="127.0.0.1",
-                                       port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if uv.started:
-            break
-        time.sleep(0.025)
-    try:
+    with serving(create_app(object(), config)) as port:
         yield port
-    finally:
-        uv.should_exit = True
-        thread.join(10)
 
 
 def _post(port: int, image_url: str) -> tuple[int, dict]:

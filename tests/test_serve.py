@@ -30,6 +30,7 @@ from llava_edge.runtimes.serve.app import ServeConfig, create_app  # noqa: E402
 from llava_edge.runtimes.serve.openai_schema import ApiError, parse_chat_request  # noqa: E402
 from llava_edge.runtimes.serve.worker import Worker  # noqa: E402
 from scene_images import scene  # noqa: E402
+from uvicorn_thread import serving  # noqa: E402
 
 API_KEY = "test-key"
 MODEL = "tiny"
@@ -104,26 +105,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle):
-    import uvicorn
-
     model = LlavaEdge.load(tiny_bundle, vision_precision="fp32", llm_quant="F16",
                            n_threads=1, max_pixels=MAX_PIXELS)
     worker = Worker(model, max_queue=1).start()
     config = ServeConfig(model_name=MODEL, api_key=API_KEY, max_body_bytes=MAX_BODY,
                          timeout_s=300.0, max_pixels=MAX_PIXELS)
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(worker, config), host="127.0.0.1", port=port,
-                                       log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    for _ in range(2400):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    assert uv.started, "uvicorn did not start"
-    yield Served(port, worker, config)
-    uv.should_exit = True
-    thread.join(30)
+    with serving(create_app(worker, config)) as port:
+        yield Served(port, worker, config)
     worker.close()
 
 

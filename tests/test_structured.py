@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
-import threading
-import time
 
 import jsonschema
 import pytest
@@ -205,28 +202,15 @@ def test_choices_grammar_escapes():
 @pytest.fixture(scope="module")
 def server(tiny_bundle):
     pytest.importorskip("fastapi")
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     from llava_edge.runtimes.serve.app import ServeConfig, create_app
+    from uvicorn_thread import serving
     from llava_edge.runtimes.serve.worker import Worker
 
     worker = Worker(LlavaEdge.load(tiny_bundle, vision_precision="fp32", llm_quant="F16",
                                    n_threads=1), max_queue=2).start()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(create_app(worker, ServeConfig(model_name="tiny")),
-                                       host="127.0.0.1", port=port, log_level="warning",
-                                       lifespan="off"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    for _ in range(2400):
-        if uv.started:
-            break
-        time.sleep(0.05)
-    assert uv.started
-    yield port
-    uv.should_exit = True
-    thread.join(30)
+    with serving(create_app(worker, ServeConfig(model_name="tiny"))) as port:
+        yield port
     worker.close()
 
 
