@@ -42,9 +42,11 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -189,13 +191,54 @@ def wait_ready(proc: subprocess.Popen, port: int, limit_s: float = 300) -> None:
     raise RuntimeError("the server did not come up")
 
 
-def sample_rss(pid: int, t0: float, stop: threading.Event, out: list, every_s: float) -> None:
+@contextmanager
+def served(cmd: list[str], env: dict, port: int) -> Iterator[subprocess.Popen]:
+    """``llava-edge serve`` as a subprocess, once it answers /health; terminated (killed
+    after 30 s) when the block ends."""
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        wait_ready(proc, port)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextmanager
+def sampling(pid: int, t0: float, every_s: float) -> Iterator[list]:
+    """While the block runs, (seconds since ``t0``, RSS MB, open descriptors) of process
+    ``pid`` every ``every_s``, appended to the yielded list."""
     import psutil
 
-    proc = psutil.Process(pid)
-    while not stop.is_set():
-        out.append((time.monotonic() - t0, proc.memory_info().rss / 2**20))
-        stop.wait(every_s)
+    proc, out, stop = psutil.Process(pid), [], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            out.append((time.monotonic() - t0, proc.memory_info().rss / 2**20,
+                        proc.num_fds()))
+            stop.wait(every_s)
+
+    thread = threading.Thread(target=sample)
+    thread.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_clients(clients: list, t0: float, duration: float, request_timeout: float) -> int:
+    """Each client's ``run(t0, t0 + duration)`` in a thread; the number of threads still
+    running after a generous join (hung clients)."""
+    threads = [threading.Thread(target=c.run, args=(t0, t0 + duration)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration + 2 * request_timeout)
+    return sum(t.is_alive() for t in threads)
 
 
 def scene(seed: int, width: int = 320, height: int = 240) -> Image.Image:
@@ -384,34 +427,16 @@ def run_serve_load(args: ServeLoadOptions) -> dict:
                   str(args.request_timeout)]
     env = {**os.environ, "LLAVA_EDGE_API_KEY": key, "OMP_NUM_THREADS": str(args.threads)}
     machine = machine_info(args.threads)  # the server's threads
-    proc = subprocess.Popen(server_cmd, env=env)
-    try:
-        wait_ready(proc, port)
+    with served(server_cmd, env, port) as proc:
         clients = [Client(i, port, key, preset, scene_urls(4), args.max_tokens,
                           args.stream_fraction, args.backoff, args.request_timeout)
                    for i in range(args.clients)]
-        rss: list = []
-        stop = threading.Event()
         t0 = time.monotonic()
-        end = t0 + args.duration
-        sampler = threading.Thread(target=sample_rss, args=(proc.pid, t0, stop, rss, 0.5))
-        sampler.start()
-        threads = [threading.Thread(target=c.run, args=(t0, end)) for c in clients]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(args.duration + 2 * args.request_timeout)
-        hung_threads = sum(t.is_alive() for t in threads)
-        elapsed = time.monotonic() - t0
-        stop.set()
-        sampler.join()
+        with sampling(proc.pid, t0, 0.5) as samples:
+            hung_threads = run_clients(clients, t0, args.duration, args.request_timeout)
+            elapsed = time.monotonic() - t0
         health = get_json(port, "/health")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    rss = [(t, m) for t, m, _ in samples]
     outcomes = [o for c in clients for o in c.outcomes]
     summary = summarize(outcomes, elapsed, rss, health,
                         args.warmup if args.warmup is not None else args.duration / 10)

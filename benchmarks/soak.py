@@ -50,7 +50,6 @@ import random
 import shlex
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -64,8 +63,8 @@ import numpy as np
 
 from llava_edge.atomic_dir import write_json
 from llava_edge.benchmarks.serve_load import (MEMORY_FLAT_MB, ROOT, data_url, encode_image,
-                                              free_port, get_json, percentile, scene,
-                                              versions, wait_ready)
+                                              free_port, get_json, percentile, run_clients,
+                                              sampling, scene, served, versions)
 from llava_edge.benchmarks.vision_bench import machine_info
 from llava_edge.bundle import open_bundle
 
@@ -294,16 +293,6 @@ class SoakClient:
                     return
 
 
-def sample_server(pid: int, t0: float, stop: threading.Event, out: list, every_s: float):
-    """(seconds, RSS MB, open descriptors) of the server process every ``every_s``."""
-    import psutil
-
-    proc = psutil.Process(pid)
-    while not stop.is_set():
-        out.append((time.monotonic() - t0, proc.memory_info().rss / 2**20, proc.num_fds()))
-        stop.wait(every_s)
-
-
 def wait_idle(port: int, limit_s: float = 120) -> dict:
     """``/health`` once no job runs or waits (cancelled jobs finish within a ubatch)."""
     end = time.monotonic() + limit_s
@@ -522,9 +511,7 @@ def run_soak(args: SoakOptions) -> dict:
             "--allow-remote-hosts", "127.0.0.1"]
         env = {**os.environ, "LLAVA_EDGE_API_KEY": key, "OMP_NUM_THREADS": str(args.threads)}
         machine = machine_info(args.threads)
-        proc = subprocess.Popen(server_cmd, env=env)
-        try:
-            wait_ready(proc, port)
+        with served(server_cmd, env, port) as proc:
             rng = random.Random(0)
             traffic = Traffic(preset, key, images.port,
                               [data_url(encode_image(scene(s, *rng.choice(SIZES)), fmt), mime)
@@ -532,29 +519,11 @@ def run_soak(args: SoakOptions) -> dict:
                               args.max_tokens, manifest.prompt.n_ctx)
             clients = [SoakClient(i, port, traffic, args.request_timeout, args.backoff)
                        for i in range(args.clients)]
-            samples: list = []
-            stop = threading.Event()
             t0 = time.monotonic()
-            sampler = threading.Thread(target=sample_server,
-                                       args=(proc.pid, t0, stop, samples, args.sample_every))
-            sampler.start()
-            threads = [threading.Thread(target=c.run, args=(t0, t0 + args.duration))
-                       for c in clients]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(args.duration + 2 * args.request_timeout)
-            hung_threads = sum(t.is_alive() for t in threads)
-            elapsed = time.monotonic() - t0
-            health = wait_idle(port)
-            stop.set()
-            sampler.join()
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            with sampling(proc.pid, t0, args.sample_every) as samples:
+                hung_threads = run_clients(clients, t0, args.duration, args.request_timeout)
+                elapsed = time.monotonic() - t0
+                health = wait_idle(port)
     outcomes = [o for c in clients for o in c.outcomes]
     warmup = args.warmup if args.warmup is not None else args.duration / 10
     summary = summarize(outcomes, elapsed, samples, health, warmup)
