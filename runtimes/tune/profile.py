@@ -210,8 +210,13 @@ def lookup(bundle_dir: str | os.PathLike, machine: dict | None = None,
            root: Path | None = None) -> Lookup:
     """The profile for this machine and ``bundle_dir``. Profiles for the same bundle made
     on other machines, and unreadable files, are named in the note and never used."""
+    bkey = bundle_key(bundle_dir)
+    none = Lookup(None, None, "no tune profile for this bundle on this machine "
+                              "(llava-edge tune BUNDLE makes one)")
+    if not profile_path(bkey, "-", root).parent.is_dir():
+        return none  # the common case: no profile at all, and no need to probe the machine
     machine = machine if machine is not None else machine_description()
-    bkey, mkey = bundle_key(bundle_dir), machine_key(machine)
+    mkey = machine_key(machine)
     path = profile_path(bkey, mkey, root)
     if path.is_file():
         try:
@@ -231,8 +236,7 @@ def lookup(bundle_dir: str | os.PathLike, machine: dict | None = None,
                 diffs.append("unreadable")
         return Lookup(None, None, f"no profile for this machine; ignored {len(others)} made "
                                   f"on other machines ({'; '.join(diffs)}): run llava-edge tune")
-    return Lookup(None, None, "no tune profile for this bundle on this machine "
-                              "(llava-edge tune BUNDLE makes one)")
+    return none
 
 
 def _differences(theirs: dict, ours: dict) -> str:
