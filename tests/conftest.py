@@ -17,6 +17,12 @@ if "LLAVA_EDGE_TUNE_DIR" not in os.environ:
     import tempfile
 
     os.environ["LLAVA_EDGE_TUNE_DIR"] = tempfile.mkdtemp(prefix="llava-edge-tune-")
+# Stage 0 towers (`pretrain-vision`, the demo): likewise, so that the demo's test builds
+# its tower as a first run on a new machine does.
+if "LLAVA_EDGE_TOWER_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["LLAVA_EDGE_TOWER_CACHE"] = tempfile.mkdtemp(prefix="llava-edge-towers-")
 
 
 def _is_local(address) -> bool:

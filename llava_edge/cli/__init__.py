@@ -81,6 +81,9 @@ def _register_commands() -> None:
     from llava_edge.cli import doctor_cmd
 
     cli.add_command(doctor_cmd.doctor)
+    from llava_edge.cli import pretrain_vision_cmd
+
+    cli.add_command(pretrain_vision_cmd.pretrain_vision)
     from llava_edge.cli import tune_cmd
 
     cli.add_command(tune_cmd.tune)

@@ -72,6 +72,25 @@ def shapes_mc(dataset_dir: str, per_image: int, reply: str, as_json: bool) -> No
         click.echo(f"wrote {out}")
 
 
+@data.command("shapes-short")
+@click.argument("dataset_dir", type=click.Path(file_okay=False))
+@click.option("--per-image", default=5, show_default=True, type=click.IntRange(1, 5),
+              help="Questions (of different kinds) per train image, as one multi-turn "
+                   "conversation.")
+@json_option
+def shapes_short(dataset_dir: str, per_image: int, as_json: bool) -> None:
+    """Write short-answer questions (a word or phrase, LLaVA-1.5's VQA style) about a
+    dataset made by `llava-edge data shapes`: stage2_short.json about the train images,
+    and eval_short.json with held-out images of its own under images/eval_short/."""
+    from llava_edge.trainer.shapes_short import write_shapes_short
+
+    train, held_out = write_shapes_short(dataset_dir, per_image)
+    if as_json:
+        emit_json({"train": str(train), "eval": str(held_out)})
+    else:
+        click.echo(f"wrote {train} and {held_out}")
+
+
 @data.command()
 @click.argument("json_file", type=click.Path(dir_okay=False))
 @click.option("--image-folder", type=click.Path(file_okay=False),
