@@ -1,6 +1,6 @@
 # llava-edge: the two commands a fresh machine needs.
 #   make test   set up .venv, then run the whole test suite (what CI runs)
-#   make demo   set up .venv, then tiny model -> synthetic data -> train -> export -> run -> bench
+#   make demo   set up .venv, then tiny model -> stage 0 -> synthetic data -> train -> export -> run -> bench
 # Re-running skips what is already installed.
 
 PYTHON ?= python3

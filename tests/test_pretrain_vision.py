@@ -101,3 +101,29 @@ def test_cli_prints_the_probe_and_exits_1_on_a_bad_output(tiny_checkpoint, tmp_p
     assert "exists and is not empty" in capsys.readouterr().err
     assert run([*args, "--force"]) == 0
     assert "from the cache" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("targets", ["cell", "object"])
+def test_token_labels_follow_the_scenes(tiny_checkpoint, targets):
+    """``cell``: every token whose patch centre lies in a shape's cell carries the shape
+    (1-4 tokens on the tiny tower's 4x4 patches over the 3x3 grid); ``object``: the one
+    token whose patch holds the shape's centre."""
+    model, processor = pv._load(tiny_checkpoint)
+    tower = pv._tower(model)
+    data = pv._Scenes(processor, tower.config,
+                      VisionPretrainConfig(n_scenes=300, targets=targets))
+    cells = data.token_cell.tolist()
+    assert sorted(set(cells)) == list(range(9)) and len(cells) == 16
+    assert cells[:4] == [0, 1, 1, 2] and cells[5] == cells[6] == 4  # the centre cell: 4 tokens
+    occupied = data.labels[..., 0]
+    if targets == "cell":  # a token's cell label is where the token is
+        assert (data.labels[..., 4] == data.token_cell).all()
+    per_image = occupied.sum(1).float()
+    if targets == "cell":
+        assert per_image.min() >= 1 and per_image.max() <= 4 * 3
+    else:  # one token per shape (two small shapes near a border may share a patch)
+        assert per_image.min() >= 1 and per_image.max() <= 3
+    attrs = data.labels[occupied == 1][:, 1:4]
+    assert (attrs >= 0).all() and (data.labels[occupied == 0][:, 1:4] == -100).all()
+    with pytest.raises(LlavaEdgeError, match="targets must be"):
+        VisionPretrainConfig(targets="pixels")

@@ -61,12 +61,20 @@ class VisionPretrainConfig:
     weight_decay: float = 0.01
     n_scenes: int = 20000  # rendered once and drawn from at random
     seed: int = 0
+    #: Which tokens learn a shape: ``cell``, every token whose patch centre lies in the
+    #: shape's grid cell (1-4 tokens per shape); ``object``, the one token whose patch
+    #: holds the shape's centre (one token per shape, so a count of shapes is a count of
+    #: tokens).
+    targets: str = "cell"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "n_scenes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise LlavaEdgeError(f"VisionPretrainConfig.{name} must be a positive "
                                      f"integer, got {getattr(self, name)!r}")
+        if self.targets not in ("cell", "object"):
+            raise LlavaEdgeError(f"VisionPretrainConfig.targets must be 'cell' or 'object', "
+                                 f"got {self.targets!r}")
         if not self.learning_rate > 0:
             raise LlavaEdgeError(f"VisionPretrainConfig.learning_rate must be > 0, "
                                  f"got {self.learning_rate}")
@@ -232,6 +240,7 @@ class _Scenes:
         import torch
 
         from llava_edge.data.shapes import COLORS, KINDS, SIZES, render_scene, sample_scene
+        from llava_edge.data.shapes.drawing import shape_box
 
         size, patch = vision_config.image_size, vision_config.patch_size
         grid = size // patch
@@ -247,22 +256,28 @@ class _Scenes:
         def draw(n: int, stream: int):
             rng = np.random.default_rng([config.seed, stream])
             images = np.empty((n, size, size, 3), np.uint8)
-            labels = np.full((n, 9, len(TARGETS)), -100, np.int64)  # -100: not applicable
+            # Per token; -100: not applicable (a shape's attributes on an empty token).
+            labels = np.full((n, grid * grid, len(TARGETS)), -100, np.int64)
             labels[:, :, 0] = 0
-            labels[:, :, 4] = np.arange(9)  # which cell: where a shape is, to be read back
+            labels[:, :, 4] = self.token_cell.numpy()  # where a token is, to be read back
             for i in range(n):
                 scene = sample_scene(rng)
                 images[i] = np.asarray(render_scene(scene, size))
                 for s in scene.shapes:
-                    labels[i, s.row * 3 + s.col, :4] = (1, KINDS.index(s.kind),
-                                                        colors.index(s.color),
-                                                        SIZES.index(s.size))
+                    values = (1, KINDS.index(s.kind), colors.index(s.color),
+                              SIZES.index(s.size), s.row * 3 + s.col)
+                    if config.targets == "cell":  # every token over the shape's cell
+                        labels[i, self.token_cell.numpy() == s.row * 3 + s.col] = values
+                    else:  # the one token whose patch holds the shape's centre
+                        x0, y0, x1, y1 = shape_box(s, size)
+                        row = min(grid - 1, int((y0 + y1) / 2 // patch))
+                        col = min(grid - 1, int((x0 + x1) / 2 // patch))
+                        labels[i, row * grid + col] = values
             return images, torch.from_numpy(labels)
 
         self.images, self.labels = draw(config.n_scenes, _STREAM_SCENES)
-        test_images, test_labels = draw(_PROBE_TEST, _STREAM_PROBE_TEST)
+        test_images, self.test_labels = draw(_PROBE_TEST, _STREAM_PROBE_TEST)
         self.test_pixels = self._normalize(test_images)
-        self.test_labels = test_labels[:, self.token_cell]
 
     def _normalize(self, images: np.ndarray):
         import torch
@@ -274,7 +289,7 @@ class _Scenes:
         return self._normalize(self.images[np.asarray(list(index))])
 
     def token_labels(self, index):
-        return self.labels[np.asarray(list(index))][:, self.token_cell]
+        return self.labels[np.asarray(list(index))]
 
 
 def _features(tower, layer: int, pixels, batch: int = 256):

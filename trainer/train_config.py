@@ -194,9 +194,10 @@ RECIPES: dict[str, Recipe] = {
         notes=(
             "stage 1 trains the LLM as well as the projector: the LLM is random, so it "
             "has to learn language from the captions",
-            "the vision tower stays frozen in both stages, as in LLaVA, even though it is "
-            "random here: its random patch features are informative enough, and training it "
-            "from scratch at these learning rates slowed learning several-fold (measured)",
+            "the vision tower stays frozen in both stages, as in LLaVA; `llava-edge demo` "
+            "pretrains it first (stage 0, `llava-edge pretrain-vision`, cached per machine), "
+            "as LLaVA starts from a pretrained CLIP; training a random tower in these stages "
+            "at these learning rates slowed learning several-fold (measured)",
             "stage 1: LLM lr 3e-4 with a 10x projector lr (3e-3), batch 16, 4 epochs: at an "
             "LLM lr of 1e-3 the random LLM learns the captions' language and never reads "
             "the image (caption loss equal with the right and with shuffled images after "
@@ -206,7 +207,9 @@ RECIPES: dict[str, Recipe] = {
             "2,000 images, instead of 558k / 665k samples in batches of 256 / 128 on 8 GPUs",
             "stage 2 also trains on stage2_mc.json (llava-edge data shapes-mc): "
             "multiple-choice questions about the train images in the eval's format, which "
-            "stage2_instruct.json never shows (LLaVA-1.5's mix has A-OKVQA for this)",
+            "stage2_instruct.json never shows (LLaVA-1.5's mix has A-OKVQA for this), and "
+            "on stage2_short.json (llava-edge data shapes-short): questions answered with a "
+            "word or phrase, as LLaVA-1.5's VQAv2 / GQA data are",
         ),
     ),
     "llava-next": Recipe(
