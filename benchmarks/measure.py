@@ -49,6 +49,8 @@ class Job:
     n_ubatch: int | None = None
     flash_attn: bool = False
     repack: bool = True  # llama.cpp weight repacking at load (llava-edge rows only)
+    n_gpu_layers: int | str = "auto"  # every llama.cpp row; "auto" as LlavaEdge.load
+    providers: str = "auto"  # ONNX Runtime provider, llava-edge's ONNX vision rows
     context_tokens: int | None = None  # llama.cpp-raw: prompt positions to match
     reuse: bool = False  # llava-edge: keep its KV prefix / embedding cache between requests
     tuned_settings: dict | None = None  # the tuned row: RuntimeSettings.chosen() of a profile
@@ -117,7 +119,8 @@ class LlavaEdgeRunner:
         lm = bundle.llm_entry(quant)
         self.files = {lm.file: bundle.file(lm.file).stat().st_size}
         llm_kwargs = dict(n_threads=job.threads, n_batch=job.n_batch, n_ubatch=job.n_ubatch,
-                          flash_attn=job.flash_attn, repack=job.repack)
+                          flash_attn=job.flash_attn, repack=job.repack,
+                          n_gpu_layers=job.n_gpu_layers)
         if job.tuned_settings is not None:  # the profile's choices replace the bench's
             llm_kwargs = dict(n_batch=job.n_batch, **{
                 k: v for k, v in job.tuned_settings.items()
@@ -143,7 +146,8 @@ class LlavaEdgeRunner:
                 self.files[name] = bundle.file(name).stat().st_size
             self.model = LlavaEdge.load(job.bundle, vision_precision=vision, llm_quant=quant,
                                         n_ctx=job.n_ctx, verify="none", tune=False,
-                                        **llm_kwargs, **reuse)
+                                        **{"providers": job.providers, **llm_kwargs},
+                                        **reuse)
 
     def _torch_vision(self, job: Job) -> _TorchVision:
         import torch

@@ -36,12 +36,18 @@ class TransformersRunner:
         from transformers.generation.streamers import BaseStreamer
 
         from llava_edge.export.open_checkpoint import load_llava
+        from llava_edge.runtimes.llama_cpp_lm import gpu_layers
 
         torch.set_num_threads(job.threads)
         self.job, self.torch, self.last_text = job, torch, None
         bf16 = job.config["llm"] == "torch-bf16"
         loaded = load_llava(job.checkpoint, "bfloat16" if bf16 else "float32")
         self.model, self.processor = loaded.model, loaded.processor
+        # The same offload as the llama.cpp rows: on CUDA when they run on a GPU.
+        self.device = "cpu"
+        if gpu_layers(job.n_gpu_layers) > 0 and torch.cuda.is_available():
+            self.device = "cuda"
+            self.model.to(self.device)
         self.image = Image.open(job.image).convert("RGB")
         messages = [{"role": "user", "content": [{"type": "image"},
                                                  {"type": "text", "text": job.prompt}]}]
@@ -49,8 +55,9 @@ class TransformersRunner:
         self.files = _weights_size(Path(job.checkpoint))
         dtype = ("bf16 (weights cast on load)" if bf16
                  else "fp32 (checkpoint weights upcast on load)")
-        self.notes = [f"PyTorch eager {dtype}; vision_ms is a separate get_image_features "
-                      "call, prefill_ms = first token - preprocess - vision"]
+        self.notes = [f"PyTorch eager {dtype} on {self.device}; vision_ms is a separate "
+                      "get_image_features call, prefill_ms = first token - preprocess - "
+                      "vision"]
 
         class _Times(BaseStreamer):
             """Records when generate hands over the prompt (first put) and each token."""
@@ -70,13 +77,16 @@ class TransformersRunner:
         torch, model = self.torch, self.model
         config = model.config
         t0 = time.perf_counter()
-        inputs = self.processor(images=self.image, text=self.text, return_tensors="pt")
+        inputs = self.processor(images=self.image, text=self.text,
+                                return_tensors="pt").to(self.device)
         t_pre = time.perf_counter()
         with torch.inference_mode():
             model.get_image_features(
                 pixel_values=inputs["pixel_values"],
                 vision_feature_layer=config.vision_feature_layer,
                 vision_feature_select_strategy=config.vision_feature_select_strategy)
+            if self.device == "cuda":  # the kernels are queued; wait for them to finish
+                torch.cuda.synchronize()
         t_vis = time.perf_counter()
         streamer = self._streamer()
         with torch.inference_mode():
@@ -105,10 +115,12 @@ def _llama(job: Job, gguf: Path, **kwargs):
     from llama_cpp import Llama
 
     from llava_edge.manifest import DEFAULT_N_CTX
+    from llava_edge.runtimes.llama_cpp_lm import gpu_layers
     from llava_edge.runtimes.llama_log import set_llama_logging
 
     set_llama_logging(False)
     return Llama(model_path=str(gguf), n_ctx=job.n_ctx or DEFAULT_N_CTX, n_threads=job.threads,
+                 n_gpu_layers=gpu_layers(job.n_gpu_layers),
                  n_threads_batch=job.threads, n_batch=job.n_batch,
                  n_ubatch=job.n_ubatch or min(job.n_batch, 512), flash_attn=job.flash_attn,
                  seed=0, verbose=False, **kwargs)

@@ -18,7 +18,8 @@ STAGES = ("preprocess_ms", "vision_ms", "prefill_ms", "first_token_ms", "decode_
 
 
 def measure(bundle: str, image: str, prompt: str, repeats: int, n_threads: int | None,
-            max_new_tokens: int) -> list[dict]:
+            max_new_tokens: int, n_gpu_layers: int | str = "auto",
+            providers: str = "auto") -> list[dict]:
     manifest = open_bundle(bundle).manifest
     rows = []
     for v in manifest.vision:
@@ -27,7 +28,8 @@ def measure(bundle: str, image: str, prompt: str, repeats: int, n_threads: int |
             # (those are measured by benchmarks/reuse_bench.py).
             with LlavaEdge.load(bundle, vision_precision=v.precision, llm_quant=lm.quant,
                                 n_threads=n_threads, verify="none", reuse_prefix=False,
-                                embed_cache_size=0, tune=False) as model:
+                                embed_cache_size=0, tune=False, n_gpu_layers=n_gpu_layers,
+                                providers=providers) as model:
                 model.ask(image, prompt, max_new_tokens=max_new_tokens)  # warm-up
                 runs = [model.ask(image, prompt, max_new_tokens=max_new_tokens)
                         for _ in range(repeats)]

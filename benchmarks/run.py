@@ -48,6 +48,10 @@ class BenchOptions:
     n_ubatch: int | None = None
     flash_attn: bool = False
     repack: bool = True
+    #: llama.cpp layers on the GPU for every llama.cpp row, peers included ("auto": every
+    #: layer where llama.cpp has a GPU, else none); transformers runs on CUDA when they do.
+    n_gpu_layers: int | str = "auto"
+    providers: str = "auto"  # ONNX Runtime provider of llava-edge's vision rows
     reuse: bool = False
     tuned: bool = True  # add a row with this machine's tune profile for the bundle, if any
     gemm_size: int = 2048
@@ -143,7 +147,8 @@ def run_bench(options: BenchOptions, say: Say, progress: Progress | None = None)
                 "max_new_tokens": o.max_new_tokens, "prompt": o.prompt,
                 "image_size": f"{IMAGE_SIZE}x{IMAGE_SIZE}", "n_ctx": n_ctx,
                 "n_batch": o.n_batch, "n_ubatch": o.n_ubatch, "flash_attn": o.flash_attn,
-                "repack": o.repack, "reuse": o.reuse,
+                "repack": o.repack, "reuse": o.reuse, "n_gpu_layers": o.n_gpu_layers,
+                "providers": o.providers,
                 "tuned_profile": tuned and {"path": str(tuned[1].path),
                                             "settings": tuned[1].profile.settings.chosen(),
                                             "objective": tuned[1].profile.objective},
@@ -193,6 +198,7 @@ def run_bench(options: BenchOptions, say: Say, progress: Progress | None = None)
                   max_new_tokens=o.max_new_tokens, warmup=o.warmup, repeats=o.repeats,
                   threads=o.threads, n_ctx=n_ctx, n_batch=o.n_batch, n_ubatch=o.n_ubatch,
                   flash_attn=o.flash_attn, repack=o.repack, context_tokens=context,
+                  n_gpu_layers=o.n_gpu_layers, providers=o.providers,
                   reuse=o.reuse, tuned_settings=(tuned[1].profile.settings.chosen()
                                                  if c.tuned else None))
         base = i * (o.warmup + o.repeats)

@@ -65,6 +65,10 @@ class DemoConfig:
     #: Stage 0 steps (batches of 64 scenes); 0 keeps the random tower (the demo before #25).
     stage0_steps: int = 2000
     short_per_image: int = 5  # short-answer training questions per train image
+    #: Inference on the GPU: llama.cpp layers offloaded ("auto": all where llama.cpp has a
+    #: GPU, else none) and the vision graph's ONNX Runtime provider, for every bundle pair.
+    n_gpu_layers: int | str = "auto"
+    providers: str = "auto"
     force: bool = False
 
 
@@ -341,7 +345,8 @@ def _load(bundle: Path, pair: tuple[str, str], config: DemoConfig):
     from llava_edge.runtimes.pipeline import LlavaEdge
 
     return LlavaEdge.load(bundle, vision_precision=pair[0], llm_quant=pair[1],
-                          n_threads=config.threads)
+                          n_threads=config.threads, n_gpu_layers=config.n_gpu_layers,
+                          providers=config.providers, tune=False)
 
 
 def _eval_bundle(bundle: Path, pair: tuple[str, str], evals: dict[str, list[dict]],
@@ -365,4 +370,5 @@ def _latency(bundle: Path, sample: dict, image_folder: Path, config: DemoConfig)
     from llava_edge.benchmarks.quick_latency import measure
 
     return measure(str(bundle), str(image_folder / sample["image"]), "Describe the image.",
-                   repeats=config.latency_repeats, n_threads=config.threads, max_new_tokens=16)
+                   repeats=config.latency_repeats, n_threads=config.threads, max_new_tokens=16,
+                   n_gpu_layers=config.n_gpu_layers, providers=config.providers)

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from llava_edge.cli.common import command_line, emit_json, json_option, progress_bar
+from llava_edge.cli.run_cmd import gpu_layers_option, providers_option
 from llava_edge.errors import LlavaEdgeError
 
 
@@ -53,6 +54,8 @@ from llava_edge.errors import LlavaEdgeError
 @click.option("--repack/--no-repack", default=True, show_default=True,
               help="llama.cpp's load-time weight repacking for llava-edge's rows (the peers "
                    "keep llama.cpp's default, on).")
+@gpu_layers_option
+@providers_option
 @click.option("--reuse/--no-reuse", default=False, show_default=True,
               help="Let llava-edge reuse its KV prefix and image embeddings between the "
                    "repeats (default: cold requests, as the peers run).")
@@ -72,8 +75,8 @@ from llava_edge.errors import LlavaEdgeError
                                            "the machine was shared.")
 @json_option
 def bench(preset_name, bundle_dir, checkpoint, vision, llm, matrix, peers, repeats, warmup,
-          threads, max_new_tokens, prompt, n_batch, n_ubatch, flash_attn, repack, reuse,
-          tuned, gemm_size, bandwidth_mb, work_dir, out_dir, note, as_json):
+          threads, max_new_tokens, prompt, n_batch, n_ubatch, flash_attn, repack,
+          n_gpu_layers, providers, reuse, tuned, gemm_size, bandwidth_mb, work_dir, out_dir, note, as_json):
     """Benchmark a bundle: load time, preprocess / vision / prefill, time to first token,
     decode tokens/s, end-to-end latency, peak RSS and size on disk per configuration,
     against transformers and stock llama.cpp, with the machine's bandwidth and GEMM
@@ -97,6 +100,8 @@ def bench(preset_name, bundle_dir, checkpoint, vision, llm, matrix, peers, repea
         matrix=matrix, peers=peers, repeats=repeats, warmup=warmup, threads=threads,
         max_new_tokens=max_new_tokens, prompt=prompt, n_batch=n_batch, n_ubatch=n_ubatch,
         flash_attn=flash_attn, repack=repack, reuse=reuse, tuned=tuned, gemm_size=gemm_size,
+        n_gpu_layers="auto" if n_gpu_layers is None else n_gpu_layers,
+        providers=providers or "auto",
         bandwidth_mb=bandwidth_mb, out_dir=Path(out_dir) if out_dir else None, note=note,
         command=command_line(click.get_current_context()))
     with progress_bar("bench") as update:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from llava_edge.cli.common import emit_json, json_option
+from llava_edge.cli.run_cmd import gpu_layers_option, providers_option
 from llava_edge.errors import require_extra
 
 
@@ -21,12 +22,15 @@ from llava_edge.errors import require_extra
               help="Inference threads (ONNX Runtime, llama.cpp); 1 suits the tiny model.")
 @click.option("--stage0-steps", default=2000, show_default=True, type=click.IntRange(0),
               help="Stage 0 (vision tower pretraining) steps; 0 keeps the random tower.")
+@gpu_layers_option
+@providers_option
 @click.option("--force", is_flag=True, help="Start over in a --workdir of an earlier run.")
 @click.option("--strict", is_flag=True,
               help="Exit 1 when a demo bar (accuracy, fidelity, training time) is missed.")
 @json_option
 def demo(workdir: str, n_train: int, n_eval: int, seed: int, threads: int,
-         stage0_steps: int, force: bool, strict: bool, as_json: bool) -> int:
+         stage0_steps: int, n_gpu_layers, providers, force: bool, strict: bool,
+         as_json: bool) -> int:
     """Run the whole flow on the tiny model: stage 0 (a vision tower pretrained on
     synthetic scenes, cached per machine), synthetic data, stage 1, stage 2, evals (short
     answers, multiple choice), export --int4, eval of the bundle, a picture of answers
@@ -44,7 +48,9 @@ def demo(workdir: str, n_train: int, n_eval: int, seed: int, threads: int,
     from llava_edge.demo import BARS, DemoConfig, run_demo
 
     config = DemoConfig(workdir=Path(workdir), n_train=n_train, n_eval=n_eval, seed=seed,
-                        threads=threads, stage0_steps=stage0_steps, force=force)
+                        threads=threads, stage0_steps=stage0_steps, force=force,
+                        n_gpu_layers="auto" if n_gpu_layers is None else n_gpu_layers,
+                        providers=providers or "auto")
     summary = run_demo(config, say=lambda line: click.echo(line, err=as_json))
     if as_json:
         emit_json(summary.to_dict())

@@ -25,13 +25,19 @@ def _gpu_layers(_ctx, _param, value):
     return n
 
 
+#: Also on `bench` and `demo`, whose other runtime flags differ (their defaults are fixed,
+#: not a tune profile's).
+gpu_layers_option = click.option(
+    "--gpu-layers", "n_gpu_layers", callback=_gpu_layers, default=None, metavar="N|auto",
+    help="llama.cpp layers on the GPU (default: auto, every layer where llama.cpp has a "
+         "GPU, else none).")
+providers_option = click.option(
+    "--providers", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default=None,
+    help="ONNX Runtime provider for the vision graph (default: auto, the fastest installed).")
+
 _RUNTIME_OPTIONS = (
-    click.option("--gpu-layers", "n_gpu_layers", callback=_gpu_layers, default=None,
-                 metavar="N|auto", help="llama.cpp layers on the GPU (default: auto, every "
-                 "layer where llama.cpp has a GPU, else none)."),
-    click.option("--providers", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
-                 default=None, help="ONNX Runtime provider for the vision graph (default: "
-                 "auto, the fastest installed)."),
+    gpu_layers_option,
+    providers_option,
     click.option("--flash-attn/--no-flash-attn", "flash_attn", default=None,
                  help="llama.cpp flash attention (default: off)."),
     click.option("--repack/--no-repack", "repack", default=None,
@@ -177,7 +183,7 @@ def _structured_value(answer, raise_error: bool = False) -> dict:
 @click.option("--vision-precision", default=None)
 @max_tiles_option
 @threads_option
-@_RUNTIME_OPTIONS[1]  # --providers
+@providers_option
 @reference_option
 @vision_backend_option
 @llm_backend_option
