@@ -13,16 +13,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # `llava-edge tune` profiles: a folder of the session's own, so that a profile made on
 # this machine by hand never changes what a test measures (tests/test_tune.py sets its own).
-if "LLAVA_EDGE_TUNE_DIR" not in os.environ:
-    import tempfile
-
-    os.environ["LLAVA_EDGE_TUNE_DIR"] = tempfile.mkdtemp(prefix="llava-edge-tune-")
 # Stage 0 towers (`pretrain-vision`, the demo): likewise, so that the demo's test builds
 # its tower as a first run on a new machine does.
-if "LLAVA_EDGE_TOWER_CACHE" not in os.environ:
-    import tempfile
+for _variable, _prefix in (("LLAVA_EDGE_TUNE_DIR", "llava-edge-tune-"),
+                           ("LLAVA_EDGE_TOWER_CACHE", "llava-edge-towers-")):
+    if _variable not in os.environ:
+        import tempfile
 
-    os.environ["LLAVA_EDGE_TOWER_CACHE"] = tempfile.mkdtemp(prefix="llava-edge-towers-")
+        os.environ[_variable] = tempfile.mkdtemp(prefix=_prefix)
 
 
 def _is_local(address) -> bool:

@@ -108,9 +108,11 @@ def test_token_labels_follow_the_scenes(tiny_checkpoint, targets):
     """``cell``: every token whose patch centre lies in a shape's cell carries the shape
     (1-4 tokens on the tiny tower's 4x4 patches over the 3x3 grid); ``object``: the one
     token whose patch holds the shape's centre."""
-    model, processor = pv._load(tiny_checkpoint)
-    tower = pv._tower(model)
-    data = pv._Scenes(processor, tower.config,
+    from llava_edge.export.open_checkpoint import load_llava
+
+    loaded = load_llava(tiny_checkpoint)
+    tower = pv._tower(loaded.model)
+    data = pv._Scenes(loaded.processor, tower.config,
                       VisionPretrainConfig(n_scenes=300, targets=targets))
     cells = data.token_cell.tolist()
     assert sorted(set(cells)) == list(range(9)) and len(cells) == 16

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llava_edge.atomic_dir import write_dir, write_json
+from llava_edge.atomic_dir import atomic_path, write_dir, write_json
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.progress import Progress
 
@@ -115,11 +115,13 @@ def pretrain_vision(checkpoint: str | Path, output_dir: str | Path,
     from safetensors.torch import load_file, save_file
 
     from llava_edge.data.shapes import GENERATOR_VERSION
+    from llava_edge.export.open_checkpoint import load_llava
 
     src, out = Path(checkpoint), Path(output_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise LlavaEdgeError(f"{out} exists and is not empty (use --force to replace it)")
-    model, processor = _load(src)
+    loaded = load_llava(src)
+    model, processor = loaded.model, loaded.processor
     tower, layer = _tower(model), model.config.vision_feature_layer
     if not isinstance(layer, int):
         raise LlavaEdgeError(f"{src}: stage 0 needs one vision_feature_layer, "
@@ -133,7 +135,7 @@ def pretrain_vision(checkpoint: str | Path, output_dir: str | Path,
             tower.load_state_dict(load_file(str(cache)))
             cached = json.loads(cache.with_suffix(".json").read_text())
             before, after = cached["probe_before"], cached["probe_after"]
-        except Exception as e:  # a damaged cache entry: say so and train again
+        except Exception as e:  # a damaged cache entry: name it, never train over it
             raise LlavaEdgeError(f"cached vision tower {cache} cannot be read ({e}); "
                                  f"delete it or pass --no-cache") from e
         result = VisionPretrainResult(str(out), before, after, config.steps, 0.0, True,
@@ -149,9 +151,8 @@ def pretrain_vision(checkpoint: str | Path, output_dir: str | Path,
         if use_cache:
             cache.parent.mkdir(parents=True, exist_ok=True)
             state = {k: v.contiguous() for k, v in tower.state_dict().items()}
-            tmp = cache.with_suffix(".tmp")
-            save_file(state, str(tmp))
-            os.replace(tmp, cache)
+            with atomic_path(cache) as tmp:
+                save_file(state, str(tmp))
             write_json(cache.with_suffix(".json"), result.to_dict())
 
     def fill(tmp: Path) -> None:
@@ -191,19 +192,6 @@ def probe(tower, layer: int, data: "_Scenes") -> dict[str, float]:
 
 
 # -- the pieces ---------------------------------------------------------------------------
-
-
-def _load(path: Path):
-    from transformers import AutoProcessor
-    from transformers.utils import logging as hf_logging
-
-    from llava_edge.checkpoint_info import read_json
-    from llava_edge.trainer.architectures import check_model_type, model_class
-
-    hf_logging.disable_progress_bar()
-    model_type = check_model_type(read_json(path / "config.json", "config.json"), path)
-    model = model_class(model_type).from_pretrained(path)
-    return model, AutoProcessor.from_pretrained(path)
 
 
 def _tower(model):
@@ -259,7 +247,8 @@ class _Scenes:
             # Per token; -100: not applicable (a shape's attributes on an empty token).
             labels = np.full((n, grid * grid, len(TARGETS)), -100, np.int64)
             labels[:, :, 0] = 0
-            labels[:, :, 4] = self.token_cell.numpy()  # where a token is, to be read back
+            token_cell = self.token_cell.numpy()
+            labels[:, :, 4] = token_cell  # where a token is, to be read back
             for i in range(n):
                 scene = sample_scene(rng)
                 images[i] = np.asarray(render_scene(scene, size))
@@ -267,7 +256,7 @@ class _Scenes:
                     values = (1, KINDS.index(s.kind), colors.index(s.color),
                               SIZES.index(s.size), s.row * 3 + s.col)
                     if config.targets == "cell":  # every token over the shape's cell
-                        labels[i, self.token_cell.numpy() == s.row * 3 + s.col] = values
+                        labels[i, token_cell == s.row * 3 + s.col] = values
                     else:  # the one token whose patch holds the shape's centre
                         x0, y0, x1, y1 = shape_box(s, size)
                         row = min(grid - 1, int((y0 + y1) / 2 // patch))

@@ -15,6 +15,7 @@ letter|statement]``; writes ``DATASET_DIR/stage2_mc.json``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,30 +36,44 @@ def shapes_mc_samples(seed: int, n_train: int, per_image: int = 4,
     system prompt and image tokens, so each answer costs fewer tokens to train on.
     ``options`` lists the choices as the eval does (see ``MC_OPTION_ORDERS``); ``reply``
     writes each answer as the letter or as a sentence and the letter (see ``MC_REPLIES``)."""
-    if not 1 <= per_image <= len(EVAL_KINDS):
-        raise LlavaEdgeError(f"per_image must be between 1 and {len(EVAL_KINDS)}")
     if reply not in MC_REPLIES:
         raise LlavaEdgeError(f"unknown reply style {reply!r}; choose one of "
                              f"{', '.join(MC_REPLIES)}")
+
+    def ask(scene, kind: str, rng) -> list[dict] | None:
+        mc = mc_sample(scene, kind, rng, "", "", options, reply)
+        return None if mc is None else mc["conversations"]
+
+    return question_conversations(seed, _STREAM, n_train, EVAL_KINDS, per_image, ask, "mc")
+
+
+def question_conversations(seed: int, stream: int, n_train: int, kinds: Sequence[str],
+                           per_image: int, ask: Callable[..., list[dict] | None],
+                           tag: str) -> list[dict]:
+    """One conversation per train image (id ``train-NNNNNN-<tag>``): questions of
+    ``per_image`` different ``kinds`` in a random order. ``ask(scene, kind, rng)`` gives
+    the [human, gpt] turns of one question, the human turn starting with the image marker,
+    or None when it cannot be asked; the marker is kept in the first question only."""
+    if not 1 <= per_image <= len(kinds):
+        raise LlavaEdgeError(f"per_image must be between 1 and {len(kinds)}")
     samples = []
     for i in range(n_train):
-        rng = np.random.default_rng([seed, _STREAM, i])
+        rng = np.random.default_rng([seed, stream, i])
         scene = train_scene(seed, i)
-        turns, kinds = [], []
-        for k in rng.permutation(len(EVAL_KINDS)):
-            kind = EVAL_KINDS[int(k)]
-            mc = mc_sample(scene, kind, rng, "", "", options, reply)
-            if mc is None:
+        turns, asked = [], []
+        for k in rng.permutation(len(kinds)):
+            qa = ask(scene, kinds[int(k)], rng)
+            if qa is None:
                 continue
-            question, answer = mc["conversations"]
+            question, answer = qa
             if turns:  # the image marker belongs to the first question only
                 question = {**question, "value": question["value"].removeprefix("<image>\n")}
             turns += [question, answer]
-            kinds.append(kind)
-            if len(kinds) == per_image:
+            asked.append(kinds[int(k)])
+            if len(asked) == per_image:
                 break
-        samples.append({"id": f"train-{i:06d}-mc", "image": f"train/{i:06d}.png",
-                        "conversations": turns, "kinds": kinds})
+        samples.append({"id": f"train-{i:06d}-{tag}", "image": f"train/{i:06d}.png",
+                        "conversations": turns, "kinds": asked})
     return samples
 
 

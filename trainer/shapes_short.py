@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from llava_edge.atomic_dir import write_dir, write_json
-from llava_edge.data.shapes import IMAGE_MARKER, refer, render_scene, sample_scene, train_scene
+from llava_edge.data.shapes import IMAGE_MARKER, refer, render_scene, sample_scene
 from llava_edge.data.shapes.samples import _mc_question
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.trainer.shapes_mc import question_conversations
 
 SHORT_TRAIN_FILE = "stage2_short.json"
 SHORT_EVAL_FILE = "eval_short.json"
@@ -60,25 +61,13 @@ def short_train_samples(seed: int, n_train: int, per_image: int = 5) -> list[dic
     """One conversation per train image: ``per_image`` questions of different kinds in a
     random order (several per sample share the image tokens, so each answer costs fewer
     tokens to train on)."""
-    if not 1 <= per_image <= len(SHORT_KINDS):
-        raise LlavaEdgeError(f"per_image must be between 1 and {len(SHORT_KINDS)}")
-    samples = []
-    for i in range(n_train):
-        rng = np.random.default_rng([seed, _STREAM_TRAIN, i])
-        scene = train_scene(seed, i)
-        turns, kinds = [], []
-        for k in rng.permutation(len(SHORT_KINDS)):
-            qa = short_question(scene, SHORT_KINDS[int(k)], rng)
-            if qa is None:
-                continue
-            turns += [{"from": "human", "value": prompt(qa[0], with_image=not turns)},
-                      {"from": "gpt", "value": qa[1]}]
-            kinds.append(SHORT_KINDS[int(k)])
-            if len(kinds) == per_image:
-                break
-        samples.append({"id": f"train-{i:06d}-short", "image": f"train/{i:06d}.png",
-                        "conversations": turns, "kinds": kinds})
-    return samples
+    def ask(scene, kind: str, rng) -> list[dict] | None:
+        qa = short_question(scene, kind, rng)
+        return None if qa is None else [{"from": "human", "value": prompt(qa[0])},
+                                        {"from": "gpt", "value": qa[1]}]
+
+    return question_conversations(seed, _STREAM_TRAIN, n_train, SHORT_KINDS, per_image, ask,
+                                  "short")
 
 
 def short_eval_scenes(seed: int, n_eval: int) -> list[tuple[object, dict]]:
