@@ -36,17 +36,21 @@ def test_explicit_settings_win_over_the_profile_which_wins_over_defaults():
 # -- the search's rules, with a stand-in measurement ----------------------------------------
 
 def fake_measure(table):
-    """A measurement from a table: settings -> (first token ms, tokens); ms/token 10."""
-    calls = []
+    """A measurement from a table: settings -> (first token ms, tokens[, fidelity]);
+    ms/token 10. The references it is given are kept in ``measure.references``."""
+    calls, references = [], []
 
-    def measure(bundle, settings, opts):
+    def measure(bundle, settings, opts, reference=None):
         calls.append(settings)
+        references.append(reference)
+        if reference and "write" in reference:  # as the real one does: the logits
+            open(reference["write"], "wb").close()
         s = RuntimeSettings(**settings)
-        ms, tokens = table(s)
+        ms, tokens, *fidelity = table(s)
         return {"first_token_ms": ms, "ms_per_token": 10.0, "peak_rss_mb": 100.0 + ms / 10,
                 "vision_ms": 1.0, "prefill_ms": ms - 1, "decode_tokens_per_s": 100.0,
-                "load_s": 0.1, "tokens": tokens}
-    measure.calls = calls
+                "load_s": 0.1, "tokens": tokens, "fidelity": (fidelity or [None])[0]}
+    measure.calls, measure.references = calls, references
     return measure
 
 
@@ -285,3 +289,120 @@ def test_gpu_settings_are_searched_only_where_the_machine_has_them(tiny_bundle, 
     p = tune(TuneOptions(bundle=tiny_bundle, dims=("n_gpu_layers", "providers")),
              measure=cpu_only)
     assert len(cpu_only.calls) == 1 and len(p.candidates) == 1  # nothing to try
+
+
+# -- the tolerance for runtime settings ------------------------------------------------------
+
+def _with_llm_parity(manifest, **by_quant):
+    return replace(manifest, parity={**manifest.parity, "llm": by_quant})
+
+
+def test_the_tolerance_is_what_the_ggufs_export_parity_left_above_its_gate(tiny_bundle):
+    from llava_edge.bundle import open_bundle
+    from llava_edge.runtimes.tune.search import tolerance_for
+
+    m = open_bundle(tiny_bundle, verify="size").manifest
+    assert tolerance_for(m, "Q4_K_M") is None  # no parity recorded: the exact rule
+    m = _with_llm_parity(
+        m, Q4_K_M={"top1_agreement": 0.97, "top1_threshold": 0.90, "kl_mean": 0.05},
+        F16={"top1_agreement": 1.0, "top1_threshold": 1.0, "kl_mean": 1e-6},
+        Q8_0={"top1_agreement": 0.97, "top1_threshold": 0.98, "kl_mean": 0.01, "ok": False})
+    tol = tolerance_for(m, "Q4_K_M")
+    assert tol.disagreement == pytest.approx(0.07) and tol.kl_mean == 0.05
+    assert tol.admits({"top1_agreement": 0.94, "kl_mean": 0.04})
+    assert not tol.admits({"top1_agreement": 0.92, "kl_mean": 0.04})  # too many flips
+    assert not tol.admits({"top1_agreement": 1.0, "kl_mean": 0.06})   # moved more than Q4
+    assert tolerance_for(m, "F16") is None  # gate 1.0: exact
+    assert tolerance_for(m, "Q8_0") is None  # missed its gate: nothing to spare
+
+
+def test_a_setting_within_the_tolerance_is_taken_and_one_beyond_it_is_not(tiny_bundle,
+                                                                         tune_dir,
+                                                                         monkeypatch):
+    from llava_edge.runtimes.tune import search
+
+    monkeypatch.setattr(search, "tolerance_for",
+                        lambda _m, quant: search.Tolerance(0.07, 0.05, f"{quant} test"))
+
+    def table(s):
+        if s.repack is False:  # fastest, but flips too many choices
+            return 50.0, [[1, 2, 3], [9]], {"top1_agreement": 0.80, "kl_mean": 0.01,
+                                            "kl_max": 0.1, "positions": 32}
+        if s.flash_attn:  # faster, one flip in 32 positions
+            return 70.0, [[1, 2, 3], [8]], {"top1_agreement": 31 / 32, "kl_mean": 0.01,
+                                            "kl_max": 0.1, "positions": 32}
+        return 100.0, [[1, 2, 3], [4]], {"top1_agreement": 1.0, "kl_mean": 0.0,
+                                         "kl_max": 0.0, "positions": 32}
+
+    measure = fake_measure(table)
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("repack", "flash_attn")), measure=measure)
+    assert p.settings.flash_attn is True and p.settings.repack is True
+    why = {c["changed"]: c["why"] for c in p.candidates}
+    assert why["flash_attn=True"].startswith("greedy tokens differ, within the tolerance")
+    assert "beyond the tolerance" in why["repack=False"]
+    # the pair's reference writes its logits; every other candidate is compared with them
+    assert "write" in measure.references[0]
+    assert {r["against"] for r in measure.references[1:]} == {measure.references[0]["write"]}
+    assert p.figures["fidelity"] == "tolerance"
+
+    exact = tune(TuneOptions(bundle=tiny_bundle, dims=("repack", "flash_attn"),
+                             fidelity="exact"), measure=fake_measure(table))
+    assert exact.settings.flash_attn is False
+    assert "the exact rule" in {c["changed"]: c["why"] for c in exact.candidates}[
+        "flash_attn=True"]
+
+
+def test_the_measurement_compares_logits_along_the_reference_answers(tiny_bundle, tmp_path):
+    import numpy as np
+
+    from llava_edge.runtimes.tune.measure import Job, measure
+
+    ref = tmp_path / "ref.npz"
+    wrote = measure(Job(str(tiny_bundle), {}, repeats=1, max_new_tokens=6,
+                        image_size=(96, 64), reference={"write": str(ref)}))
+    saved = np.load(ref)
+    for i, answer in enumerate(wrote["tokens"]):
+        rows = saved[f"rows{i}"]
+        # fed its own greedy answer, the model's choices are that answer (and its end)
+        assert rows.argmax(-1)[:len(answer)].tolist() == answer
+        assert len(rows) == len(answer) + (len(answer) < 6)
+    again = measure(Job(str(tiny_bundle), {}, repeats=1, max_new_tokens=6,
+                        image_size=(96, 64), reference={"against": str(ref)}))
+    assert again["fidelity"]["top1_agreement"] == 1.0
+    assert again["fidelity"]["kl_mean"] < 1e-6  # the same settings, the same logits
+    other = measure(Job(str(tiny_bundle), {"n_ubatch": 16, "flash_attn": True}, repeats=1,
+                        max_new_tokens=6, image_size=(96, 64), reference={"against": str(ref)}))
+    f = other["fidelity"]
+    assert f["positions"] == sum(len(saved[f"rows{i}"]) for i in range(2))
+    assert 0.0 <= f["top1_agreement"] <= 1.0 and f["kl_mean"] >= 0.0
+
+
+def test_a_background_load_runs_while_measuring_and_stops_after(tiny_bundle, tune_dir):
+    import os
+
+    def busy_children():
+        me, found = str(os.getpid()), []
+        for pid in os.listdir("/proc"):
+            try:
+                stat = open(f"/proc/{pid}/stat").read()
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[1].split()[1] == me and b"while True: pass" in cmd \
+                    and stat.rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(pid)
+        return found
+
+    seen = []
+
+    def table(s):
+        seen.append(len(busy_children()))
+        return 100.0, [[1]]
+
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("n_ubatch",), background_load=2),
+             measure=fake_measure(table))
+    assert seen and set(seen) == {2}  # both busy processes ran during every measurement
+    assert busy_children() == []       # and none is left
+    assert p.figures["background_load"] == 2
+    with pytest.raises(TuneError, match="background_load"):
+        tune(TuneOptions(bundle=tiny_bundle, background_load=-1), measure=fake_measure(table))

@@ -64,18 +64,27 @@ def _settings(_ctx, _param, value):
                    "n_gpu_layers, providers); default: those that move the objective.")
 @click.option("--tolerance", default=0.03, show_default=True, type=click.FloatRange(0, 0.5),
               help="A setting must beat the best so far by this fraction to be taken.")
+@click.option("--fidelity", type=click.Choice(["tolerance", "exact"]), default="tolerance",
+              show_default=True,
+              help="A setting whose greedy answers differ is taken only within the "
+                   "tolerance the GGUF's export parity leaves (tolerance), or never (exact).")
+@click.option("--background-load", default=0, show_default=True, type=click.IntRange(0),
+              metavar="N", help="Keep N busy-loop processes running while measuring: tune "
+                                "for a machine that also runs other work (a robot's nodes).")
 @click.option("--save/--no-save", default=True, show_default=True,
               help="Write the profile where LlavaEdge.load finds it "
                    "($LLAVA_EDGE_TUNE_DIR, else ~/.cache/llava-edge/tune).")
 @json_option
 def tune(bundle, objective, budget_s, repeats, max_new_tokens, answer_tokens,
-         max_first_token_ms, threads, ubatch, dims, tolerance, save, as_json):
+         max_first_token_ms, threads, ubatch, dims, tolerance, fidelity, background_load, save,
+         as_json):
     """Measure, on this machine, the settings that change BUNDLE's latency (its vision
     graphs and GGUFs whose export gates passed, threads per stage, llama.cpp's
     repacking, flash attention, n_ubatch, the KV cache type) and save the best as a
     profile that `run`, `chat`, `serve`, `watch` and `LlavaEdge.load` then use on this
     machine (`--no-tune` or explicit flags override). A setting is taken only if the
-    greedy answers stay token for token the same.
+    greedy answers stay token for token the same, or (F16 and F32 excepted) change no
+    more than the GGUF's parity at export leaves room for (--fidelity).
 
     \b
     llava-edge tune bundle/                          # first token, 10 minutes at most
@@ -89,7 +98,8 @@ def tune(bundle, objective, budget_s, repeats, max_new_tokens, answer_tokens,
     opts = TuneOptions(bundle=bundle, objective=objective, budget_s=budget_s, repeats=repeats,
                        max_new_tokens=max_new_tokens, answer_tokens=answer_tokens,
                        max_first_token_ms=max_first_token_ms, threads=threads,
-                       ubatch=ubatch, dims=dims, tolerance=tolerance,
+                       ubatch=ubatch, dims=dims, tolerance=tolerance, fidelity=fidelity,
+                       background_load=background_load,
                        command=command_line(click.get_current_context()))
     with progress_bar("tuning", enabled=not as_json) as progress:
         profile = run_tune(opts, progress=progress,
@@ -109,4 +119,6 @@ def tune(bundle, objective, budget_s, repeats, max_new_tokens, answer_tokens,
                        f"({t[key] / d[key]:.2f}x the defaults)")
     click.echo(f"  {f['measured']} candidates measured in {f['search_s']:.0f} s "
                f"({f['planned']} planned)")
+    if background_load:
+        click.echo(f"  measured with {background_load} busy-loop process(es) running beside it")
     click.echo(f"profile: {path}" if path else "profile not saved (--no-save)")

@@ -9,7 +9,12 @@ meaningful for a process that loaded exactly one configuration. Prints one JSON 
 Each request is cold, as a robot's first question about a new frame is: the KV prefix
 and the embedding cache are cleared first, so the figures cover preprocessing, the vision
 graph, the whole prefill and the decode. One warm-up request, then ``repeats`` rounds of
-the prompts; medians. The greedy tokens of the first round are the fidelity evidence.
+the prompts; medians. The greedy tokens of the first round are the fidelity evidence,
+and after the timed rounds (so that they cost no time or memory in the figures) the
+logits along a reference answer, fed token by token ("teacher forcing"):
+``reference={"write": PATH}`` records them along this candidate's own greedy answers (the
+reference of its (graph, GGUF) pair), ``reference={"against": PATH}`` compares this
+candidate's logits along those same tokens with the recorded ones (:func:`compare`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class Job:
     repeats: int = 2
     max_new_tokens: int = 16
     image_size: tuple[int, int] = (640, 480)
+    reference: dict | None = None  # {"write": path} or {"against": path}, see above
 
 
 def fixed_scene(width: int, height: int) -> np.ndarray:
@@ -58,6 +64,57 @@ def peak_rss_mb() -> float:
     return rss / (2**20 if sys.platform == "darwin" else 1024)
 
 
+def forced_rows(model, image, prompt: str, tokens: list[int], max_new_tokens: int
+                ) -> np.ndarray:
+    """Logits ``[n, n_vocab]`` predicting each of ``tokens`` (and the end of the answer
+    when it ended before ``max_new_tokens``), with ``tokens`` fed one at a time as the
+    greedy decode feeds them, whatever this model would have chosen instead."""
+    model.clear_cache()
+    model.ask(image, prompt, max_new_tokens=1)  # the prompt; the last position's logits
+    rows = [model.llm.logits()]
+    feed = tokens if len(tokens) < max_new_tokens else tokens[:-1]
+    for token in feed:
+        model.llm.eval_tokens([token])
+        rows.append(model.llm.logits())
+    model.clear_cache()  # the KV no longer matches the runtime's bookkeeping
+    return np.stack(rows).astype(np.float32)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def compare(reference: list[np.ndarray], got: list[np.ndarray]) -> dict:
+    """How far a candidate's logits along the reference answers are from the
+    reference's: top-1 agreement with the reference's choices, KL(reference || this)."""
+    ref, new = np.concatenate(reference), np.concatenate(got)
+    lp, lq = _log_softmax(ref), _log_softmax(new)
+    kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)
+    return {"top1_agreement": float((ref.argmax(-1) == new.argmax(-1)).mean()),
+            "kl_mean": float(kl.mean()), "kl_max": float(kl.max()), "positions": len(ref)}
+
+
+def _fidelity(model, image, job: Job, tokens: list[list[int]]) -> dict | None:
+    if not job.reference:
+        return None
+    if "write" in job.reference:
+        saved = {}
+        for i, (prompt, answer) in enumerate(zip(PROMPTS, tokens)):
+            saved[f"tokens{i}"] = np.asarray(answer, dtype=np.int64)
+            saved[f"rows{i}"] = forced_rows(model, image, prompt, answer, job.max_new_tokens)
+        with open(job.reference["write"], "wb") as f:
+            np.savez(f, **saved)
+        return {"top1_agreement": 1.0, "kl_mean": 0.0, "kl_max": 0.0,
+                "positions": sum(len(v) for k, v in saved.items() if k.startswith("rows"))}
+    with np.load(job.reference["against"]) as saved:
+        reference = [(saved[f"tokens{i}"].tolist(), saved[f"rows{i}"])
+                     for i in range(len(PROMPTS))]
+    got = [forced_rows(model, image, prompt, answer, job.max_new_tokens)
+           for prompt, (answer, _rows) in zip(PROMPTS, reference)]
+    return compare([rows for _answer, rows in reference], got)
+
+
 def measure(job: Job) -> dict:
     from llava_edge.runtimes.pipeline import LlavaEdge
 
@@ -82,11 +139,13 @@ def measure(job: Job) -> dict:
                 rows.append({"first_token_ms": t.first_token_ms, "vision_ms": t.vision_ms,
                              "prefill_ms": t.prefill_ms, "total_ms": t.total_ms,
                              "ms_per_token": (t.decode_ms / decoded) if decoded else None})
+        peak = peak_rss_mb()  # before the fidelity pass: its arrays are not the runtime's
+        fidelity = _fidelity(model, image, job, tokens)
     med = {k: statistics.median(v for r in rows if (v := r[k]) is not None)
            if any(r[k] is not None for r in rows) else None for k in rows[0]}
     return {**med, "decode_tokens_per_s": 1000 / med["ms_per_token"] if med["ms_per_token"]
-            else None, "peak_rss_mb": peak_rss_mb(), "load_s": load_s, "tokens": tokens,
-            "n_requests": len(rows)}
+            else None, "peak_rss_mb": peak, "load_s": load_s, "tokens": tokens,
+            "n_requests": len(rows), "fidelity": fidelity}
 
 
 def main(argv: list[str]) -> int:
