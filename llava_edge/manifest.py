@@ -369,6 +369,12 @@ class Manifest:
         """The GGUF language model of ``quant`` (default: the bundle's default)."""
         return _pick(self.llm, "quant", quant or self.defaults.get("llm"), "language model")
 
+    def llm_parity(self, quant: str) -> dict:
+        """The logit parity figures measured at export for the GGUF of ``quant`` (top-1
+        agreement with PyTorch, its gate, KL, ...); empty when none were measured."""
+        figures = ((self.parity.get("llm") or {}).get("logits") or {}).get(quant)
+        return figures if isinstance(figures, dict) else {}
+
     @property
     def exact_pair(self) -> tuple[str, str]:
         """The (vision precision, LLM quant) closest to PyTorch: fp32 and F32 / F16 when

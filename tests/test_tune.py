@@ -94,7 +94,7 @@ def test_a_graph_or_gguf_that_missed_its_gate_is_never_measured(tiny_bundle, tun
     m = open_bundle(tiny_bundle, verify="size").manifest
     failed = replace(m, vision=tuple(replace(v, passed=False) if v.precision == "int8" else v
                                      for v in m.vision),
-                     parity={**m.parity, "llm": {"Q4_K_M": {"ok": False}}})
+                     parity={**m.parity, "llm": {"logits": {"Q4_K_M": {"ok": False}}}})
     choices = file_choices(failed)
     assert choices["vision_precision"] == {"fp32": "", "int8": "vision int8 missed its "
                                                               "parity gate"}
@@ -294,7 +294,7 @@ def test_gpu_settings_are_searched_only_where_the_machine_has_them(tiny_bundle, 
 # -- the tolerance for runtime settings ------------------------------------------------------
 
 def _with_llm_parity(manifest, **by_quant):
-    return replace(manifest, parity={**manifest.parity, "llm": by_quant})
+    return replace(manifest, parity={**manifest.parity, "llm": {"logits": by_quant}})
 
 
 def test_the_tolerance_is_what_the_ggufs_export_parity_left_above_its_gate(tiny_bundle):
@@ -406,3 +406,34 @@ def test_a_background_load_runs_while_measuring_and_stops_after(tiny_bundle, tun
     assert p.figures["background_load"] == 2
     with pytest.raises(TuneError, match="background_load"):
         tune(TuneOptions(bundle=tiny_bundle, background_load=-1), measure=fake_measure(table))
+
+
+# -- tune --export: GGUF types added to the bundle before the search -------------------------
+
+def test_tune_export_adds_a_gguf_type_with_its_parity_and_searches_it(
+        tiny_bundle, tiny_checkpoint, tiny_qwen2_checkpoint, tmp_path, tune_dir, capsys):
+    from llava_edge.bundle import open_bundle
+    from llava_edge.errors import LlavaEdgeError
+    from llava_edge.export.bundle_add import add_llm_quants
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    before = bundle_key(bundle)
+    with pytest.raises(LlavaEdgeError, match="is not the checkpoint"):
+        add_llm_quants(bundle, tiny_qwen2_checkpoint, ["Q4_0"])
+    assert open_bundle(bundle, verify="full").manifest.llm_quants == \
+        open_bundle(tiny_bundle, verify="size").manifest.llm_quants  # untouched
+
+    assert run(["tune", str(bundle), "--export", str(tiny_checkpoint), "--quants",
+                "Q4_0,Q4_K_M", "--settings", "llm_quant", "--repeats", "1",
+                "--max-new-tokens", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    m = open_bundle(bundle, verify="full").manifest  # every file's hash checks out
+    assert "Q4_0" in m.llm_quants and (bundle / m.llm_entry("Q4_0").file).is_file()
+    assert m.llm_parity("Q4_0")["top1_agreement"] is not None  # measured, as at export
+    assert not [p for p in bundle.iterdir() if p.name.startswith(".add-")]
+    assert bundle_key(bundle) != before  # a new bundle: older profiles do not apply
+    assert "llm_quant=Q4_0" in [c["changed"] for c in out["candidates"]]
+    with LlavaEdge.load(bundle, llm_quant="Q4_0", tune=False) as model:
+        assert model.ask(None, "Hello", max_new_tokens=2).n_tokens >= 1
+    assert add_llm_quants(bundle, tiny_checkpoint, ["Q4_0"])[1] == ()  # there already

@@ -103,9 +103,8 @@ def _print_summary(out_dir: str, m: Manifest) -> None:
         if not g["written"]:
             why = f"replaced by {g['fallback']}" if g.get("fallback") else "not written"
             click.echo(f"  vision {precision:5s} under its gate {g['gate']}: {why}")
-    llm_parity = (m.parity.get("llm") or {}).get("logits", {})
     for e in m.llm:
-        p = llm_parity.get(e.quant, {})
+        p = m.llm_parity(e.quant)
         fig = (f"top-1 {p['top1_agreement']:.1%}, KL {p['kl_mean']:.2e}"
                if "top1_agreement" in p else "no parity measured")
         size = human_bytes(m.files[e.file].size)

@@ -96,9 +96,8 @@ def _print_bundle(m: Manifest, path: Path) -> None:
     measured_on = m.parity.get("measured_on") or {}
     rows.append(("parity on", measured_on.get("isa_class", "an unrecorded CPU")
                  + (f" ({measured_on['model']})" if measured_on.get("model") else "")))
-    logits = (m.parity.get("llm") or {}).get("logits", {})
     for e in m.llm:
-        fig = logits.get(e.quant, {})
+        fig = m.llm_parity(e.quant)
         rows.append((f"llm {e.quant}",
                      f"{e.file} ({human_bytes(m.files[e.file].size)})"
                      + (f", top-1 {fig['top1_agreement']:.1%} vs PyTorch" if fig else "")))

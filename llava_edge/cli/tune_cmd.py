@@ -71,13 +71,20 @@ def _settings(_ctx, _param, value):
 @click.option("--background-load", default=0, show_default=True, type=click.IntRange(0),
               metavar="N", help="Keep N busy-loop processes running while measuring: tune "
                                 "for a machine that also runs other work (a robot's nodes).")
+@click.option("--export", "checkpoint", default=None, metavar="CHECKPOINT",
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The checkpoint BUNDLE was exported from: first add the GGUF types of "
+                   "--quants it lacks (converted, quantized and parity-checked as the "
+                   "export does), so that the search can try them.")
+@click.option("--quants", default="Q4_0,Q8_0,Q4_K_M", show_default=True, metavar="LIST",
+              help="--export: the GGUF types to have in the bundle.")
 @click.option("--save/--no-save", default=True, show_default=True,
               help="Write the profile where LlavaEdge.load finds it "
                    "($LLAVA_EDGE_TUNE_DIR, else ~/.cache/llava-edge/tune).")
 @json_option
 def tune(bundle, objective, budget_s, repeats, max_new_tokens, answer_tokens,
-         max_first_token_ms, threads, ubatch, dims, tolerance, fidelity, background_load, save,
-         as_json):
+         max_first_token_ms, threads, ubatch, dims, tolerance, fidelity, background_load, checkpoint,
+         quants, save, as_json):
     """Measure, on this machine, the settings that change BUNDLE's latency (its vision
     graphs and GGUFs whose export gates passed, threads per stage, llama.cpp's
     repacking, flash attention, n_ubatch, the KV cache type) and save the best as a
@@ -90,11 +97,24 @@ def tune(bundle, objective, budget_s, repeats, max_new_tokens, answer_tokens,
     llava-edge tune bundle/                          # first token, 10 minutes at most
     llava-edge tune bundle/ --objective answer --answer-tokens 32 --budget 300
     llava-edge tune bundle/ --objective memory --max-first-token-ms 8000
+    llava-edge tune bundle/ --export checkpoint/ --quants Q4_0,Q8_0   # try more GGUF types
     """
     from llava_edge.runtimes.tune.profile import save_profile
     from llava_edge.runtimes.tune.search import TuneOptions
     from llava_edge.runtimes.tune.search import tune as run_tune
 
+    if checkpoint is not None:
+        from llava_edge.export.bundle_add import add_llm_quants
+
+        manifest, added = add_llm_quants(bundle, checkpoint, quants)
+        for quant in added:
+            fig = (manifest.parity.get("llm") or {}).get(quant) or {}
+            top1 = fig.get("top1_agreement")
+            print(f"added {quant} to the bundle"
+                  + (f" (top-1 {top1:.3f} against PyTorch, gate {fig.get('top1_threshold')})"
+                     if top1 is not None else ""), file=sys.stderr)
+        if not added:
+            print(f"the bundle already holds {quants}", file=sys.stderr)
     opts = TuneOptions(bundle=bundle, objective=objective, budget_s=budget_s, repeats=repeats,
                        max_new_tokens=max_new_tokens, answer_tokens=answer_tokens,
                        max_first_token_ms=max_first_token_ms, threads=threads,

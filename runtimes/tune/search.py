@@ -136,9 +136,7 @@ def tolerance_for(manifest, quant: str) -> Tolerance | None:
     most ``a - g`` of the positions keeps (by a union bound) at least ``g`` agreement with
     PyTorch; and its KL divergence from the reference may not exceed the quantization's
     own. None (the exact rule) where no parity was recorded or the gate is 1.0."""
-    figures = (manifest.parity.get("llm", {}) or {}).get(quant)
-    if not isinstance(figures, dict):
-        return None
+    figures = manifest.llm_parity(quant)
     agree, gate, kl = (figures.get("top1_agreement"), figures.get("top1_threshold"),
                        figures.get("kl_mean"))
     if None in (agree, gate, kl) or gate >= 1.0 or agree <= gate:
@@ -216,14 +214,11 @@ def gpu_choices() -> dict[str, tuple]:
 def file_choices(manifest) -> dict[str, dict[str, str]]:
     """Per file setting, the bundle's values (default first), each with why it may not be
     used ("" when its export gate passed or none was recorded)."""
-    llm_parity = manifest.parity.get("llm", {}) or {}
     vision = {v.precision: "" if v.passed is not False else
               f"vision {v.precision} missed its parity gate" for v in manifest.vision}
-    llm = {}
-    for lm in manifest.llm:
-        gguf = llm_parity.get(lm.quant)
-        llm[lm.quant] = (f"{lm.quant} missed its logit parity"
-                         if isinstance(gguf, dict) and gguf.get("ok") is False else "")
+    llm = {lm.quant: (f"{lm.quant} missed its logit parity"
+                      if manifest.llm_parity(lm.quant).get("ok") is False else "")
+           for lm in manifest.llm}
 
     def default_first(d, default):
         return {default: d[default], **{k: v for k, v in d.items() if k != default}}
