@@ -201,11 +201,17 @@ def test_command_line_records_only_what_was_typed():
     @click.option("--n", default=1)
     @click.option("--flag/--no-flag", default=True)
     @click.option("--name", default="x")
-    def cmd(src, n, flag, name):
+    @click.option("--list", "items", default="", callback=lambda c, p, v: tuple(v.split(",")))
+    @click.option("--tag", multiple=True)
+    def cmd(src, n, flag, name, items, tag):
         seen["line"] = command_line(click.get_current_context())
 
     cmd.main(["a b", "--no-flag", "--n", "3"], prog_name="tool", standalone_mode=False)
     assert seen["line"] == "tool 'a b' --n 3 --no-flag"  # defaults left out
+    # a parsed list is written back as typed; a repeated option once per value
+    cmd.main(["a", "--list", "x,y", "--tag", "p", "--tag", "q"], prog_name="tool",
+             standalone_mode=False)
+    assert seen["line"] == "tool a --list x,y --tag p --tag q"
 
 
 def _tiny_int8_work(work):

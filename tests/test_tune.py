@@ -84,6 +84,9 @@ def test_noise_does_not_pick_a_setting_and_each_pair_is_its_own_reference(tiny_b
     assert [c["changed"] for c in p.candidates] == [
         "defaults", "vision_precision=int8", "llm_quant=Q4_K_M"]
     assert all(c["eligible"] for c in p.candidates)  # a new pair: its own reference
+    # the tiny bundle records no LLM gate: its references say so rather than "passed"
+    assert p.candidates[2]["why"] == ("reference tokens of its pair (vision fp32: gate "
+                                      "passed; Q4_K_M: no gate recorded at export)")
 
 
 def test_a_graph_or_gguf_that_missed_its_gate_is_never_measured(tiny_bundle, tune_dir,
@@ -348,8 +351,9 @@ def test_a_setting_within_the_tolerance_is_taken_and_one_beyond_it_is_not(tiny_b
     exact = tune(TuneOptions(bundle=tiny_bundle, dims=("repack", "flash_attn"),
                              fidelity="exact"), measure=fake_measure(table))
     assert exact.settings.flash_attn is False
-    assert "the exact rule" in {c["changed"]: c["why"] for c in exact.candidates}[
-        "flash_attn=True"]
+    exact_why = {c["changed"]: c["why"] for c in exact.candidates}["flash_attn=True"]
+    assert "the exact rule" in exact_why
+    assert "top-1 0.969 of 32 reference positions" in exact_why  # how far it moved, still
 
 
 def test_the_measurement_compares_logits_along_the_reference_answers(tiny_bundle, tmp_path):

@@ -96,6 +96,11 @@ def command_line(ctx: click.Context) -> str:
             if param.secondary_opts and not value:
                 flag = param.secondary_opts[0]
             parts.append(flag)
+        elif getattr(param, "multiple", False):
+            for v in value:
+                parts += [flag, str(v)]
+        elif isinstance(value, (tuple, list)):  # a parsed list (``--settings a,b``)
+            parts += [flag, ",".join(str(v) for v in value)]
         else:
             parts += [flag, str(value)]
     return shlex.join(parts)

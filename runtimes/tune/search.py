@@ -288,7 +288,7 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
                 c.figures, c.score = result, score(result, opts)
                 if reference:
                     refs[pair] = result["tokens"]
-                    c.eligible, c.why = True, "reference tokens of its pair (export gates passed)"
+                    c.eligible, c.why = True, f"reference tokens of its pair ({gates(pair)})"
                 else:
                     c.eligible, c.why = verdict(result, refs.get(pair), pair[1])
         if progress:
@@ -296,17 +296,32 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
         say(_line(c, opts))
         return c
 
+    def gates(pair: tuple[str, str]) -> str:
+        # A file without a verdict (a type the export has no gate for, or --no-parity)
+        # is eligible too, but the profile says so rather than that it passed.
+        vision = next(v for v in m.vision if v.precision == pair[0]).passed
+        llm = m.llm_parity(pair[1]).get("ok")
+        if vision and llm:
+            return "export gates passed"
+        return "; ".join(
+            f"{what}: {'gate passed' if ok else 'no gate recorded at export'}"
+            for what, ok in ((f"vision {pair[0]}", vision), (pair[1], llm)))
+
     def verdict(result: dict, ref_tokens, quant: str) -> tuple[bool, str]:
         if result["tokens"] == ref_tokens:
             return True, "same greedy tokens as its pair's reference"
         fid = result.get("fidelity")
         tol = tolerance_for(m, quant) if opts.fidelity == "tolerance" else None
+        figures = "" if fid is None else (
+            f"top-1 {fid['top1_agreement']:.3f} of {fid['positions']} reference "
+            f"positions, KL {fid['kl_mean']:.3g}")
         if fid is None or tol is None:
             rule = ("the exact rule" if opts.fidelity == "exact" else
                     f"no tolerance stated for {quant}: exact tokens required")
-            return False, f"greedy tokens differ from its pair's reference ({rule}): not eligible"
-        figures = (f"top-1 {fid['top1_agreement']:.3f} of {fid['positions']} reference "
-                   f"positions, KL {fid['kl_mean']:.3g}")
+            # the figures still say how far it moved, for a user weighing --fidelity
+            measured = f": {figures}" if figures else ""
+            return False, (f"greedy tokens differ from its pair's reference{measured} "
+                           f"({rule}): not eligible")
         allowed = (f"allowed: {1 - tol.disagreement:.3f}, KL {tol.kl_mean:.3g} "
                    f"({tol.source})")
         if tol.admits(fid):
