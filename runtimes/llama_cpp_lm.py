@@ -203,22 +203,32 @@ class LlamaCppLM:
 
     # -- evaluation -----------------------------------------------------------------
 
-    def eval_tokens(self, tokens: list[int]) -> None:
-        """Append ``tokens`` to the sequence (positions ``n_past``, ``n_past + 1``, ...)."""
+    def eval_tokens(self, tokens: list[int], all_logits: bool = False) -> np.ndarray | None:
+        """Append ``tokens`` to the sequence (positions ``n_past``, ``n_past + 1``, ...).
+        ``all_logits``: also return every position's logits, ``[len(tokens), n_vocab]``
+        (computed in the same batches: what a batched evaluation gives, to set beside
+        one token at a time)."""
         self._check_open()
         tokens = checked_token_ids(tokens, self.n_vocab, LlamaCppError)
         if not tokens:
-            return
+            return np.zeros((0, self.n_vocab), np.float32) if all_logits else None
         self._check_room(len(tokens))
         batch = self._token_batch
+        rows = []
         for start in range(0, len(tokens), self.n_batch):
             self._check_cancel()
             chunk = tokens[start:start + self.n_batch]
             last_chunk = start + self.n_batch >= len(tokens)
             for i, token in enumerate(chunk):
                 batch.token[i] = token
-                self._fill_position(batch, i, last_chunk and i == len(chunk) - 1)
+                self._fill_position(batch, i,
+                                    all_logits or (last_chunk and i == len(chunk) - 1))
             self._decode(batch, len(chunk))
+            if all_logits:
+                rows += [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, i),
+                                               shape=(self.n_vocab,)).copy()
+                         for i in range(len(chunk))]
+        return np.stack(rows) if all_logits else None
 
     def eval_embeddings(self, embeds: np.ndarray) -> None:
         """Append one position per row of ``embeds`` (``[n, n_embd]`` float32): input

@@ -84,6 +84,22 @@ def test_embeddings_are_chunked_by_n_batch_and_positions_continue(tiny_gguf):
     assert np.abs(results[0] - results[1]).max() < 1e-3
 
 
+def test_all_logits_are_every_positions_in_batches_of_n_batch(tiny_gguf):
+    with LlamaCppLM(tiny_gguf.llm_file("F16"), n_ctx=64, n_batch=4) as model:
+        ids = model.tokenize("the red circle is left of the blue square")
+        rows = model.eval_tokens(ids, all_logits=True)  # chunks of 4, 4, ..., the rest
+        assert rows.shape == (len(ids), model.n_vocab) and model.n_past == len(ids)
+        np.testing.assert_array_equal(rows[-1], model.logits())
+        assert model.eval_tokens([], all_logits=True).shape == (0, model.n_vocab)
+        model.reset()
+        one_at_a_time = []
+        for token in ids:
+            model.eval_tokens([token])
+            one_at_a_time.append(model.logits())
+    # the same positions, computed in another order: close, not necessarily equal
+    assert np.abs(rows - np.stack(one_at_a_time)).max() < 1e-2
+
+
 def test_reset_clears_the_cache(lm):
     ids = lm.tokenize("the red circle")
     lm.reset()

@@ -14,10 +14,11 @@ gate passed (vision ``passed``, the GGUF's logit parity ``ok`` where it was meas
 the first candidate with a new (graph, GGUF) pair gives that pair's reference tokens
 (the graphs and GGUFs are searched before the runtime settings, so it runs at the
 defaults). Any other setting is eligible if it gives exactly the reference tokens of its
-pair, or, where the bundle states a tolerance for the pair's GGUF, if it stays within it
-(:func:`tolerance_for`): fed the reference answers token by token, its top-1 choices
-differ from the reference's on no more positions than the GGUF's measured parity left
-to spare above its gate, and its KL divergence from the reference is no larger than the
+pair, or if it stays within the pair's tolerance (:func:`tolerance_for`): fed the
+reference answers token by token, its top-1 choices differ from the reference's on no
+more positions than the GGUF's measured parity left to spare above its gate, or than the
+reference's own answers evaluated in one batch differ (llama.cpp's batch split alone
+moves them that far), and its KL divergence from the reference is no larger than the
 GGUF's own from PyTorch. F16 / F32 (gate 1.0) and GGUFs without parity figures keep the
 exact rule, as does ``fidelity="exact"``.
 
@@ -129,21 +130,36 @@ class Tolerance:
                 and fidelity["kl_mean"] <= self.kl_mean)
 
 
-def tolerance_for(manifest, quant: str) -> Tolerance | None:
-    """The tolerance the bundle states for a GGUF: what its logit parity at export left
-    above its top-1 gate. If the GGUF agreed with PyTorch on a share ``a`` of the parity
-    positions against a gate ``g``, a runtime setting that changes the top-1 choice on at
-    most ``a - g`` of the positions keeps (by a union bound) at least ``g`` agreement with
-    PyTorch; and its KL divergence from the reference may not exceed the quantization's
-    own. None (the exact rule) where no parity was recorded or the gate is 1.0."""
+def tolerance_for(manifest, quant: str, batched: dict | None = None) -> Tolerance | None:
+    """How far a runtime setting may move the answers of a pair with this GGUF.
+
+    Two measured allowances for the top-1 choices along the reference answers, the larger
+    one applying: what the GGUF's logit parity at export left above its gate (if it agreed
+    with PyTorch on a share ``a`` of the parity positions against a gate ``g``, a setting
+    that changes at most ``a - g`` of them keeps, by a union bound, at least ``g``), and
+    ``batched``, the pair's reference against itself with its answers evaluated in one
+    batch: llama.cpp's own batch split flips that share already, so a setting that flips no
+    more is within the runtime's noise. Either way the setting's KL divergence from the
+    reference may not exceed the quantization's own from PyTorch. None (the exact rule)
+    where no parity was recorded, for F16 / F32 (gate 1.0), and where neither allowance
+    leaves anything."""
     figures = manifest.llm_parity(quant)
     agree, gate, kl = (figures.get("top1_agreement"), figures.get("top1_threshold"),
                        figures.get("kl_mean"))
-    if None in (agree, gate, kl) or gate >= 1.0 or agree <= gate:
+    if agree is None or kl is None or (gate is not None and gate >= 1.0):
         return None
-    return Tolerance(agree - gate, kl,
-                     f"{quant}'s parity at export: top-1 {agree:.3f} against its gate "
-                     f"{gate:.2f}, KL {kl:.3g}")
+    slack = agree - gate if gate is not None and agree > gate else 0.0
+    floor = 1.0 - batched["top1_agreement"] if batched else 0.0
+    if max(slack, floor) <= 0:
+        return None
+    gate_text = ("no gate" if gate is None else
+                 f"top-1 {agree:.3f} against its gate {gate:.2f}" if slack > 0 else
+                 f"top-1 {agree:.3f} under its gate {gate:.2f}, nothing to spare")
+    source = f"{quant}'s parity at export: {gate_text}, KL {kl:.3g}"
+    if batched:
+        source += (f"; the reference evaluated in one batch: top-1 "
+                   f"{batched['top1_agreement']:.3f}, KL {batched['kl_mean']:.3g}")
+    return Tolerance(max(slack, floor), kl, source)
 
 
 def measure_in_subprocess(bundle: Path, settings: dict, opts: TuneOptions,
@@ -259,6 +275,7 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
     started = time.monotonic()
     history: list[Candidate] = []
     refs: dict[tuple[str, str], list] = {}  # pair -> its reference's greedy tokens
+    noise: dict[tuple[str, str], dict | None] = {}  # pair -> its reference, batched
     say = log or (lambda _line: None)
     scratch = Path(tempfile.mkdtemp(prefix="llava-edge-tune-"))  # the references' logits
 
@@ -288,9 +305,10 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
                 c.figures, c.score = result, score(result, opts)
                 if reference:
                     refs[pair] = result["tokens"]
+                    noise[pair] = (result.get("fidelity") or {}).get("batched")
                     c.eligible, c.why = True, f"reference tokens of its pair ({gates(pair)})"
                 else:
-                    c.eligible, c.why = verdict(result, refs.get(pair), pair[1])
+                    c.eligible, c.why = verdict(result, refs.get(pair), pair)
         if progress:
             progress(len(history), planned)
         say(_line(c, opts))
@@ -307,11 +325,12 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
             f"{what}: {'gate passed' if ok else 'no gate recorded at export'}"
             for what, ok in ((f"vision {pair[0]}", vision), (pair[1], llm)))
 
-    def verdict(result: dict, ref_tokens, quant: str) -> tuple[bool, str]:
+    def verdict(result: dict, ref_tokens, pair: tuple[str, str]) -> tuple[bool, str]:
         if result["tokens"] == ref_tokens:
             return True, "same greedy tokens as its pair's reference"
-        fid = result.get("fidelity")
-        tol = tolerance_for(m, quant) if opts.fidelity == "tolerance" else None
+        fid, quant = result.get("fidelity"), pair[1]
+        tol = (tolerance_for(m, quant, noise.get(pair)) if opts.fidelity == "tolerance"
+               else None)
         figures = "" if fid is None else (
             f"top-1 {fid['top1_agreement']:.3f} of {fid['positions']} reference "
             f"positions, KL {fid['kl_mean']:.3g}")
