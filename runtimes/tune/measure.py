@@ -66,22 +66,31 @@ def peak_rss_mb() -> float:
 
 
 def forced_rows(model, image, prompt: str, tokens: list[int], max_new_tokens: int,
-                batched: bool = False) -> np.ndarray:
+                batched: bool = False):
     """Logits ``[n, n_vocab]`` predicting each of ``tokens`` (and the end of the answer
     when it ended before ``max_new_tokens``), with ``tokens`` fed one at a time as the
-    greedy decode feeds them, whatever this model would have chosen instead;
-    ``batched``: all in one batch instead (the same computation in another order)."""
+    greedy decode feeds them, whatever this model would have chosen instead.
+    ``batched``: also the same positions evaluated in one batch (the cache cut back to the
+    prompt first), returned second: the same computation in another order."""
     model.clear_cache()
     model.ask(image, prompt, max_new_tokens=1)  # the prompt; the last position's logits
-    rows = [model.llm.logits()]
+    llm = model.llm
+    first, prompt_end = llm.logits(), llm.n_past
     feed = tokens if len(tokens) < max_new_tokens else tokens[:-1]
+    rows = [first]
+    for token in feed:
+        llm.eval_tokens([token])
+        rows.append(llm.logits())
+    one_at_a_time = np.stack(rows).astype(np.float32)
+    in_one_batch = None
     if batched:
-        rows += list(model.llm.eval_tokens(feed, all_logits=True))
-    for token in [] if batched else feed:
-        model.llm.eval_tokens([token])
-        rows.append(model.llm.logits())
+        if not llm.truncate(prompt_end):  # a memory that cannot drop a tail: prefill again
+            model.clear_cache()
+            model.ask(image, prompt, max_new_tokens=1)
+        in_one_batch = np.concatenate([first[None], llm.eval_tokens(feed, all_logits=True)]
+                                      ).astype(np.float32)
     model.clear_cache()  # the KV no longer matches the runtime's bookkeeping
-    return np.stack(rows).astype(np.float32)
+    return (one_at_a_time, in_one_batch) if batched else one_at_a_time
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -106,9 +115,9 @@ def _fidelity(model, image, job: Job, tokens: list[list[int]]) -> dict | None:
         saved, batched = {}, []
         for i, (prompt, answer) in enumerate(zip(PROMPTS, tokens)):
             saved[f"tokens{i}"] = np.asarray(answer, dtype=np.int64)
-            saved[f"rows{i}"] = forced_rows(model, image, prompt, answer, job.max_new_tokens)
-            batched.append(forced_rows(model, image, prompt, answer, job.max_new_tokens,
-                                       batched=True))
+            saved[f"rows{i}"], in_one_batch = forced_rows(
+                model, image, prompt, answer, job.max_new_tokens, batched=True)
+            batched.append(in_one_batch)
         with open(job.reference["write"], "wb") as f:
             np.savez(f, **saved)
         rows = [saved[f"rows{i}"] for i in range(len(PROMPTS))]
