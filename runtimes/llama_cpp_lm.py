@@ -225,9 +225,7 @@ class LlamaCppLM:
                                     all_logits or (last_chunk and i == len(chunk) - 1))
             self._decode(batch, len(chunk))
             if all_logits:
-                rows += [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, i),
-                                               shape=(self.n_vocab,)).copy()
-                         for i in range(len(chunk))]
+                rows += [self._logits_row(i) for i in range(len(chunk))]
         return np.stack(rows) if all_logits else None
 
     def eval_embeddings(self, embeds: np.ndarray) -> None:
@@ -320,7 +318,11 @@ class LlamaCppLM:
         self._check_open()
         if not self._has_logits:
             raise LlamaCppError("no logits yet: evaluate tokens or embeddings first")
-        ptr = llama_cpp.llama_get_logits_ith(self._ctx, self._last_index)
+        return self._logits_row(self._last_index)
+
+    def _logits_row(self, i: int) -> np.ndarray:
+        """A copy of the logits of the last batch's ``i``-th input (asked for in it)."""
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, i)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
     def reset(self) -> None:

@@ -274,8 +274,7 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
     planned = 1 + sum(len(set(values[d]) - {getattr(base, d)}) for d in dims)
     started = time.monotonic()
     history: list[Candidate] = []
-    refs: dict[tuple[str, str], list] = {}  # pair -> its reference's greedy tokens
-    noise: dict[tuple[str, str], dict | None] = {}  # pair -> its reference, batched
+    refs: dict[tuple[str, str], dict] = {}  # pair -> its reference's figures (tokens, ...)
     say = log or (lambda _line: None)
     scratch = Path(tempfile.mkdtemp(prefix="llava-edge-tune-"))  # the references' logits
 
@@ -304,11 +303,10 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
             else:
                 c.figures, c.score = result, score(result, opts)
                 if reference:
-                    refs[pair] = result["tokens"]
-                    noise[pair] = (result.get("fidelity") or {}).get("batched")
+                    refs[pair] = result
                     c.eligible, c.why = True, f"reference tokens of its pair ({gates(pair)})"
                 else:
-                    c.eligible, c.why = verdict(result, refs.get(pair), pair)
+                    c.eligible, c.why = verdict(result, refs[pair], pair)
         if progress:
             progress(len(history), planned)
         say(_line(c, opts))
@@ -328,12 +326,12 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
         return "; ".join(f"{what}: {said[ok]}" for what, ok in (
             (f"vision {pair[0]}", vision), (pair[1], llm)))
 
-    def verdict(result: dict, ref_tokens, pair: tuple[str, str]) -> tuple[bool, str]:
-        if result["tokens"] == ref_tokens:
+    def verdict(result: dict, ref: dict, pair: tuple[str, str]) -> tuple[bool, str]:
+        if result["tokens"] == ref["tokens"]:
             return True, "same greedy tokens as its pair's reference"
         fid, quant = result.get("fidelity"), pair[1]
-        tol = (tolerance_for(m, quant, noise.get(pair)) if opts.fidelity == "tolerance"
-               else None)
+        batched = (ref.get("fidelity") or {}).get("batched")  # the runtime's own noise
+        tol = tolerance_for(m, quant, batched) if opts.fidelity == "tolerance" else None
         figures = "" if fid is None else (
             f"top-1 {fid['top1_agreement']:.3f} of {fid['positions']} reference "
             f"positions, KL {fid['kl_mean']:.3g}")
