@@ -327,9 +327,11 @@ def next_mmproj_parity(loaded, mmproj_path: str | Path, llm_gguf: str | Path,
         }
         if [v.shape for v in views] == [v.shape for v in per_view]:
             # which transformers view each llama.cpp chunk is: measured, not assumed (the
-            # vendored mtmd emits the tiles first and the overview last)
-            similarity = np.array([[_cosine(g[:-1], e[1:]).mean() for e in per_view]
-                                   for g in views])
+            # vendored mtmd emits the tiles first and the overview last); the better of
+            # straight and shifted rows, as a CLIP tower's are shifted and a SigLIP one's
+            # (no CLS) are not
+            similarity = np.array([[max(_cosine(g, e).mean(), _cosine(g[:-1], e[1:]).mean())
+                                    for e in per_view] for g in views])
             order = _best_pairing(similarity)
             expected = [per_view[j] for j in order]
             cos = np.concatenate([_cosine(g, e) for g, e in zip(views, expected)])

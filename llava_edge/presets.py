@@ -58,7 +58,16 @@ class TokenizerSpec:
 
     kind: Literal["sentencepiece", "bpe"]
     vocab_size: int  # pieces learned from the corpus (a soft limit)
-    template: Literal["vicuna_v1", "chatml", "mistral_instruct"]
+    template: Literal["vicuna_v1", "chatml", "mistral_instruct", "chatml_direct"]
+    # Whether encoding a text puts BOS first. Llama's and Mistral's tokenizers do; Yi's
+    # (LLaVA-1.6-34B's LLM, a SentencePiece vocab with ChatML tokens) does not.
+    add_bos: bool = True
+
+    @property
+    def chatml(self) -> bool:
+        """Whether the template needs the ChatML tokens ``<|im_start|>`` / ``<|im_end|>``
+        (a SentencePiece vocab then carries them as special tokens, as Yi's does)."""
+        return self.template.startswith("chatml")
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,14 @@ _TINY_CLIP = VisionSpec("clip", image_size=64, patch_size=16, hidden_size=128,
 _TINY_LLAMA = TextSpec("llama", hidden_size=256, intermediate_size=512, num_layers=4,
                        num_heads=4, num_kv_heads=2, max_position_embeddings=1024,
                        rope_theta=10000.0, rms_norm_eps=1e-5)
+_TINY_SIGLIP = VisionSpec("siglip", image_size=64, patch_size=16, hidden_size=128,
+                          intermediate_size=512, num_layers=4, num_heads=4)
+_TINY_QWEN2 = TextSpec("qwen2", hidden_size=256, intermediate_size=512, num_layers=4,
+                       num_heads=4, num_kv_heads=2, max_position_embeddings=1024,
+                       rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+# 1x2, 2x1, 2x2, 1x3 and 3x1 grids of 64-pixel tiles, as LLaVA-1.6's list is of 336-pixel
+# ones (plus a 2x2, which 1.6 has too).
+_TINY_PINPOINTS = ((64, 128), (128, 64), (128, 128), (64, 192), (192, 64))
 
 PRESETS: dict[str, PresetSpec] = {
     "tiny": PresetSpec(
@@ -133,11 +150,8 @@ PRESETS: dict[str, PresetSpec] = {
     "tiny-qwen2": PresetSpec(
         name="tiny-qwen2",
         description="Qwen2 LLM + SigLIP tower, byte-level BPE, ChatML (llava-interleave shape)",
-        vision=VisionSpec("siglip", image_size=64, patch_size=16, hidden_size=128,
-                          intermediate_size=512, num_layers=4, num_heads=4),
-        text=TextSpec("qwen2", hidden_size=256, intermediate_size=512, num_layers=4,
-                      num_heads=4, num_kv_heads=2, max_position_embeddings=1024,
-                      rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True),
+        vision=_TINY_SIGLIP,
+        text=_TINY_QWEN2,
         tokenizer=_QWEN2_TOKENIZER,
         vision_feature_layer=-1,
         vision_feature_select_strategy="full",
@@ -148,9 +162,29 @@ PRESETS: dict[str, PresetSpec] = {
         vision=_TINY_CLIP,
         text=_TINY_LLAMA,
         tokenizer=_LLAMA_TOKENIZER,
-        # 1x2, 2x1, 2x2, 1x3 and 3x1 grids of 64-pixel tiles, as LLaVA-1.6's list is of
-        # 336-pixel ones (plus a 2x2, which 1.6 has too).
-        image_grid_pinpoints=((64, 128), (128, 64), (128, 128), (64, 192), (192, 64)),
+        image_grid_pinpoints=_TINY_PINPOINTS,
+    ),
+    "tiny-next-qwen2": PresetSpec(
+        name="tiny-next-qwen2",
+        description="LLaVA-NeXT tiles on tiny-qwen2's Qwen2 + SigLIP (ChatML): tests",
+        vision=_TINY_SIGLIP,
+        text=_TINY_QWEN2,
+        tokenizer=_QWEN2_TOKENIZER,
+        # SigLIP has no CLS token: transformers' "default" strategy would drop a patch and
+        # leave a grid that is not square, which LLaVA-NeXT's unpad cannot reshape.
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        image_grid_pinpoints=_TINY_PINPOINTS,
+    ),
+    "tiny-next-yi": PresetSpec(
+        name="tiny-next-yi",
+        description="LLaVA-NeXT tiles, Llama-architecture LLM with a SentencePiece vocab, "
+                    "ChatML and no BOS, as LLaVA-1.6-34B's Yi is: tests",
+        vision=_TINY_CLIP,
+        text=_TINY_LLAMA,
+        tokenizer=TokenizerSpec("sentencepiece", vocab_size=2000, template="chatml_direct",
+                                add_bos=False),
+        image_grid_pinpoints=_TINY_PINPOINTS,
     ),
     "tinyllava-1.1b": PresetSpec(
         name="tinyllava-1.1b",

@@ -5,23 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from llava_edge.errors import PromptError
 from llava_edge.runtimes.pipeline import LlavaEdge
-
-# (width, height): tall, wide, square, tiny, huge, odd, and a very long one
-SIZES = {"tall": (40, 120), "wide": (150, 50), "square": (64, 64), "tiny": (5, 7),
-         "huge": (2000, 300), "odd": (333, 517), "long": (250, 9)}
-
-
-def _image(size, seed=0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    w, h = size
-    arr = np.full((h, w, 3), 235, np.uint8)
-    arr[: max(1, h // 3), : max(1, w // 2)] = rng.integers(0, 256, 3)
-    arr[h // 2:, w // 3:] = rng.integers(0, 256, 3)
-    return Image.fromarray(arr)
+from next_reference import SIZES, hf_greedy, hf_packed_features, load_hf
+from next_reference import two_block_image as _image
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +21,7 @@ def next_model(tiny_next_bundle):
 
 @pytest.fixture(scope="module")
 def hf(tiny_next_checkpoint):
-    import torch
-    from transformers import AutoProcessor, LlavaNextForConditionalGeneration
-
-    torch.manual_seed(0)
-    model = LlavaNextForConditionalGeneration.from_pretrained(tiny_next_checkpoint).eval()
-    return model, AutoProcessor.from_pretrained(tiny_next_checkpoint)
-
-
-def _hf_inputs(processor, image, prompt):
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True)
-    return processor(images=image, text=text, return_tensors="pt")
+    return load_hf(tiny_next_checkpoint)
 
 
 @pytest.mark.parametrize("name", list(SIZES))
@@ -52,33 +29,19 @@ def test_greedy_answer_and_positions_equal_transformers(name, next_model, hf):
     """The exact pair (fp32 vision graph + F16 GGUF) answers token for token as
     ``transformers.generate`` does, and the prompt takes as many positions as the HF
     processor expands it to."""
-    import torch
-
-    model, processor = hf
     image, prompt, n = _image(SIZES[name], seed=len(name)), "Describe the image.", 16
-    inputs = _hf_inputs(processor, image, prompt)
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=n, do_sample=False, min_new_tokens=n)
-    torch_tokens = out[0, inputs["input_ids"].shape[1]:].tolist()
+    torch_tokens, n_prompt = hf_greedy(hf, image, prompt, n)
 
     answer = next_model.ask(image, prompt, max_new_tokens=n)
-    assert answer.n_prompt_tokens == inputs["input_ids"].shape[1]
+    assert answer.n_prompt_tokens == n_prompt
     assert answer.tokens == torch_tokens[: len(answer.tokens)]
     assert len(answer.tokens) == n or answer.stop_reason == "eos"
 
 
 @pytest.mark.parametrize("name", ["tall", "wide", "odd"])
 def test_embed_is_the_packed_sequence_transformers_injects(name, next_model, hf):
-    import torch
-
-    model, processor = hf
     image = _image(SIZES[name])
-    inputs = _hf_inputs(processor, image, "x")
-    with torch.no_grad():
-        ref = model.model.get_image_features(pixel_values=inputs["pixel_values"],
-                                             image_sizes=inputs["image_sizes"])
-    ref = getattr(ref, "pooler_output", ref)
-    ref = (torch.cat(list(ref)) if isinstance(ref, (list, tuple)) else ref).float().numpy()
+    ref = hf_packed_features(hf, image)
     ours = next_model.embed(image)
     assert ours.shape == ref.shape
     assert np.abs(ours - ref).max() < 1e-4

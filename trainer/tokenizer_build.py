@@ -2,7 +2,9 @@
 
 * ``sentencepiece``: a SentencePiece BPE model with byte fallback, trained with the
   options Llama's tokenizer uses (digits split, dummy prefix, no whitespace folding),
-  saved as ``tokenizer.model`` plus the ``tokenizer.json`` transformers derives from it.
+  saved as ``tokenizer.model`` plus the ``tokenizer.json`` transformers derives from it;
+  for a ChatML template (Yi's layout) with ``<|im_start|>`` / ``<|im_end|>`` added and
+  ``<|im_end|>`` as EOS, and without BOS where the spec says so.
 * ``bpe``: a byte-level BPE with merges and Qwen2's pre-tokenizer regex (so llama.cpp's
   ``qwen2`` pre-tokenizer splits text the same way), ChatML special tokens.
 
@@ -32,7 +34,8 @@ def build_tokenizer(spec: TokenizerSpec, out_dir: Path, seed: int = 0):
     """Train, save into ``out_dir`` and return the transformers tokenizer for ``spec``."""
     lines = corpus_lines(seed)
     if spec.kind == "sentencepiece":
-        tokenizer = _sentencepiece_tokenizer(lines, spec.vocab_size, out_dir, seed)
+        tokenizer = _sentencepiece_tokenizer(lines, spec.vocab_size, out_dir, seed,
+                                             add_bos=spec.add_bos, chatml=spec.chatml)
     elif spec.kind == "bpe":
         tokenizer = _byte_level_bpe_tokenizer(lines, spec.vocab_size)
     else:  # pragma: no cover - the spec's Literal type rules this out
@@ -42,7 +45,8 @@ def build_tokenizer(spec: TokenizerSpec, out_dir: Path, seed: int = 0):
     return tokenizer
 
 
-def _sentencepiece_tokenizer(lines: list[str], vocab_size: int, out_dir: Path, seed: int):
+def _sentencepiece_tokenizer(lines: list[str], vocab_size: int, out_dir: Path, seed: int,
+                             add_bos: bool = True, chatml: bool = False):
     import sentencepiece as spm
     from transformers import LlamaTokenizer
 
@@ -66,8 +70,13 @@ def _sentencepiece_tokenizer(lines: list[str], vocab_size: int, out_dir: Path, s
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tokenizer.model").write_bytes(model.getvalue())
-    tokenizer = LlamaTokenizer.from_pretrained(out_dir, add_bos_token=True, add_eos_token=False,
-                                               legacy=False)
+    tokenizer = LlamaTokenizer.from_pretrained(out_dir, add_bos_token=add_bos,
+                                               add_eos_token=False, legacy=False)
+    if chatml:
+        # Yi's layout (LLaVA-1.6-34B): ChatML's markers are tokens of a SentencePiece
+        # vocab and the end of a turn, <|im_end|>, is the EOS the model stops on.
+        tokenizer.add_special_tokens({"eos_token": "<|im_end|>",
+                                      "additional_special_tokens": CHATML_SPECIALS[1:]})
     tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     tokenizer.add_special_tokens({"pad_token": "<pad>"})
     return tokenizer
