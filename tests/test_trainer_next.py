@@ -337,6 +337,62 @@ def test_train_command_takes_a_next_checkpoint(tiny_next_checkpoint, shapes, tmp
     assert "tiles each image" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_two_processes_match_one_at_the_same_global_batch(tiny_next_checkpoint, shapes,
+                                                          processor, tmp_path):
+    """As LLaVA-1.5's test, on tiled images: DDP over gloo (torchrun, 2 processes of
+    micro-batch 2) against one process accumulating 2 micro-batches of 2. The two ranks'
+    batches hold different numbers of views (and so of image tokens), and the loss is
+    normalised by the global label-token count, so the gradients must still agree."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from llava_edge.trainer.metrics import read_metrics
+
+    from llava_edge.trainer.step_plan import StepPlan
+
+    data = aspect_data(shapes, 2)
+    # The premise: at some step the two ranks' pixel_values differ in view count.
+    views = [x.pixel_values.shape[0] for x in
+             (dataset(processor, tiny_next_checkpoint, [data], shapes.image_folder)[i]
+              for i in range(8))]
+    ranks = [StepPlan(8, 4, 2, 2, rank, seed=42) for rank in (0, 1)]
+    assert any(len({max(views[i] for i in plan.micro_batches(step)[0]) for plan in ranks}) > 1
+               for step in range(3))
+    args = ["train", "--stage", "2", "--model", str(tiny_next_checkpoint), "--data", str(data),
+            "--image-folder", str(shapes.image_folder), "--global-batch-size", "4",
+            "--micro-batch-size", "2", "--max-steps", "3", "--save-steps", "0",
+            "--model-max-length", "512", "--learning-rate", "1e-3", "--json"]
+    one = train(resolve_config(settings(2, tiny_next_checkpoint, [data], tmp_path / "one",
+                                        shapes, max_steps=3, learning_rate=1e-3))[0],
+                show_progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "llava_edge", *args, "--output-dir", str(tmp_path / "two")],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    summary = json.loads(two.stdout)  # printed once, by the main process
+    assert summary["samples"] == one.samples == 12
+
+    want = read_metrics(one.output_dir / "metrics.jsonl")
+    got = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert len(got) == len(want) == 3
+    # The LLaVA-1.5 test's tolerances; on CPU the two are equal (max weight difference
+    # 0.0, measured): DDP's mean of the two ranks' gradients scaled by 2 adds the same
+    # terms as the one process's accumulation.
+    for a, b in zip(want, got):
+        assert a["tokens"] == b["tokens"] and a["samples"] == b["samples"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4), (a, b)
+    w1, w2 = weights(one.output_dir), weights(tmp_path / "two")
+    assert changed(weights(tiny_next_checkpoint), w2) >= {"image_newline"}
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-5) for k in w1)
+
+
 # --------------------------------------------------------------------------------------
 # The output: export and eval
 # --------------------------------------------------------------------------------------
