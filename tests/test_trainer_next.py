@@ -314,6 +314,92 @@ def test_lora_targets_only_the_llm_and_keeps_the_newline_trainable(tiny_next_che
     assert summarize(model).trained["vision"] == 0
 
 
+def test_freeze_newline_keeps_it_at_its_init_while_the_projector_learns(
+        stage1, tiny_next_checkpoint, shapes, tmp_path):
+    """LLaVA-NeXT's pretraining: the projector learns, image_newline stays bit-identical.
+    The ``stage1`` fixture is the same run without the switch, where the newline moves."""
+    out = tmp_path / "frozen"
+    cfg, provenance = resolve_config(settings(1, tiny_next_checkpoint, [aspect_data(shapes, 1)],
+                                              out, shapes, freeze_newline=True))
+    train(cfg, provenance, show_progress=False)
+    start, frozen, free = (weights(tiny_next_checkpoint), weights(out),
+                           weights(stage1.output_dir))
+    assert changed(start, frozen) == {"multi_modal_projector.linear_1.weight",
+                                      "multi_modal_projector.linear_1.bias",
+                                      "multi_modal_projector.linear_2.weight",
+                                      "multi_modal_projector.linear_2.bias"}
+    assert "image_newline" in changed(start, free)  # without the switch it learns
+    # Recorded with the model and in its resolved settings.
+    record = json.loads((out / "config.json").read_text())["llava_edge"]["training"]
+    assert record["freeze_newline"] is True
+    assert record["trained"]["projector"] == sum(
+        v.numel() for k, v in start.items() if k.startswith("multi_modal_projector."))
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["config"]["freeze_newline"] is True
+    assert json.loads((stage1.output_dir / "config.json").read_text()
+                      )["llava_edge"]["training"]["freeze_newline"] is False
+
+
+def test_freeze_newline_with_lora_and_the_resume_check(tiny_next_checkpoint):
+    from transformers import LlavaNextForConditionalGeneration
+
+    from llava_edge.trainer.freezing import configure_trainable, summarize
+    from llava_edge.trainer.resume import RESUME_KEYS
+    from llava_edge.trainer.train_config import TrainConfig
+
+    model = LlavaNextForConditionalGeneration.from_pretrained(tiny_next_checkpoint)
+    cfg = TrainConfig(stage=2, model="m", data=["d"], output_dir="o", tune_llm=True,
+                      lora_r=4, lora_alpha=8, freeze_newline=True)
+    model = configure_trainable(model, cfg)
+    params = dict(model.named_parameters())
+    (newline,) = [p for n, p in params.items() if n.endswith("image_newline")]
+    assert not newline.requires_grad
+    assert all(p.requires_grad for n, p in params.items() if "multi_modal_projector" in n)
+    summary = summarize(model)
+    assert summary.trained["projector"] == summary.total["projector"] - newline.numel()
+    # A resumed run must agree on it: it decides which tensors the checkpoint holds.
+    assert "freeze_newline" in RESUME_KEYS
+
+
+def test_freeze_newline_flag_reaches_the_config(tiny_next_checkpoint, shapes, tmp_path,
+                                                capsys):
+    from llava_edge.cli import run
+
+    out = tmp_path / "cli"
+    args = ["train", "--stage", "1", "--model", str(tiny_next_checkpoint),
+            "--data", str(aspect_data(shapes, 1)), "--image-folder", str(shapes.image_folder),
+            "--output-dir", str(out), "--max-steps", "1", "--global-batch-size", "2",
+            "--micro-batch-size", "2", "--save-steps", "0", "--freeze-newline", "--json"]
+    assert run(args) == 0, capsys.readouterr().err
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["config"]["freeze_newline"] is True
+    assert "freeze_newline" in saved["provenance"]["from_flags"]
+    assert "image_newline" not in changed(weights(tiny_next_checkpoint), weights(out))
+
+
+def test_freeze_newline_on_a_llava_1_5_checkpoint_is_an_error(tiny_checkpoint, shapes,
+                                                              tmp_path, capsys):
+    from transformers import LlavaForConditionalGeneration
+
+    from llava_edge.cli import run
+    from llava_edge.trainer.freezing import configure_trainable
+    from llava_edge.trainer.train_config import TrainConfig, TrainConfigError
+
+    out = tmp_path / "no"
+    assert run(["train", "--stage", "1", "--model", str(tiny_checkpoint),
+                "--data", str(shapes.stage1), "--image-folder", str(shapes.image_folder),
+                "--output-dir", str(out), "--max-steps", "1", "--freeze-newline"]) == 1
+    err = capsys.readouterr().err
+    assert "needs a LLaVA-NeXT checkpoint" in err and "has no image_newline" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    # The same refusal where a model is configured directly.
+    cfg = TrainConfig(stage=1, model=str(tiny_checkpoint), data=["d"], output_dir="o",
+                      freeze_newline=True)
+    with pytest.raises(TrainConfigError, match="has no image_newline"):
+        configure_trainable(LlavaForConditionalGeneration.from_pretrained(tiny_checkpoint), cfg)
+
+
 def test_recipe_is_listed(capsys):
     from llava_edge.cli import run
 

@@ -14,7 +14,11 @@ On ``image_newline`` the original code differs: LLaVA's ``llava_arch.py`` create
 its random init there, and trains it in fine-tuning as part of ``mm_language_model``
 (every parameter not in the vision tower, projector or resampler) at the LLM's learning
 rate. Here the tiny presets tile from stage 1 on, so the newline is in every stage-1
-input and is trained with the projector, in both stages.
+input and by default is trained with the projector, in both stages. ``freeze_newline``
+(``--freeze-newline``) keeps it at its starting value while the projector learns: in
+stage 1 this reproduces LLaVA-NeXT's pretraining, where the newline stays at its init.
+It needs a checkpoint that has the newline (LLaVA-NeXT); asked of a LLaVA-1.5 one it is
+an error, not a silent no-op.
 
 * stage 1 (LLaVA): projector only;
 * stage 2 (LLaVA): projector + LLM, the LLM fully or through LoRA adapters on its linear
@@ -27,10 +31,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llava_edge.trainer.train_config import TrainConfig
+from llava_edge.trainer.train_config import TrainConfig, TrainConfigError
 
 PARTS = ("vision", "projector", "llm")
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+def is_newline(name: str) -> bool:
+    """Whether parameter ``name`` is LLaVA-NeXT's ``image_newline``."""
+    return name.split(".")[-1] == "image_newline"
+
+
+def check_freeze_newline(config: TrainConfig, has_newline: bool) -> None:
+    """Refuse ``freeze_newline`` for a checkpoint without ``image_newline`` (LLaVA-1.5)."""
+    if config.freeze_newline and not has_newline:
+        raise TrainConfigError(
+            f"freeze_newline (--freeze-newline) needs a LLaVA-NeXT checkpoint (llava_next): "
+            f"{config.model} has no image_newline to freeze")
 
 
 def part_of(name: str) -> str:
@@ -68,13 +85,14 @@ def configure_trainable(model, config: TrainConfig):
 
     Returns the model to train (a ``PeftModel`` with LoRA, else ``model`` itself).
     """
+    check_freeze_newline(config, any(is_newline(n) for n, _ in model.named_parameters()))
     model.requires_grad_(False)
     if config.tune_llm and config.lora_r:
         model = _add_lora(model, config)  # PEFT leaves only the adapters trainable
     wanted = {"vision": config.tune_vision, "projector": config.tune_projector,
               "llm": config.tune_llm and not config.lora_r}
     for name, param in model.named_parameters():
-        if "lora_" in name:
+        if "lora_" in name or (config.freeze_newline and is_newline(name)):
             continue
         if wanted[part_of(name)]:
             param.requires_grad_(True)

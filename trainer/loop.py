@@ -51,7 +51,8 @@ from llava_edge.trainer.collate import Collator
 from llava_edge.trainer.conversation import (ConversationEncoder, auto_template_name,
                                              make_chat_format)
 from llava_edge.trainer.dataset import BadSampleError, LlavaDataset, image_tokens_per_image
-from llava_edge.trainer.freezing import configure_trainable, param_groups, summarize
+from llava_edge.trainer.freezing import (check_freeze_newline, configure_trainable,
+                                         param_groups, summarize)
 from llava_edge.trainer.metrics import MetricsLog, StepRecord, plot_loss_curve, read_metrics
 from llava_edge.trainer.output import save_trained_model
 from llava_edge.trainer.progress import TrainProgress
@@ -119,6 +120,7 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
     source_config = _read_llava_config(model_dir)
     model_type = source_config["model_type"]
     aspect = resolve_aspect_ratio(config.image_aspect_ratio, model_type)
+    check_freeze_newline(config, is_anyres(model_type))  # before loading any weights
     processor = AutoProcessor.from_pretrained(model_dir)
     tokenizer = processor.tokenizer
     chat_format = make_chat_format(config.template, tokenizer, source_config)
@@ -247,6 +249,7 @@ def train(config: TrainConfig, provenance: dict | None = None, *, resume: bool =
             "samples": totals["samples"], "skipped_samples": totals["skipped"],
             "epochs": round(total_steps / plan.steps_per_epoch, 4),
             "trained": {p: n for p, n in summary.trained.items() if n},
+            "freeze_newline": config.freeze_newline,
             "lora": {"r": config.lora_r, "alpha": config.lora_alpha, "merged": True}
             if config.lora_r else None,
             "started_from": config.model, "final_loss": loss,

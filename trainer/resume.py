@@ -31,8 +31,8 @@ _NAME = re.compile(r"^step-(\d+)$")
 RESUME_KEYS = ("stage", "model", "data", "image_folder", "template", "image_aspect_ratio",
                "model_max_length", "global_batch_size", "seed", "epochs", "max_steps",
                "learning_rate", "projector_lr", "vision_lr", "lr_scheduler", "warmup_ratio",
-               "weight_decay", "tune_projector", "tune_llm", "tune_vision", "lora_r",
-               "lora_alpha")
+               "weight_decay", "tune_projector", "tune_llm", "tune_vision", "freeze_newline",
+               "lora_r", "lora_alpha")
 
 
 def checkpoint_root(run_dir: Path) -> Path:

@@ -60,6 +60,9 @@ class TrainConfig:
     tune_projector: bool = True
     tune_llm: bool = False
     tune_vision: bool = False
+    # LLaVA-NeXT only: keep image_newline at its starting value while the projector learns
+    # (LLaVA-NeXT's pretraining); by default it learns with the projector.
+    freeze_newline: bool = False
     lora_r: int = 0  # > 0: the LLM learns through LoRA adapters of this rank
     lora_alpha: int = 256
     lora_dropout: float = 0.05
@@ -228,7 +231,9 @@ RECIPES: dict[str, Recipe] = {
             "images are tiled (anyres) in both stages: image_aspect_ratio auto is anyres "
             "for a llava_next checkpoint; LLaVA-NeXT's own pretraining did not tile",
             "image_newline learns with the projector in both stages (LLaVA-NeXT leaves it "
-            "at its random init in pretraining and trains it with the LLM in stage 2)",
+            "at its random init in pretraining and trains it with the LLM in stage 2); "
+            "--freeze-newline in stage 1 reproduces LLaVA-NeXT's pretraining, where the "
+            "newline stays at its init",
             "the other values are the LLaVA-1.5 stage presets (stage 2: lr 2e-5, batch "
             "128; with --lora-r, LoRA lr 2e-4 and projector lr 2e-5), which LLaVA-NeXT "
             "kept",

@@ -67,6 +67,8 @@ def _flag(name: str, help: str):
 @_flag("tune-projector", "Train the projector.")
 @_flag("tune-llm", "Train the LLM (stage 2 default).")
 @_flag("tune-vision", "Train the vision tower too (frozen in LLaVA).")
+@_flag("freeze-newline", "LLaVA-NeXT: keep image_newline at its starting value (it learns "
+                         "with the projector by default); stage 1 as LLaVA-NeXT's pretraining.")
 @click.option("--lora-r", type=int, help="LoRA rank for the LLM (0: full fine-tuning).")
 @click.option("--lora-alpha", type=int)
 @click.option("--lora-dropout", type=float)
