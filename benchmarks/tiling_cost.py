@@ -1,11 +1,12 @@
 """What LLaVA-NeXT's tiling costs before the first token, per grid size.
 
     llava-edge bench-tiling BUNDLE [--max-tiles 1,3,none] [--repeats 5] [--threads N]
+                                   [--images square,panorama] [--warmup 1]
 
 For images of several aspect ratios and each ``max_tiles`` (None: transformers' own
 tiling), the cold path of one request (no KV-prefix reuse, no embedding cache): the
 views the image becomes, the positions it takes in the prompt, and the medians (after
-one warm-up) of the vision, prefill and first-token times. The images are synthetic;
+the warm-ups, one per image by default) of the vision, prefill and first-token times. The images are synthetic;
 only their sizes matter to the tiling.
 """
 
@@ -48,9 +49,25 @@ def synthetic_image(size: tuple[int, int], seed: int = 0) -> Image.Image:
     return Image.fromarray(arr)
 
 
+def pick_images(names: list[str] | None) -> dict[str, tuple[int, int]]:
+    """The images of ``IMAGE_SIZES`` named by their first word (``square``, ``wide``,
+    ``tall``, ``panorama``, ``portrait``), in that order; all of them for None. A 7B model
+    takes minutes per tiled request on a small CPU: a subset keeps the run short."""
+    if names is None:
+        return dict(IMAGE_SIZES)
+    by_word = {name.split()[0]: name for name in IMAGE_SIZES}
+    unknown = [n for n in names if n not in by_word]
+    if unknown:
+        raise LlavaEdgeError(f"unknown image(s) {', '.join(unknown)}; choose from: "
+                             f"{', '.join(by_word)}")
+    return {by_word[n]: IMAGE_SIZES[by_word[n]] for n in by_word if n in names}
+
+
 def measure(bundle: str, max_tiles: list[int | None], repeats: int, n_threads: int | None,
             prompt: str = "Describe the image.", vision_precision: str | None = None,
-            llm_quant: str | None = None) -> list[TilingRow]:
+            llm_quant: str | None = None, images: list[str] | None = None,
+            warmup: int = 1) -> list[TilingRow]:
+    sizes = pick_images(images)
     rows = []
     for limit in max_tiles:
         with LlavaEdge.load(bundle, vision_precision=vision_precision, llm_quant=llm_quant,
@@ -58,10 +75,11 @@ def measure(bundle: str, max_tiles: list[int | None], repeats: int, n_threads: i
                             embed_cache_size=0, max_tiles=limit, tune=False) as model:
             if model.bundle.manifest.anyres is None:
                 raise LlavaEdgeError(f"{bundle} is not a LLaVA-NeXT bundle (no tiling)")
-            for i, (name, size) in enumerate(IMAGE_SIZES.items()):
-                image = synthetic_image(size, i)
+            for name, size in sizes.items():
+                image = synthetic_image(size, list(IMAGE_SIZES).index(name))
                 plan = model.layout.plan(image)
-                model.ask(image, prompt, max_new_tokens=1)  # warm-up
+                for _ in range(warmup):
+                    model.ask(image, prompt, max_new_tokens=1)
                 runs = [model.ask(image, prompt, max_new_tokens=1).timings
                         for _ in range(repeats)]
                 rows.append(TilingRow(

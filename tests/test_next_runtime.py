@@ -160,3 +160,21 @@ def test_bench_tiling_reports_views_and_positions_per_limit(tiny_next_bundle):
             assert by[(image, None)]["positions"] > r["positions"]
     bad = CliRunner().invoke(cli, ["bench-tiling", str(tiny_next_bundle), "--max-tiles", "0"])
     assert bad.exit_code == 2 and "at least 1" in bad.output
+
+    # a subset of the images (a 7B model takes minutes per tiled request), no warm-up
+    some = CliRunner().invoke(cli, ["bench-tiling", str(tiny_next_bundle), "--max-tiles",
+                                    "none", "--images", "panorama,square", "--warmup", "0",
+                                    "--repeats", "1", "--threads", "1", "--json"])
+    assert some.exit_code == 0, some.output
+    report = json.loads(some.output)
+    assert [r["image"] for r in report["rows"]] == ["square 1:1", "panorama 3:1"]
+    assert report["warmup"] == 0
+    assert [by[(r["image"], None)]["positions"] for r in report["rows"]] == \
+        [r["positions"] for r in report["rows"]]
+
+def test_bench_tiling_names_an_unknown_image(tiny_next_bundle, capsys):
+    from llava_edge.cli import run
+
+    assert run(["bench-tiling", str(tiny_next_bundle), "--images", "square,round"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown image(s) round; choose from: square, wide, tall, panorama, portrait" in err

@@ -269,12 +269,18 @@ def _max_tiles_list(_ctx, _param, value: str) -> list[int | None]:
 @click.option("--max-tiles", "max_tiles", default="1,3,none", show_default=True,
               callback=_max_tiles_list, help="Comma-separated limits ('none': no limit).")
 @click.option("--repeats", default=5, show_default=True, type=click.IntRange(1))
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(0),
+              help="Untimed requests per image first.")
+@click.option("--images", default=None, metavar="LIST",
+              help="Comma-separated subset: square, wide, tall, panorama, portrait "
+                   "(default: all five).")
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="CPU threads (default: all).")
 @click.option("--vision-precision", default=None, help="Which vision graph of the bundle.")
 @click.option("--llm-quant", default=None, help="Which GGUF of the bundle.")
 @json_option
-def bench_tiling(bundle, max_tiles, repeats, threads, vision_precision, llm_quant, as_json):
+def bench_tiling(bundle, max_tiles, repeats, warmup, images, threads, vision_precision,
+                 llm_quant, as_json):
     """What LLaVA-NeXT's tiling costs before the first token: for images of five aspect
     ratios and each --max-tiles limit, the views, prompt positions, and the median vision,
     prefill and first-token times of cold requests (after one warm-up).
@@ -286,12 +292,14 @@ def bench_tiling(bundle, max_tiles, repeats, threads, vision_precision, llm_quan
 
     from llava_edge.benchmarks.tiling_cost import measure, table
 
+    names = [n.strip() for n in images.split(",")] if images else None
     rows = measure(bundle, max_tiles, repeats, threads, vision_precision=vision_precision,
-                   llm_quant=llm_quant)
+                   llm_quant=llm_quant, images=names, warmup=warmup)
     if as_json:
-        emit_json({"repeats": repeats, "threads": threads, "rows": [asdict(r) for r in rows]})
+        emit_json({"repeats": repeats, "warmup": warmup, "threads": threads,
+                   "rows": [asdict(r) for r in rows]})
         return
-    click.echo(f"median of {repeats} cold requests after one warm-up, "
+    click.echo(f"median of {repeats} cold requests after {warmup} warm-up(s) per image, "
                f"{threads or 'all'} thread(s)")
     click.echo(table(rows))
 
