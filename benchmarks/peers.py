@@ -80,11 +80,13 @@ class TransformersRunner:
         inputs = self.processor(images=self.image, text=self.text,
                                 return_tensors="pt").to(self.device)
         t_pre = time.perf_counter()
+        # LLaVA-NeXT's features need each image's size (to unpad its grid)
+        sizes = {"image_sizes": inputs["image_sizes"]} if "image_sizes" in inputs else {}
         with torch.inference_mode():
             model.get_image_features(
                 pixel_values=inputs["pixel_values"],
                 vision_feature_layer=config.vision_feature_layer,
-                vision_feature_select_strategy=config.vision_feature_select_strategy)
+                vision_feature_select_strategy=config.vision_feature_select_strategy, **sizes)
             if self.device == "cuda":  # the kernels are queued; wait for them to finish
                 torch.cuda.synchronize()
         t_vis = time.perf_counter()

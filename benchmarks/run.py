@@ -19,12 +19,26 @@ from llava_edge.errors import LlavaEdgeError
 from llava_edge.manifest import Manifest
 from llava_edge.progress import Progress
 
-# Presets that only run quantized: their fp32 PyTorch model does not fit a small machine.
-QUANTIZED_ONLY = {"llava-1.5-7b": {"vision": ("int8", "int4"), "llm": ("Q4_K_M", "Q4_0")}}
+# Presets whose fp32 PyTorch model does not fit a small machine (28-30 GB): quantized
+# llava-edge and llama.cpp rows by default; transformers only in bfloat16 (half that) and
+# only when asked (--llm torch-bf16 --vision torch).
+QUANTIZED_ONLY = {"llava-1.5-7b": {"vision": ("int8", "int4"), "llm": ("Q4_K_M", "Q4_0")},
+                  "llava-1.6-mistral-7b": {"vision": ("int8", "int4"), "llm": ("Q4_K_M", "Q4_0")}}
 IMAGE_SIZE = 480  # the request's image; every pipeline resizes it to its tower's size
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 Say = Callable[[str], None]
+
+
+def drop_fp32_torch(chosen: list) -> tuple[list, list]:
+    """For a QUANTIZED_ONLY preset: the configurations without transformers in fp32, and
+    those rows as skipped, with the reason (a bf16 transformers row stays)."""
+    from llava_edge.benchmarks import configs
+
+    unfit = [c for c in chosen if c.kind == "transformers" and c.llm == "torch"]
+    return ([c for c in chosen if c not in unfit],
+            [configs.Skipped(c, "quantized only: the fp32 PyTorch model does not fit")
+             for c in unfit])
 
 
 @dataclass
@@ -115,10 +129,8 @@ def run_bench(options: BenchOptions, say: Say, progress: Progress | None = None)
         bundle.manifest, vision_sel, llm_sel, o.peers, o.matrix, has_checkpoint=has_torch,
         trt_provider=trt_available(), bf16=has_torch and bf16_available())
     if limits:
-        kept = [c for c in chosen if c.kind != "transformers"]
-        skipped += [configs.Skipped(c, "quantized only: the PyTorch model does not fit")
-                    for c in chosen if c.kind == "transformers"]
-        chosen = kept
+        chosen, unfit = drop_fp32_torch(chosen)
+        skipped += unfit
     tuned = _tuned_row(bundle.path, say) if o.tuned else None
     if tuned is not None:
         chosen.insert(1 if chosen and chosen[0].default else 0, tuned[0])
@@ -306,12 +318,21 @@ def request_image(work: Path) -> Path:
     return path
 
 
-def vision_flops(ckpt: Path | None) -> int | None:
-    """FLOPs per image of the vision graph, counted from the checkpoint's config."""
+def vision_flops(ckpt: Path | None, image_size: int = IMAGE_SIZE) -> int | None:
+    """FLOPs of the vision graph for the request's image (``image_size`` square), counted
+    from the checkpoint's config: one pass of the tower per view, so a LLaVA-NeXT image
+    costs its base view plus each grid tile (5 passes for 480 px on LLaVA-1.6's grid)."""
     if ckpt is None or not torch_available():
         return None
+    import json
+
     from transformers import AutoConfig
 
     from llava_edge.export.vision_graph import graph_spec, vision_flops as count
+    from llava_edge.runtimes.anyres import AnyresPlan
 
-    return count(graph_spec(AutoConfig.from_pretrained(ckpt)))["total"]
+    per_view = count(graph_spec(AutoConfig.from_pretrained(ckpt)))["total"]
+    raw = json.loads((Path(ckpt) / "config.json").read_text())
+    if not raw.get("image_grid_pinpoints"):
+        return per_view
+    return per_view * AnyresPlan.from_hf_config(raw, (image_size, image_size)).n_tiles

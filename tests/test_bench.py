@@ -69,6 +69,47 @@ def test_bf16_row_runs_only_where_the_machine_has_native_bf16():
     assert skipped[0].reason == "no checkpoint to run in PyTorch"
 
 
+def test_7b_presets_skip_fp32_transformers_but_keep_a_bf16_row():
+    from llava_edge.benchmarks.run import QUANTIZED_ONLY, drop_fp32_torch
+
+    assert {"llava-1.5-7b", "llava-1.6-mistral-7b"} <= set(QUANTIZED_ONLY)
+    chosen, _ = configs.select(_manifest(), ("int4",), ("Q4_K_M", "torch", "torch-bf16"),
+                               peers=True, bf16=True)
+    kept, skipped = drop_fp32_torch(chosen)
+    assert "transformers torch-bf16+torch-bf16" in _names(kept)
+    assert "transformers torch+torch" not in _names(kept)
+    assert [(s.config.name, s.reason) for s in skipped] == [
+        ("transformers torch+torch", "quantized only: the fp32 PyTorch model does not fit")]
+
+
+def test_vision_flops_count_every_view_of_a_tiled_image(tiny_checkpoint, tiny_next_checkpoint):
+    from llava_edge.benchmarks.run import vision_flops
+
+    # the same tower; the 480 px request image becomes a base view + a 2x2 grid on tiny-next
+    assert vision_flops(tiny_next_checkpoint) == 5 * vision_flops(tiny_checkpoint) > 0
+
+
+def test_transformers_peer_answers_on_a_next_checkpoint(tiny_next_checkpoint, tmp_path):
+    """The transformers row on a LLaVA-NeXT checkpoint: the tiled image's features (which
+    need its size) and the prompt of the processor's length."""
+    from llava_edge.benchmarks.measure import Job
+    from llava_edge.benchmarks.peers import TransformersRunner
+    from llava_edge.benchmarks.run import request_image
+
+    job = Job(config={"kind": "transformers", "vision": "torch", "llm": "torch"}, bundle="",
+              checkpoint=str(tiny_next_checkpoint), image=str(request_image(tmp_path)),
+              prompt="Describe the image.", max_new_tokens=3, warmup=0, repeats=1,
+              threads=1)
+    runner = TransformersRunner(job)
+    try:
+        sample = runner.once()
+    finally:
+        runner.close()
+    # 480 px -> a base view + a 2x2 grid of 64 px tiles: 88 image positions
+    assert sample.n_prompt_tokens > 88 and sample.n_tokens == 3
+    assert sample.vision_ms > 0 and sample.first_token_ms > sample.vision_ms
+
+
 def test_parse_list_is_case_insensitive_and_rejects_unknown_names():
     assert configs.parse_list("q4_k_m, F16,f16", configs.LLM_CHOICES, "llm") == ("Q4_K_M", "F16")
     assert configs.parse_list("all", configs.VISION_CHOICES, "vision") is None
