@@ -324,15 +324,14 @@ def vision_flops(ckpt: Path | None, image_size: int = IMAGE_SIZE) -> int | None:
     costs its base view plus each grid tile (5 passes for 480 px on LLaVA-1.6's grid)."""
     if ckpt is None or not torch_available():
         return None
-    import json
-
     from transformers import AutoConfig
 
     from llava_edge.export.vision_graph import graph_spec, vision_flops as count
     from llava_edge.runtimes.anyres import AnyresPlan
 
-    per_view = count(graph_spec(AutoConfig.from_pretrained(ckpt)))["total"]
-    raw = json.loads((Path(ckpt) / "config.json").read_text())
-    if not raw.get("image_grid_pinpoints"):
+    config = AutoConfig.from_pretrained(ckpt)
+    per_view = count(graph_spec(config))["total"]
+    if not getattr(config, "image_grid_pinpoints", None):
         return per_view
-    return per_view * AnyresPlan.from_hf_config(raw, (image_size, image_size)).n_tiles
+    plan = AnyresPlan.from_hf_config(config.to_dict(), (image_size, image_size))
+    return per_view * plan.n_tiles
