@@ -95,16 +95,9 @@ def import_tensorrt():
 
 
 def detect_gpu() -> tuple[str, str]:
-    """``(name, compute capability)`` of CUDA device 0, from torch if it has CUDA, else
-    ``nvidia-smi``; :class:`NoCudaGpuError` when neither finds one."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability(0)
-            return torch.cuda.get_device_name(0), f"{major}.{minor}"
-    except ImportError:
-        pass
+    """``(name, compute capability)`` of CUDA device 0, from ``nvidia-smi`` (no import: the
+    runtime asks this at load), else torch if it has CUDA (a Jetson without nvidia-smi);
+    :class:`NoCudaGpuError` when neither finds one."""
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
@@ -115,7 +108,15 @@ def detect_gpu() -> tuple[str, str]:
             return name, cap
         except (subprocess.SubprocessError, OSError, ValueError, IndexError):
             pass
-    raise NoCudaGpuError("no CUDA GPU is visible (torch.cuda and nvidia-smi found none): "
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return torch.cuda.get_device_name(0), f"{major}.{minor}"
+    except ImportError:
+        pass
+    raise NoCudaGpuError("no CUDA GPU is visible (nvidia-smi and torch.cuda found none): "
                          "TensorRT engines need an NVIDIA GPU")
 
 

@@ -115,12 +115,16 @@ class BundleChoice:
     llm_file: str
     llm_quant: str
     providers: list[str]                # ONNX Runtime providers for the vision graph
+                                        # (empty for a TensorRT engine)
     vision_precisions: list[str]        # all the bundle holds
     llm_quants: list[str]
     graph_warnings: dict[str, str] = field(default_factory=dict)  # file -> warning
     tune_profile: str | None = None     # the `llava-edge tune` profile load() applies
     tune_note: str = ""                 # which profile applies, or why none does
     tuned_settings: dict = field(default_factory=dict)
+    vision_backend: str = "onnx"        # "onnx" (ONNX Runtime) or "tensorrt" (an engine)
+    vision_reason: str = ""             # why that backend and graph
+    vision_passed_over: list[str] = field(default_factory=list)  # faster ones, why not
 
 
 @dataclass(frozen=True)
@@ -384,19 +388,24 @@ def probe_cuda() -> CudaInfo | None:
 
 
 def bundle_choice(path: str | Path, cpu: CpuInfo, providers: list[str]) -> BundleChoice:
-    """What ``LlavaEdge.load(path)`` picks: the graph and GGUF of this machine's tune
-    profile for the bundle if there is one, else the manifest's defaults."""
+    """What ``LlavaEdge.load(path)`` picks: the vision backend and graph
+    (:func:`~llava_edge.runtimes.vision_backend.choose_vision` over this machine's tune
+    profile, if any, and ``providers``, ONNX Runtime's auto choice) and the GGUF."""
     from llava_edge.bundle import open_bundle
     from llava_edge.runtimes.tune.profile import lookup
+    from llava_edge.runtimes.vision_backend import choose_vision
 
     b = open_bundle(path, verify="size")  # sizes only: hashing GBs is load's job, not ours
     found = lookup(b.path)
     tuned = found.profile.settings if found.profile else None
-    v = b.vision_entry(tuned.vision_precision if tuned else None)
+    v = choose_vision(b.manifest, b.path, tuned.vision_precision if tuned else None,
+                      tuned.providers if tuned else None, available_providers=list(providers))
     lm = b.llm_entry(tuned.llm_quant if tuned else None)
     warnings = {e.file: w for e in b.manifest.vision if (w := vision_graph_warning(e, cpu))}
     return BundleChoice(path=str(path), vision_file=v.file, vision_precision=v.precision,
-                        llm_file=lm.file, llm_quant=lm.quant, providers=list(providers),
+                        llm_file=lm.file, llm_quant=lm.quant, providers=list(v.providers),
+                        vision_backend=v.backend, vision_reason=v.reason,
+                        vision_passed_over=list(v.passed_over),
                         vision_precisions=b.vision_precisions, llm_quants=b.llm_quants,
                         graph_warnings=warnings,
                         tune_profile=str(found.path) if found.path else None,

@@ -120,6 +120,7 @@ class LlavaEdge:
         self._lock = threading.Lock()
         self._holder: _Holder | None = None  # the request holding the lock
         self.settings = None  # RuntimeSettings used by load(); tune_note: which profile
+        self.vision_choice = None  # VisionChoice made by load(): which backend and why
         self.tune_note: str | None = None
         self._holder_thread: int | None = None
 
@@ -134,7 +135,8 @@ class LlavaEdge:
              embed_cache_size: int = 16, max_tiles: int | None = None,
              embed_cache_mb: float | None = DEFAULT_EMBED_CACHE_MB,
              n_threads_batch: int | None = None, vision_threads: int | None = None,
-             kv_type: str | None = None, tune: bool | str | Path = True) -> "LlavaEdge":
+             kv_type: str | None = None, tune: bool | str | Path = True,
+             vision_backend: str = "auto") -> "LlavaEdge":
         """Open and check ``bundle``, then load its vision graph and language model.
 
         ``tune``: use the profile ``llava-edge tune`` made for this bundle on this machine
@@ -156,9 +158,14 @@ class LlavaEdge:
         ``max_tiles``: LLaVA-NeXT bundles only, at most this many views per image (the
         base view included; None: as transformers tiles), fewer image positions and a
         faster first token for less detail.
+        ``vision_backend``: ``auto`` (a TensorRT engine of the bundle that matches this
+        machine, else ONNX Runtime: the fp16 graph on a GPU provider, the default graph on
+        the CPU; see :mod:`~llava_edge.runtimes.vision_backend`), ``onnx`` or
+        ``tensorrt`` (an engine, or an error saying why none can run);
+        :attr:`vision_choice` says what was picked and why.
         """
         from llava_edge.runtimes.llama_cpp_lm import LlamaCppLM
-        from llava_edge.runtimes.vision_onnx import OnnxVisionEncoder
+        from llava_edge.runtimes.vision_backend import choose_vision, open_vision
 
         from llava_edge.runtimes.tune.profile import RuntimeSettings, find_profile, resolve
 
@@ -171,11 +178,16 @@ class LlavaEdge:
             n_gpu_layers=n_gpu_layers, providers=providers)
         profile, note = find_profile(b.path, tune)
         s = resolve(explicit, profile)
-        v = b.vision_entry(s.vision_precision)
+        choice = choose_vision(b.manifest, b.path, s.vision_precision, s.providers,
+                               vision_backend)
         lm = b.llm_entry(s.llm_quant)
-        _warn_once_if_unsafe(b.file(v.file), v)
-        vision = OnnxVisionEncoder(b.file(v.file), providers=s.providers,
-                                   n_threads=s.vision_threads)
+        if choice.backend == "onnx":
+            _warn_once_if_unsafe(b.file(choice.file), b.vision_entry(choice.precision))
+        vision, choice = open_vision(b, choice, n_threads=s.vision_threads,
+                                     fallback=vision_backend == "auto")
+        logger.info("vision: %s %s on %s (%s)%s", choice.backend, choice.file,
+                    choice.placement, choice.reason,
+                    "".join(f"; not {p}" for p in choice.passed_over))
         llm = LlamaCppLM(b.file(lm.file), n_ctx=n_ctx or b.manifest.prompt.n_ctx,
                          n_threads=s.n_threads, n_threads_batch=s.n_threads_batch,
                          n_batch=n_batch, n_ubatch=s.n_ubatch, n_gpu_layers=s.n_gpu_layers,
@@ -184,8 +196,9 @@ class LlavaEdge:
         model = cls(b, vision, llm, max_pixels=max_pixels, reuse_prefix=reuse_prefix,
                     embed_cache_size=embed_cache_size, max_tiles=max_tiles,
                     embed_cache_mb=embed_cache_mb)
-        model.vision_precision, model.llm_quant = v.precision, lm.quant
-        model.settings = replace(s, vision_precision=v.precision, llm_quant=lm.quant)
+        model.vision_precision, model.llm_quant = choice.precision, lm.quant
+        model.vision_choice = choice
+        model.settings = replace(s, vision_precision=choice.precision, llm_quant=lm.quant)
         model.tune_note = note
         return model
 
@@ -193,8 +206,9 @@ class LlavaEdge:
         """Where each stage runs: ``{"vision_on": ..., "llm_on": ...}`` (backends that
         cannot say give "")."""
         providers = getattr(self.vision, "providers", None) or []
-        return {"vision_on": providers[0].removesuffix("ExecutionProvider") if providers
-                else "", "llm_on": getattr(self.llm, "placement", "")}
+        return {"vision_on": getattr(self.vision, "placement", None)
+                or (providers[0].removesuffix("ExecutionProvider") if providers else ""),
+                "llm_on": getattr(self.llm, "placement", "")}
 
     # -- images -------------------------------------------------------------------------
 
@@ -452,9 +466,10 @@ class LlavaEdge:
             self._lock.release()
 
     def close(self) -> None:
-        close = getattr(self.llm, "close", None)
-        if close:
-            close()
+        for backend in (self.llm, self.vision):
+            close = getattr(backend, "close", None)
+            if close:
+                close()
         self._kv.clear()
         self.embed_cache.clear()
 

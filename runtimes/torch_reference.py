@@ -32,7 +32,7 @@ from llava_edge.runtimes.sampling import checked_token_ids
 _END_OF_TURN_TEXTS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>",
                       "<|endoftext|>", "<end_of_turn>", "<|end|>", "<|return|>")
 
-BACKEND_CHOICES = {"vision": ("onnx", "torch"), "llm": ("llama.cpp", "torch")}
+BACKEND_CHOICES = {"vision": ("auto", "onnx", "tensorrt", "torch"), "llm": ("llama.cpp", "torch")}
 
 
 class TorchReferenceError(LlavaEdgeError):
@@ -291,12 +291,13 @@ def load_reference(bundle_dir: str | Path, checkpoint_dir: str | Path, vision: s
         vision_backend, vision_precision = TorchVisionBackend(checkpoint_dir, device,
                                                               model=shared), "torch"
     else:
-        from llava_edge.runtimes.vision_onnx import OnnxVisionEncoder
+        from llava_edge.runtimes.vision_backend import choose_vision, open_vision
 
-        entry = bundle.vision_entry(vision_precision)
-        vision_backend = OnnxVisionEncoder(bundle.file(entry.file), providers=providers,
-                                           n_threads=n_threads)
-        vision_precision = entry.precision
+        choice = choose_vision(bundle.manifest, bundle.path, vision_precision, providers,
+                               vision)
+        vision_backend, choice = open_vision(bundle, choice, n_threads=n_threads,
+                                             fallback=vision == "auto")
+        vision_precision = choice.precision
     if llm == "torch":
         llm_backend, llm_quant = TorchLanguageBackend(checkpoint_dir, n_ctx, device,
                                                       model=shared), "torch"

@@ -18,12 +18,15 @@ if TYPE_CHECKING:
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-def choose_providers(requested: str | list[str] | None = "auto") -> list[str]:
+def choose_providers(requested: str | list[str] | None = "auto",
+                     available: list[str] | None = None) -> list[str]:
     """The execution providers to use: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"tensorrt"``
-    or explicit ONNX Runtime provider names."""
-    import onnxruntime as ort
+    or explicit ONNX Runtime provider names; ``available``: what ONNX Runtime offers
+    (default: asked)."""
+    if available is None:
+        import onnxruntime as ort
 
-    available = ort.get_available_providers()
+        available = ort.get_available_providers()
     if requested in (None, "auto"):
         return [p for p in AUTO_PROVIDERS if p in available]
     short = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",

@@ -171,7 +171,9 @@ def test_mixed_pairs_and_a_checkpoint_that_does_not_fit(tiny_bundle, tiny_checkp
             assert model.ask(image, prompt, max_new_tokens=10).tokens == expected
             assert "torch" in (model.vision_precision, model.llm_quant)
     with pytest.raises(TorchReferenceError, match="is not one of"):
-        load_reference(tiny_bundle, tiny_checkpoint, vision="tensorrt")
+        load_reference(tiny_bundle, tiny_checkpoint, vision="trt")
+    with pytest.raises(LlavaEdgeError, match="no TensorRT engine can run here"):
+        load_reference(tiny_bundle, tiny_checkpoint, vision="tensorrt", llm="torch")
     # the same weights with another image token: the bundle's prompt ids would not fit
     import shutil
 

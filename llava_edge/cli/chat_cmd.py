@@ -11,7 +11,8 @@ import click
 
 from llava_edge.cli.common import json_option, sampling_options
 from llava_edge.cli.interrupt import cancel_on_sigint
-from llava_edge.cli.run_cmd import max_tiles_option, runtime_options, tune_option
+from llava_edge.cli.run_cmd import (bundle_vision_backend_option, max_tiles_option,
+                                    runtime_options, tune_option)
 from llava_edge.errors import Cancelled, LlavaEdgeError
 from llava_edge.runtimes.cancel import Cancel
 
@@ -35,6 +36,7 @@ HELP = ("commands: /image PATH (attach an image to your next message), /reset (f
 @max_tiles_option
 @tune_option
 @runtime_options
+@bundle_vision_backend_option
 @json_option
 def chat(bundle, images, system, max_new_tokens, temperature, top_k, top_p, repeat_penalty,
          seed, vision_precision, llm_quant, n_ctx, n_threads, stats, max_tiles, use_tune,

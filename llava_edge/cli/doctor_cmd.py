@@ -60,10 +60,13 @@ def _print(r: DoctorReport) -> None:
     ]
     if r.bundle:
         b = r.bundle
+        where = "a TensorRT engine" if b.vision_backend == "tensorrt" else _short(b.providers)
         rows.append(("bundle", f"{b.path}: vision {b.vision_file} ({b.vision_precision}) on "
-                               f"{_short(b.providers)}, LLM {b.llm_file} ({b.llm_quant}); it "
+                               f"{where}, LLM {b.llm_file} ({b.llm_quant}); it "
                                f"holds vision {', '.join(b.vision_precisions)} and LLM "
                                f"{', '.join(b.llm_quants)}"))
+        rows.append(("vision", "; ".join([b.vision_reason]
+                                         + [f"not {p}" for p in b.vision_passed_over])))
         rows.append(("tuning", b.tune_note))
     rows.append(("warnings", str(len(r.warnings)) if r.warnings else "none"))
     width = max(len(k) for k, _ in rows)

@@ -69,8 +69,18 @@ reference_option = click.option(
     "--reference-checkpoint", type=click.Path(exists=True, file_okay=False), default=None,
     help="PyTorch checkpoint for the torch backends (needs the [export] extra).")
 vision_backend_option = click.option(
-    "--vision-backend", type=click.Choice(["onnx", "torch"]), default="onnx",
-    show_default=True, help="torch: the checkpoint's vision tower instead of the ONNX graph.")
+    "--vision-backend", type=click.Choice(["auto", "onnx", "tensorrt", "torch"]),
+    default="auto", show_default=True,
+    help="auto: a TensorRT engine of the bundle that matches this machine, else ONNX "
+         "Runtime (the fp16 graph on a GPU); tensorrt: the engine or an error saying why "
+         "not; torch: the checkpoint's vision tower instead of the bundle's graph.")
+#: chat / serve / watch: the bundle's own backends only (no torch reference there).
+bundle_vision_backend_option = click.option(
+    "--vision-backend", type=click.Choice(["auto", "onnx", "tensorrt"]), default="auto",
+    show_default=True,
+    help="auto: a TensorRT engine of the bundle that matches this machine, else ONNX "
+         "Runtime (the fp16 graph on a GPU); tensorrt: the engine or an error saying why "
+         "not.")
 llm_backend_option = click.option(
     "--llm-backend", type=click.Choice(["llama.cpp", "torch"]), default="llama.cpp",
     show_default=True, help="torch: the checkpoint's LLM instead of the GGUF.")
@@ -129,7 +139,8 @@ def run(bundle, images, prompt, max_new_tokens, temperature, top_k, top_p, repea
     else:
         loaded = LlavaEdge.load(bundle, vision_precision=vision_precision,
                                 llm_quant=llm_quant, n_ctx=n_ctx, n_threads=n_threads,
-                                max_tiles=max_tiles, tune=use_tune, **runtime)
+                                max_tiles=max_tiles, tune=use_tune,
+                                vision_backend=vision_backend, **runtime)
     cancel = Cancel()
     with loaded as model, cancel_on_sigint(cancel):
         stream = model.stream(list(images), prompt, max_new_tokens=max_new_tokens,
@@ -198,7 +209,7 @@ def embed(bundle, image, out_file, vision_precision, max_tiles, n_threads, provi
     from llava_edge.bundle import open_bundle
     from llava_edge.runtimes.image_embeds import encode_images, image_layout
     from llava_edge.runtimes.images import load_image
-    from llava_edge.runtimes.vision_onnx import OnnxVisionEncoder
+    from llava_edge.runtimes.vision_backend import choose_vision, open_vision
 
     # --llm-backend is accepted for symmetry with `run`; embed uses no language model.
     _check_reference(reference_checkpoint, vision_backend=vision_backend,
@@ -207,25 +218,27 @@ def embed(bundle, image, out_file, vision_precision, max_tiles, n_threads, provi
     if vision_backend == "torch":
         from llava_edge.runtimes.torch_reference import TorchVisionBackend, check_fits
 
-        encoder, precision = TorchVisionBackend(reference_checkpoint), "torch"
+        encoder, precision, backend = TorchVisionBackend(reference_checkpoint), "torch", "torch"
         check_fits(b, encoder.model.config, reference_checkpoint)
         if n_threads:
             import torch  # installed: the backend checked
 
             torch.set_num_threads(n_threads)
     else:
-        entry = b.vision_entry(vision_precision)
-        encoder, precision = OnnxVisionEncoder(b.file(entry.file), n_threads=n_threads,
-                                               providers=providers or "auto"), \
-            entry.precision
+        choice = choose_vision(b.manifest, b.path, vision_precision, providers,
+                               vision_backend)
+        encoder, choice = open_vision(b, choice, n_threads=n_threads,
+                                      fallback=vision_backend == "auto")
+        precision, backend = choice.precision, choice.backend
     m = b.manifest
     layout = image_layout(m, b.file(m.anyres.newline_file) if m.anyres else None, max_tiles)
     embeds = encode_images(layout, [load_image(image)], encoder.encode)[0]
     np.save(out_file, embeds)
     result = {"file": out_file, "shape": list(embeds.shape), "vision_precision": precision,
-              "mean": float(embeds.mean()), "std": float(embeds.std())}
+              "vision_backend": backend, "mean": float(embeds.mean()), "std": float(embeds.std())}
     if as_json:
         emit_json(result)
     else:
         click.echo(f"wrote {out_file}: {embeds.shape[0]} x {embeds.shape[1]} "
-                   f"({precision} vision graph)")
+                   f"({precision} vision graph" + (", TensorRT engine)" if backend == "tensorrt"
+                                                    else ")"))

@@ -6,8 +6,8 @@ import ipaddress
 
 import click
 
-from llava_edge.cli.run_cmd import (max_tiles_option, runtime_options, threads_option,
-                                    tune_option)
+from llava_edge.cli.run_cmd import (bundle_vision_backend_option, max_tiles_option,
+                                    runtime_options, threads_option, tune_option)
 from llava_edge.runtimes.embed_cache import DEFAULT_EMBED_CACHE_MB
 
 
@@ -57,6 +57,7 @@ from llava_edge.runtimes.embed_cache import DEFAULT_EMBED_CACHE_MB
 @threads_option
 @tune_option
 @runtime_options
+@bundle_vision_backend_option
 @max_tiles_option
 def serve(bundle, host, port, max_queue, max_queue_image_mb, embed_cache_mb, api_key,
           model_name, timeout_s, max_body_mb, max_image_pixels, allow_remote_images,

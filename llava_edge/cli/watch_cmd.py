@@ -9,8 +9,8 @@ import sys
 import click
 
 from llava_edge.cli.common import sampling_options, structured_options
-from llava_edge.cli.run_cmd import (max_tiles_option, runtime_options, threads_option,
-                                    tune_option)
+from llava_edge.cli.run_cmd import (bundle_vision_backend_option, max_tiles_option,
+                                    runtime_options, threads_option, tune_option)
 
 
 @click.command()
@@ -56,6 +56,7 @@ from llava_edge.cli.run_cmd import (max_tiles_option, runtime_options, threads_o
 @threads_option
 @tune_option
 @runtime_options
+@bundle_vision_backend_option
 def watch(bundle, sources, questions, questions_file, every_s, frames, duration_s, max_rounds,
           max_fps, fps, realtime, loop, out_file, structured, max_new_tokens,
           temperature, top_k, top_p, repeat_penalty, seed, system, vision_precision, llm_quant,
