@@ -54,8 +54,8 @@ def llava_edge(*args: str, timeout: float = 900) -> dict:
 class Check:
     """The run's record: steps in order, each with its seconds, figures or error."""
 
-    def __init__(self, out: Path, cpu_only: bool):
-        self.out, self.cpu_only, self.steps = out, cpu_only, []
+    def __init__(self, out: Path, cpu_only: bool, setup: dict | None = None):
+        self.out, self.cpu_only, self.setup, self.steps = out, cpu_only, setup, []
         self.started = time.perf_counter()
 
     def step(self, name: str, fn, *args) -> dict | None:
@@ -82,6 +82,7 @@ class Check:
             "check": "llava-edge gpu check", "mode": "cpu-only" if self.cpu_only else "gpu",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "python": platform.python_version(), "platform": platform.platform(),
+            "setup": self.setup,  # scripts/gpu_check.sh's build of llama.cpp, when it ran one
             "total_seconds": round(time.perf_counter() - self.started, 2),
             "ok": all(s["ok"] for s in self.steps), "steps": self.steps})
 
@@ -202,10 +203,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="The tiny preset, fp32, no GPU expected (what CI runs).")
     parser.add_argument("--work", type=Path, default=None,
                         help="Where checkpoints and bundles go (default: next to OUT).")
+    parser.add_argument("--setup", type=Path, default=None,
+                        help="A JSON file of what was set up first (scripts/gpu_check.sh writes "
+                             "its llama.cpp build's flags and seconds there); copied into OUT.")
     args = parser.parse_args(argv)
     work = args.work or args.out.parent / "gpu-check-work"
     work.mkdir(parents=True, exist_ok=True)
-    check = Check(args.out, args.cpu_only)
+    setup = json.loads(args.setup.read_text()) if args.setup and args.setup.is_file() else None
+    check = Check(args.out, args.cpu_only, setup)
     check.step("environment", environment)
     data = check.step("data", make_data, work)
     presets = CPU_PRESETS if args.cpu_only else GPU_PRESETS

@@ -17,14 +17,18 @@
 # A CUDA build (-DGGML_CUDA=on) is made by itself where nvcc (on PATH, $CUDACXX or
 # /usr/local/cuda/bin) and an NVIDIA GPU (`nvidia-smi -L`, or a Jetson's
 # /etc/nv_tegra_release) are both here; LLAVA_EDGE_CUDA=1 forces it, LLAVA_EDGE_CUDA=0
-# turns it off. On a Jetson it also sets CMAKE_CUDA_ARCHITECTURES from the device tree
-# (Orin 87, Xavier 72); elsewhere llama.cpp's default list of architectures is built.
+# turns it off. It also sets CMAKE_CUDA_ARCHITECTURES to the GPUs that are here: on a Jetson
+# from the device tree (Orin 87, Xavier 72), elsewhere from `nvidia-smi --query-gpu=compute_cap`
+# (an H100/H200 9.0 -> 90, an RTX 4090 8.9 -> 89), because llama.cpp's default list of
+# architectures takes several times as long to compile (LLAVA_EDGE_CUDA_ARCH=LIST sets it, e.g.
+# "86;89" for a wheel that other GPUs will use; with no GPU to ask, llama.cpp's list is built).
 # Which build and why goes to stderr.
 # An explicit CMAKE_ARGS in the environment wins over everything here.
 #
 # For tests: LLAVA_EDGE_MACHINE, LLAVA_EDGE_CPUINFO and LLAVA_EDGE_DEVICE_TREE stand in for
 # `uname -m`, /proc/cpuinfo and /proc/device-tree/compatible; LLAVA_EDGE_NVCC (a path, or
-# "none") and LLAVA_EDGE_NVIDIA_GPU (1 or 0) for the nvcc and GPU probes.
+# "none") and LLAVA_EDGE_NVIDIA_GPU (1 or 0) for the nvcc and GPU probes, LLAVA_EDGE_NVIDIA_CC
+# for nvidia-smi's compute capabilities (one per line).
 set -euo pipefail
 
 if [ -n "${CMAKE_ARGS:-}" ]; then
@@ -80,14 +84,22 @@ if [ "$cuda" = "auto" ]; then
 fi
 if [ "$cuda" = "1" ]; then
   args="$args -DGGML_CUDA=on"
-  if [ "$machine" = "aarch64" ]; then
+  arch="${LLAVA_EDGE_CUDA_ARCH:-}"
+  if [ -z "$arch" ] && [ "$machine" = "aarch64" ]; then
     tree="${LLAVA_EDGE_DEVICE_TREE:-/proc/device-tree/compatible}"
     compatible=""
     [ -r "$tree" ] && compatible=" $(tr '\0' ' ' < "$tree") "
     case "$compatible" in
-      *nvidia,tegra234*) args="$args -DCMAKE_CUDA_ARCHITECTURES=87" ;;  # Orin
-      *nvidia,tegra194*) args="$args -DCMAKE_CUDA_ARCHITECTURES=72" ;;  # Xavier
+      *nvidia,tegra234*) arch=87 ;;  # Orin
+      *nvidia,tegra194*) arch=72 ;;  # Xavier
     esac
   fi
+  if [ -z "$arch" ]; then
+    # "9.0" -> "90", one entry per distinct GPU model, in a CMake list
+    caps="${LLAVA_EDGE_NVIDIA_CC-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null || true)}"
+    arch="$(printf '%s\n' "$caps" | tr -d ' .' | grep -E '^[0-9]+$' | sort -un | paste -sd';' || true)"
+  fi
+  [ -n "$arch" ] && args="$args -DCMAKE_CUDA_ARCHITECTURES=$arch"
+  [ -n "$arch" ] && echo "llama.cpp: CUDA code for compute capability $arch" >&2
 fi
 echo "$args"

@@ -161,7 +161,8 @@ def _cmake_args(tmp_path, machine, cpuinfo, compatible=None, **env):
         tree.write_bytes(compatible)
     environ = {k: v for k, v in os.environ.items() if k not in ("CMAKE_ARGS", "LLAVA_EDGE_CUDA")}
     environ.update(LLAVA_EDGE_MACHINE=machine, LLAVA_EDGE_CPUINFO=str(info),
-                   LLAVA_EDGE_DEVICE_TREE=str(tree), LLAVA_EDGE_NVIDIA_GPU="0")
+                   LLAVA_EDGE_DEVICE_TREE=str(tree), LLAVA_EDGE_NVIDIA_GPU="0",
+                   LLAVA_EDGE_NVIDIA_CC="")
     environ.update(env)
     return subprocess.run([str(ROOT / "scripts" / "llama_cmake_args.sh")], env=environ,
                           capture_output=True, text=True, check=True, timeout=30).stdout.strip()
@@ -190,9 +191,25 @@ def test_cmake_args_for_cuda_on_a_jetson_orin(tmp_path):
     assert _cmake_args(tmp_path, "aarch64", ORIN, compatible, LLAVA_EDGE_CUDA="1") == (
         "-DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16 -DGGML_CUDA=on "
         "-DCMAKE_CUDA_ARCHITECTURES=87")
-    # not a Jetson (no device tree): llama.cpp's own list of CUDA architectures
+    # not a Jetson (no device tree) and no GPU to ask: llama.cpp's own list of architectures
     assert _cmake_args(tmp_path, "aarch64", PI4, LLAVA_EDGE_CUDA="1") == (
         "-DGGML_NATIVE=OFF -DGGML_CUDA=on")
+
+
+@pytest.mark.parametrize("caps, expected", [
+    ("9.0\n", "90"),  # an H100 / H200
+    ("8.6\n8.9\n8.6\n", "86;89"),  # three cards, two models: each model once
+    ("", None),  # nvidia-smi had nothing to say: llama.cpp's own list
+], ids=["h200", "mixed", "unknown"])
+def test_cuda_architectures_from_the_gpus_here(tmp_path, caps, expected):
+    """A desktop CUDA build compiles for the GPUs nvidia-smi reports (the default list takes
+    several times as long); LLAVA_EDGE_CUDA_ARCH overrides it."""
+    args = _cmake_args(tmp_path, "x86_64", AVX2, LLAVA_EDGE_CUDA="1", LLAVA_EDGE_NVIDIA_CC=caps)
+    arch = re.search(r"-DCMAKE_CUDA_ARCHITECTURES=(\S+)", args)
+    assert (arch and arch.group(1)) == expected
+    assert args.startswith("-DGGML_NATIVE=OFF -DGGML_AVX=ON") and "-DGGML_CUDA=on" in args
+    assert _cmake_args(tmp_path, "x86_64", AVX2, LLAVA_EDGE_CUDA="1", LLAVA_EDGE_NVIDIA_CC=caps,
+                       LLAVA_EDGE_CUDA_ARCH="75;86").endswith("-DCMAKE_CUDA_ARCHITECTURES=75;86")
 
 
 @pytest.mark.parametrize("nvcc, gpu, cuda, says", [
