@@ -11,7 +11,8 @@ run ends in one JSON file:
 2. ``train_step``: stage-2 steps (projector + LLM) with gradient checkpointing on the
    ``tinyllava-1.1b`` preset in bf16 (``tiny`` in fp32 with ``--cpu-only``): samples/s of
    the last step, peak GPU memory;
-3. ``export``: ``tiny`` and ``tinyllava-1.1b`` exported (``--int4`` plus the fp16 graph a
+3. ``export``: ``tiny``, ``tiny-qwen2`` (a SigLIP tower, which llama.cpp's own vision
+   path encodes exactly) and ``tinyllava-1.1b`` exported (``--int4`` plus the fp16 graph a
    GPU provider takes, and an mmproj for llama.cpp's own path);
 4. ``answer``: each bundle answers one image with every layer on the GPU and with none:
    first token, decode speed, where each stage ran, whether the tokens agree;
@@ -35,7 +36,8 @@ import time
 import traceback
 from pathlib import Path
 
-GPU_PRESETS = ("tiny", "tinyllava-1.1b")
+# tiny-qwen2: a SigLIP tower, the one kind llama.cpp's mtmd encodes exactly (its GPU vision path)
+GPU_PRESETS = ("tiny", "tiny-qwen2", "tinyllava-1.1b")
 CPU_PRESETS = ("tiny",)
 PROMPT = "Describe the image."
 

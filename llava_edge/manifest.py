@@ -375,6 +375,12 @@ class Manifest:
         figures = ((self.parity.get("llm") or {}).get("logits") or {}).get(quant)
         return figures if isinstance(figures, dict) else {}
 
+    def mmproj_parity(self) -> dict:
+        """How close llama.cpp's own image embeddings (mtmd + the mmproj) came to PyTorch's
+        at export (``cosine_min``, ``cosine_mean``, ...); empty when none were measured."""
+        figures = (self.parity.get("llm") or {}).get("mmproj")
+        return figures if isinstance(figures, dict) else {}
+
     @property
     def exact_pair(self) -> tuple[str, str]:
         """The (vision precision, LLM quant) closest to PyTorch: fp32 and F32 / F16 when

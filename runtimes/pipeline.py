@@ -160,8 +160,9 @@ class LlavaEdge:
         faster first token for less detail.
         ``vision_backend``: ``auto`` (a TensorRT engine of the bundle that matches this
         machine, else ONNX Runtime: the fp16 graph on a GPU provider, the default graph on
-        the CPU; see :mod:`~llava_edge.runtimes.vision_backend`), ``onnx`` or
-        ``tensorrt`` (an engine, or an error saying why none can run);
+        the CPU; see :mod:`~llava_edge.runtimes.vision_backend`), ``onnx``,
+        ``tensorrt`` (an engine, or an error saying why none can run) or ``mtmd`` (the
+        mmproj through llama.cpp, where its parity passed at export: SigLIP towers);
         :attr:`vision_choice` says what was picked and why.
         """
         from llava_edge.runtimes.llama_cpp_lm import LlamaCppLM

@@ -32,7 +32,7 @@ from llava_edge.runtimes.sampling import checked_token_ids
 _END_OF_TURN_TEXTS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>",
                       "<|endoftext|>", "<end_of_turn>", "<|end|>", "<|return|>")
 
-BACKEND_CHOICES = {"vision": ("auto", "onnx", "tensorrt", "torch"), "llm": ("llama.cpp", "torch")}
+BACKEND_CHOICES = {"vision": ("auto", "onnx", "tensorrt", "mtmd", "torch"), "llm": ("llama.cpp", "torch")}
 
 
 class TorchReferenceError(LlavaEdgeError):

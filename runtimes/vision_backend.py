@@ -7,11 +7,17 @@ When nothing is chosen, the fastest backend that is there:
 2. **ONNX Runtime on a GPU provider** (TensorRT, CUDA) with the **fp16** graph, else fp32:
    the int8 / int4 graphs' integer operators (DynamicQuantizeLinear, MatMulInteger,
    MatMulNBits) have no or few CUDA kernels and would bounce between GPU and CPU;
-3. **ONNX Runtime on the CPU** with the bundle's default graph (int8 / int4 where exported).
+3. **llama.cpp's own vision path on the GPU** (:mod:`~llava_edge.runtimes.vision_mtmd`:
+   the bundle's mmproj through libmtmd), where llama.cpp can offload but ONNX Runtime has
+   no GPU provider (a llama.cpp-only Jetson set-up), and only where the export measured
+   mtmd's image embeddings equal to PyTorch's (min cosine >= :data:`MTMD_GATE`): SigLIP
+   towers; CLIP towers are passed over with the reason (llama.cpp issue #25814);
+4. **ONNX Runtime on the CPU** with the bundle's default graph (int8 / int4 where exported).
 
 A vision precision, from the caller or a tune profile, picks that ONNX graph (on the
-providers asked for); ``providers="cpu"`` goes to step 3; ``backend="tensorrt"`` insists
-on an engine and says why none can run, where ``auto`` falls back and says why in
+providers asked for); ``providers="cpu"`` goes to step 4; ``backend="tensorrt"`` insists
+on an engine and ``backend="mtmd"`` on llama.cpp's path (on the CPU too where llama.cpp
+has no GPU), each saying why it cannot run, where ``auto`` falls back and says why in
 :attr:`VisionChoice.passed_over` (shown by ``llava-edge doctor BUNDLE``, logged at load).
 """
 
@@ -27,15 +33,21 @@ from llava_edge.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "onnx", "tensorrt")
+BACKENDS = ("auto", "onnx", "tensorrt", "mtmd")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+# The least per-token cosine between mtmd's image embeddings and PyTorch's (measured at
+# export) for llama.cpp's path to stand in for the ONNX graph: the fp16 graph's own gate
+# (export.vision.DEFAULT_GATES), since the mmproj holds F16 weights. Measured: SigLIP
+# towers 0.99999+ (random-pixel images too), CLIP towers 0.43 (CLS in the wrong place).
+MTMD_GATE = 0.999
 # Default of choose_vision's machine parameters: "probe this machine".
 PROBE: Any = object()
 
 
 @dataclass(frozen=True)
 class VisionChoice:
-    backend: str                    # "tensorrt" (an engine) or "onnx" (ONNX Runtime)
+    backend: str                    # "tensorrt" (an engine), "onnx" (ONNX Runtime) or
+                                    # "mtmd" (the mmproj through llama.cpp)
     file: str                       # the bundle file it runs
     precision: str
     providers: tuple[str, ...] = ()  # ONNX Runtime's providers, in order ("onnx" only)
@@ -47,18 +59,21 @@ class VisionChoice:
         """Where it runs, as ``Timings.vision_on`` says it: TensorRT, CUDA, CPU, ..."""
         if self.backend == "tensorrt":
             return "TensorRT"
+        if self.backend == "mtmd":
+            return self.providers[0] if self.providers else "llama.cpp mtmd"
         return self.providers[0].removesuffix("ExecutionProvider") if self.providers else ""
 
 
 def choose_vision(manifest: Manifest, bundle_dir: str | Path, precision: str | None = None,
                   providers: str | list[str] | None = None, backend: str = "auto", *,
                   available_providers: list[str] | None = None,
-                  trt_environment: Any = PROBE) -> VisionChoice:
+                  trt_environment: Any = PROBE, llama_gpu: Any = PROBE) -> VisionChoice:
     """The vision backend for ``manifest``'s bundle at ``bundle_dir`` (module docstring).
 
     ``available_providers`` (ONNX Runtime's, default: probed) and ``trt_environment``
     (a :class:`~llava_edge.export.tensorrt_engine.TrtEnvironment`, or an exception saying
-    why there is none; default: probed, only when the bundle holds engines) stand in for
+    why there is none; default: probed, only when the bundle holds engines) and
+    ``llama_gpu`` (whether llama.cpp can offload to a GPU; default: probed) stand in for
     this machine in tests and reports."""
     from llava_edge.runtimes.vision_onnx import choose_providers
 
@@ -80,6 +95,23 @@ def choose_vision(manifest: Manifest, bundle_dir: str | Path, precision: str | N
 
     chosen = choose_providers(providers, available=available_providers)
     on_gpu = bool(chosen) and chosen[0] in GPU_PROVIDERS
+    if backend == "mtmd" or (backend == "auto" and precision is None and not on_gpu
+                             and providers in (None, "auto")):
+        if llama_gpu is PROBE:
+            import llama_cpp
+
+            llama_gpu = bool(llama_cpp.llama_supports_gpu_offload())
+        why_not = _mtmd_unusable(manifest)
+        if backend == "mtmd":
+            if why_not:
+                raise LlavaEdgeError(f"{bundle_dir}: llama.cpp's vision path (mtmd) is not "
+                                     f"offered for this bundle: {why_not}")
+            return _mtmd_choice(manifest, llama_gpu, "as asked", passed_over)
+        if llama_gpu and not why_not:
+            return _mtmd_choice(manifest, True, "llama.cpp can use the GPU and ONNX Runtime "
+                                "has no GPU provider here", passed_over)
+        if llama_gpu:
+            passed_over.append(f"llama.cpp's vision path (mtmd) on the GPU: {why_not}")
     if precision is not None:
         entry = manifest.vision_entry(precision)
         reason = f"the {entry.precision} graph, as asked"
@@ -96,6 +128,36 @@ def choose_vision(manifest: Manifest, bundle_dir: str | Path, precision: str | N
                                f"(available: {', '.join(chosen)})")
     return VisionChoice("onnx", entry.file, entry.precision, tuple(chosen), reason,
                         tuple(passed_over))
+
+
+def _mtmd_unusable(manifest: Manifest) -> str:
+    """Why llama.cpp's vision path cannot stand in for the bundle's graph ('' if it can)."""
+    if manifest.mmproj is None:
+        return "the bundle has no mmproj (llava-edge export --mmproj)"
+    if manifest.anyres is not None:
+        return ("LLaVA-NeXT: mtmd tiles and packs an image its own way (tiles before the "
+                "overview, no unpadding, no newline rows; measured at export)")
+    figures = manifest.mmproj_parity()
+    if "cosine_min" not in figures:
+        return "its image embeddings were not compared with PyTorch's at export"
+    if figures["cosine_min"] < MTMD_GATE:
+        return (f"its image embeddings differ from PyTorch's (min cosine "
+                f"{figures['cosine_min']:.3f} at export, gate {MTMD_GATE}); llama.cpp's CLIP "
+                "graph puts CLS after the patches (llama.cpp issue #25814), so only SigLIP "
+                "towers match")
+    return ""
+
+
+def _mtmd_choice(manifest: Manifest, on_gpu: bool, why: str,
+                 passed_over: list[str]) -> VisionChoice:
+    mmproj = manifest.mmproj
+    precision = {"F16": "fp16", "F32": "fp32"}.get(mmproj.type or "", (mmproj.type or "").lower())
+    where = "GPU (llama.cpp mtmd)" if on_gpu else "CPU (llama.cpp mtmd)"
+    cosine = manifest.mmproj_parity()["cosine_min"]
+    return VisionChoice("mtmd", mmproj.file, precision, (where,),
+                        reason=f"the mmproj through llama.cpp's mtmd on the "
+                               f"{'GPU' if on_gpu else 'CPU'}, {why} (min cosine to PyTorch "
+                               f"{cosine:.6f} at export)", passed_over=tuple(passed_over))
 
 
 def _usable_engine(manifest: Manifest, bundle_dir: Path, precision: str | None,
@@ -153,6 +215,25 @@ def open_vision(bundle, choice: VisionChoice, n_threads: int | None = None,
             plain = choose_vision(bundle.manifest, bundle.path, backend="onnx")
             choice = VisionChoice(plain.backend, plain.file, plain.precision, plain.providers,
                                   plain.reason, (f"TensorRT engine {choice.file}: {e}",
+                                                 *plain.passed_over))
+    if choice.backend == "mtmd":
+        from llava_edge.runtimes.vision_mtmd import MtmdVisionEncoder
+
+        m = bundle.manifest
+        try:
+            encoder = MtmdVisionEncoder(
+                bundle.file(choice.file), bundle.file(m.llm_entry().file),
+                m.preprocess.image_mean, m.preprocess.image_std, m.preprocess.rescale_factor,
+                n_threads=n_threads, use_gpu=choice.placement.startswith("GPU"),
+                n_embd=m.image.n_embd)
+            return encoder, choice
+        except LlavaEdgeError as e:
+            if not fallback:
+                raise
+            logger.warning("%s; using ONNX Runtime instead", e)
+            plain = choose_vision(m, bundle.path, backend="onnx")
+            choice = VisionChoice(plain.backend, plain.file, plain.precision, plain.providers,
+                                  plain.reason, (f"llama.cpp's mtmd ({choice.file}): {e}",
                                                  *plain.passed_over))
     encoder = OnnxVisionEncoder(bundle.file(choice.file), providers=list(choice.providers),
                                 n_threads=n_threads)

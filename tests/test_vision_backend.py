@@ -284,3 +284,128 @@ def test_cli_run_and_doctor_say_which_backend(engine_bundle, tiny_bundle, fake_g
     assert cli(["run", str(tiny_bundle), "--image", str(image), "--prompt", "Hi",
                 "--vision-backend", "tensorrt", "--no-tune"]) == 1
     assert "no TensorRT engine can run here: the bundle has none" in capsys.readouterr().err
+
+
+# -- llama.cpp's own vision path (mtmd + the bundle's mmproj) ---------------------------------
+
+def _mmproj_bundle(checkpoint, out):
+    """A bundle with an mmproj whose parity with PyTorch was measured at export."""
+    from llava_edge.export.bundle_export import ExportOptions, export_bundle
+
+    export_bundle(checkpoint, out, ExportOptions(vision_precisions=("fp32",),
+                                                 llm_quants=("F16",), mmproj=True, parity=True))
+    return out
+
+
+@pytest.fixture(scope="module")
+def siglip_mmproj_bundle(tiny_qwen2_checkpoint, tmp_path_factory):
+    return _mmproj_bundle(tiny_qwen2_checkpoint, tmp_path_factory.mktemp("mtmd") / "siglip")
+
+
+@pytest.fixture(scope="module")
+def clip_mmproj_bundle(tiny_checkpoint, tmp_path_factory):
+    return _mmproj_bundle(tiny_checkpoint, tmp_path_factory.mktemp("mtmd") / "clip")
+
+
+def test_rgb_from_pixel_values_is_exact():
+    """mtmd takes 8-bit images: undoing the normalization gives back every byte."""
+    from llava_edge.runtimes.vision_mtmd import rgb_from_pixel_values
+
+    rgb = np.stack(np.meshgrid(np.arange(256), np.arange(3), indexing="ij"), -1)[..., 0]
+    rgb = np.repeat(rgb[:, None, :], 2, axis=1).astype(np.uint8)  # [256, 2, 3]: every value
+    for mean, std in [((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+                      ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]:
+        pv = ((rgb.transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255)
+               - np.float32(mean)[:, None, None]) / np.float32(std)[:, None, None])
+        assert np.array_equal(rgb_from_pixel_values(pv.astype(np.float32), mean, std), rgb)
+
+
+def test_mtmd_where_llama_cpp_has_the_gpu_and_onnx_runtime_has_none(siglip_mmproj_bundle):
+    m = open_bundle(siglip_mmproj_bundle).manifest
+    assert m.mmproj_parity()["cosine_min"] >= 0.999  # measured at export: SigLIP matches
+    c = choose_vision(m, siglip_mmproj_bundle, available_providers=CPU, llama_gpu=True)
+    assert (c.backend, c.file, c.precision, c.placement) == (
+        "mtmd", "mmproj-F16.gguf", "fp16", "GPU (llama.cpp mtmd)")
+    assert "ONNX Runtime has no GPU provider here" in c.reason and "min cosine" in c.reason
+    # ONNX Runtime on the GPU comes first; no GPU for llama.cpp: the CPU graph, no mention
+    assert choose_vision(m, siglip_mmproj_bundle, available_providers=CUDA,
+                         llama_gpu=True).backend == "onnx"
+    cpu = choose_vision(m, siglip_mmproj_bundle, available_providers=CPU, llama_gpu=False)
+    assert cpu.backend == "onnx" and not any("mtmd" in p for p in cpu.passed_over)
+    # asked for: on the CPU where llama.cpp has no GPU
+    asked = choose_vision(m, siglip_mmproj_bundle, backend="mtmd", llama_gpu=False)
+    assert (asked.backend, asked.placement) == ("mtmd", "CPU (llama.cpp mtmd)")
+    # a precision or provider asked for is an ONNX Runtime choice
+    assert choose_vision(m, siglip_mmproj_bundle, "fp32", available_providers=CPU,
+                         llama_gpu=True).backend == "onnx"
+
+
+def test_mtmd_passed_over_for_clip_towers_with_the_measured_reason(clip_mmproj_bundle):
+    m = open_bundle(clip_mmproj_bundle).manifest
+    assert m.mmproj_parity()["cosine_min"] < 0.9  # llama.cpp's CLS-after-patches graph
+    c = choose_vision(m, clip_mmproj_bundle, available_providers=CPU, llama_gpu=True)
+    assert c.backend == "onnx"
+    (why,) = [p for p in c.passed_over if "mtmd" in p]
+    assert "llama.cpp issue #25814" in why and "min cosine 0." in why
+    with pytest.raises(LlavaEdgeError, match="mtmd.*not offered.*#25814"):
+        choose_vision(m, clip_mmproj_bundle, backend="mtmd", llama_gpu=True)
+
+
+def test_mtmd_refused_without_an_mmproj_its_parity_or_for_next(siglip_mmproj_bundle, manifest,
+                                                              tiny_next_bundle):
+    m = open_bundle(siglip_mmproj_bundle).manifest
+    for changed, says in [
+        (manifest, "the bundle has no mmproj"),
+        (dataclasses.replace(m, parity={}), "not compared with PyTorch's at export"),
+        (dataclasses.replace(open_bundle(tiny_next_bundle).manifest, mmproj=m.mmproj),
+         "LLaVA-NeXT: mtmd tiles"),
+    ]:
+        with pytest.raises(LlavaEdgeError, match=says):
+            choose_vision(changed, siglip_mmproj_bundle, backend="mtmd", llama_gpu=True)
+
+
+def test_mtmd_encodes_as_the_onnx_graph_and_answers_the_same(siglip_mmproj_bundle):
+    """The real thing, on this machine's CPU: llama.cpp's image embeddings for images of
+    several shapes (random pixels: no smooth image hides a resampling difference) within
+    the gate of the ONNX graph's, and the same greedy answer."""
+    from PIL import Image
+
+    from llava_edge.runtimes.pipeline import LlavaEdge
+    from llava_edge.runtimes.vision_backend import MTMD_GATE
+
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8))
+              for h, w in [(64, 64), (240, 320), (500, 97), (13, 700)]]
+    rows, tokens = {}, {}
+    for backend in ("onnx", "mtmd"):
+        with LlavaEdge.load(siglip_mmproj_bundle, tune=False, n_threads=1,
+                            vision_backend=backend) as model:
+            assert model.vision_choice.backend == backend
+            rows[backend] = [model.embed(image) for image in images]
+            answer = model.ask(images[1], "Describe the image.", max_new_tokens=12)
+            tokens[backend] = answer.tokens
+            if backend == "mtmd":
+                assert answer.timings.vision_on == "CPU (llama.cpp mtmd)"
+    for ours, llama in zip(rows["onnx"], rows["mtmd"]):
+        assert ours.shape == llama.shape
+        cosine = (ours * llama).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(llama, axis=1)
+        assert cosine.min() >= MTMD_GATE
+        # F16 weights in the mmproj: about 1e-3 relative, well inside fp16's 2^-11 per op
+        assert np.linalg.norm(ours - llama) / np.linalg.norm(ours) < 5e-3
+    assert tokens["mtmd"] == tokens["onnx"]
+
+
+def test_cli_mtmd_backend(siglip_mmproj_bundle, clip_mmproj_bundle, tmp_path, capsys):
+    from PIL import Image
+
+    from llava_edge.cli import run as cli
+
+    image = tmp_path / "red.png"
+    Image.new("RGB", (80, 60), (200, 40, 40)).save(image)
+    assert cli(["embed", str(siglip_mmproj_bundle), "--image", str(image), "--out",
+                str(tmp_path / "e.npy"), "--vision-backend", "mtmd", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["vision_backend"], out["vision_precision"]) == ("mtmd", "fp16")
+    assert cli(["run", str(clip_mmproj_bundle), "--image", str(image), "--prompt", "Hi",
+                "--vision-backend", "mtmd", "--no-tune"]) == 1
+    assert "llama.cpp issue #25814" in capsys.readouterr().err

@@ -69,18 +69,21 @@ reference_option = click.option(
     "--reference-checkpoint", type=click.Path(exists=True, file_okay=False), default=None,
     help="PyTorch checkpoint for the torch backends (needs the [export] extra).")
 vision_backend_option = click.option(
-    "--vision-backend", type=click.Choice(["auto", "onnx", "tensorrt", "torch"]),
+    "--vision-backend", type=click.Choice(["auto", "onnx", "tensorrt", "mtmd", "torch"]),
     default="auto", show_default=True,
     help="auto: a TensorRT engine of the bundle that matches this machine, else ONNX "
-         "Runtime (the fp16 graph on a GPU); tensorrt: the engine or an error saying why "
-         "not; torch: the checkpoint's vision tower instead of the bundle's graph.")
+         "Runtime on a GPU (the fp16 graph), else llama.cpp's mtmd on a GPU (SigLIP "
+         "bundles with an mmproj), else ONNX Runtime on the CPU; tensorrt / mtmd: that "
+         "backend or an error saying why not; torch: the checkpoint's vision tower "
+         "instead of the bundle's graph.")
 #: chat / serve / watch: the bundle's own backends only (no torch reference there).
 bundle_vision_backend_option = click.option(
-    "--vision-backend", type=click.Choice(["auto", "onnx", "tensorrt"]), default="auto",
+    "--vision-backend", type=click.Choice(["auto", "onnx", "tensorrt", "mtmd"]), default="auto",
     show_default=True,
     help="auto: a TensorRT engine of the bundle that matches this machine, else ONNX "
-         "Runtime (the fp16 graph on a GPU); tensorrt: the engine or an error saying why "
-         "not.")
+         "Runtime on a GPU (the fp16 graph), else llama.cpp's mtmd on a GPU (SigLIP "
+         "bundles with an mmproj), else ONNX Runtime on the CPU; tensorrt / mtmd: that "
+         "backend or an error saying why not.")
 llm_backend_option = click.option(
     "--llm-backend", type=click.Choice(["llama.cpp", "torch"]), default="llama.cpp",
     show_default=True, help="torch: the checkpoint's LLM instead of the GGUF.")
