@@ -42,7 +42,7 @@ def mtmd_chunks(mmproj_path: str | Path, llm_gguf: str | Path, rgb: np.ndarray,
     mtmd may add between tiles) as its list of token ids (on the CPU, as llama.cpp's
     default build runs it)."""
     encoder = MtmdVisionEncoder(mmproj_path, llm_gguf, n_threads=n_threads, use_gpu=False,
-                                verbose=verbose)
+                                warmup=False, verbose=verbose)
     try:
         return encoder.chunks(rgb)
     finally:

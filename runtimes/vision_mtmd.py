@@ -51,7 +51,8 @@ class MtmdVisionEncoder:
 
     def __init__(self, mmproj: str | Path, llm_gguf: str | Path, image_mean=None,
                  image_std=None, rescale_factor: float = 1 / 255, n_threads: int | None = None,
-                 use_gpu: bool = True, n_embd: int | None = None, verbose: bool = False):
+                 use_gpu: bool = True, n_embd: int | None = None, warmup: bool = True,
+                 verbose: bool = False):
         from llama_cpp import mtmd_cpp
 
         check_gguf(mmproj, architectures=("clip",))
@@ -70,7 +71,9 @@ class MtmdVisionEncoder:
                 raise LlavaEdgeError(f"{llm_gguf}: llama.cpp could not read the model's "
                                      f"hyperparameters ({last_error(log)})")
             mparams = mtmd_cpp.mtmd_context_params_default()
-            set_fields(mparams, use_gpu=use_gpu, print_timings=False, warmup=False,
+            # warmup: mtmd encodes a dummy image at load, so that its compute graph and
+            # buffers are allocated then, not in the first request (~0.6 s even for `tiny`)
+            set_fields(mparams, use_gpu=use_gpu, print_timings=False, warmup=warmup,
                        n_threads=n_threads or (os.cpu_count() or 1))
             self.ctx = mtmd_cpp.mtmd_init_from_file(str(self.path).encode(), self.model, mparams)
             if not self.ctx:
