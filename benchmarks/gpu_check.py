@@ -16,7 +16,10 @@ run ends in one JSON file:
    GPU provider takes, and an mmproj for llama.cpp's own path);
 4. ``answer``: each bundle answers one image with every layer on the GPU and with none:
    first token, decode speed, where each stage ran, whether the tokens agree;
-5. ``bench``: ``llava-edge bench`` rows for each bundle beside its peers.
+5. ``vision_backends``: each vision backend the bundle can run here, timed on one image
+   (ONNX graphs on ONNX Runtime's best provider, llama.cpp's mtmd on the GPU where its
+   parity allows, TensorRT engines), with its agreement with the fp32 graph;
+6. ``bench``: ``llava-edge bench`` rows for each bundle beside its peers.
 
 ``--cpu-only`` (what CI runs, so that the script does not rot): the ``tiny`` preset only,
 fp32 training, no offload expected; every step still runs the same code.
@@ -182,6 +185,14 @@ def answer(preset: str, work: Path) -> dict:
     return rows
 
 
+def vision_backends(preset: str, work: Path) -> dict:
+    from llava_edge.benchmarks.vision_backends import bench_vision_backends
+
+    report = bench_vision_backends(work / f"bundle-{preset}", warmup=2, repeats=10)
+    return {"preset": preset, "exact_graph": report["exact_graph"],
+            "auto_choice": report["auto_choice"], "rows": report["rows"]}
+
+
 def bench(preset: str, work: Path) -> dict:
     out = llava_edge("bench", "--bundle", str(work / f"bundle-{preset}"),
                      "--checkpoint", str(make_checkpoint(preset, work)),
@@ -221,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     for preset in presets:
         if check.step("export", export, preset, work):
             check.step("answer", answer, preset, work)
+            check.step("vision_backends", vision_backends, preset, work)
             check.step("bench", bench, preset, work)
     check.write()
     print(f"gpu_check: wrote {args.out} ({'ok' if all(s['ok'] for s in check.steps) else 'with failed steps'})",

@@ -91,7 +91,7 @@ def test_cpu_only_run_end_to_end(tmp_path):
     assert report["mode"] == "cpu-only" and report["ok"]
     steps = {s["name"]: s for s in report["steps"]}
     assert [s["name"] for s in report["steps"]] == [
-        "environment", "data", "train_step", "export", "answer", "bench"]
+        "environment", "data", "train_step", "export", "answer", "vision_backends", "bench"]
     assert all(s["ok"] and s["seconds"] >= 0 for s in report["steps"])
 
     env = steps["environment"]["figures"]
@@ -114,6 +114,14 @@ def test_cpu_only_run_end_to_end(tmp_path):
         assert row["vision_backend"] == "onnx"
     # no GPU: "auto" offloads nothing, so the two runs are the same computation
     assert answer["same_tokens"]
+
+    backends = steps["vision_backends"]["figures"]
+    assert backends["auto_choice"]["backend"] == "onnx"
+    timed = {r["backend"]: r for r in backends["rows"]}
+    exact = timed[f"onnx {backends['exact_graph']}"]
+    assert exact["median_ms"] > 0 and exact["relative_error_to_exact"] == 0
+    assert all(r["median_ms"] > 0 for r in backends["rows"] if "not_here" not in r)
+    assert "#25814" in timed["mtmd mmproj-F16.gguf"]["not_here"]  # tiny is a CLIP tower
 
     rows = steps["bench"]["figures"]["rows"]
     ours = [r for r in rows if r["error"] is None and r["first_token_ms"]]

@@ -409,3 +409,23 @@ def test_cli_mtmd_backend(siglip_mmproj_bundle, clip_mmproj_bundle, tmp_path, ca
     assert cli(["run", str(clip_mmproj_bundle), "--image", str(image), "--prompt", "Hi",
                 "--vision-backend", "mtmd", "--no-tune"]) == 1
     assert "llama.cpp issue #25814" in capsys.readouterr().err
+
+
+def test_vision_backends_bench_times_what_runs_here(siglip_mmproj_bundle, clip_mmproj_bundle,
+                                                    tmp_path):
+    from llava_edge.benchmarks.vision_backends import main
+
+    assert main([str(siglip_mmproj_bundle), "--out", str(tmp_path), "--repeats", "2",
+                 "--threads", "1"]) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["backend"]: r for r in report["rows"]}
+    assert set(rows) == {"onnx fp32", "mtmd mmproj-F16.gguf"}
+    assert rows["onnx fp32"]["relative_error_to_exact"] == 0
+    mtmd = rows["mtmd mmproj-F16.gguf"]
+    assert mtmd["on"] == "CPU (llama.cpp mtmd)" and len(mtmd["runs_ms"]) == 2
+    assert mtmd["cosine_min_to_exact"] >= 0.999 and mtmd["median_ms"] > 0
+    assert report["auto_choice"]["backend"] == "onnx" and report["views"] == 1
+    from llava_edge.benchmarks.vision_backends import bench_vision_backends
+
+    clip = {r["backend"]: r for r in bench_vision_backends(clip_mmproj_bundle, 0, 1, 1)["rows"]}
+    assert "llama.cpp issue #25814" in clip["mtmd mmproj-F16.gguf"]["not_here"]
