@@ -22,7 +22,8 @@ from llava_edge.errors import LlavaEdgeError
 from llava_edge.runtimes.gguf_check import check_gguf
 from llava_edge.runtimes.llama_cpp_lm import set_fields
 from llava_edge.runtimes.llama_log import capture_llama_log, last_error
-from llava_edge.runtimes.vision_mtmd import MTMD_INPUT_CHUNK_TYPE_IMAGE, MtmdVisionEncoder
+from llava_edge.runtimes.vision_mtmd import (MTMD_INPUT_CHUNK_TYPE_IMAGE, MtmdVisionEncoder,
+                                              text_chunk_ids)
 
 
 def mtmd_image_embeddings(mmproj_path: str | Path, llm_gguf: str | Path, rgb: np.ndarray,
@@ -102,9 +103,7 @@ def mtmd_greedy(mmproj_path: str | Path, llm_gguf: str | Path, prompt: str, rgb:
             for i in range(mtmd_cpp.mtmd_input_chunks_size(chunks)):
                 chunk = mtmd_cpp.mtmd_input_chunks_get(chunks, i)
                 if mtmd_cpp.mtmd_input_chunk_get_type(chunk) != MTMD_INPUT_CHUNK_TYPE_IMAGE:
-                    n = ctypes.c_size_t(0)
-                    tokens = mtmd_cpp.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                    text_ids.append([int(tokens[j]) for j in range(n.value)])
+                    text_ids.append(text_chunk_ids(chunk))
             n_past = llama_cpp.llama_pos(0)
             if mtmd_cpp.mtmd_helper_eval_chunks(ctx, lctx, chunks, 0, 0, n_ctx, True,
                                                 ctypes.byref(n_past)) != 0:

@@ -41,6 +41,15 @@ def rgb_from_pixel_values(pixel_values: np.ndarray, mean, std,
     return np.ascontiguousarray(np.clip(u, 0, 255).astype(np.uint8).transpose(1, 2, 0))
 
 
+def text_chunk_ids(chunk) -> list[int]:
+    """The token ids of an mtmd text chunk."""
+    from llama_cpp import mtmd_cpp
+
+    n = ctypes.c_size_t(0)
+    ids = mtmd_cpp.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+    return [int(ids[j]) for j in range(n.value)]
+
+
 class MtmdVisionEncoder:
     """``encode(pixel_values)`` like the ONNX encoder, computed by libmtmd from an mmproj.
 
@@ -135,9 +144,7 @@ class MtmdVisionEncoder:
                 for i in range(mtmd.mtmd_input_chunks_size(chunks)):
                     chunk = mtmd.mtmd_input_chunks_get(chunks, i)
                     if mtmd.mtmd_input_chunk_get_type(chunk) != MTMD_INPUT_CHUNK_TYPE_IMAGE:
-                        n = ctypes.c_size_t(0)
-                        ids = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                        result.append([int(ids[j]) for j in range(n.value)])
+                        result.append(text_chunk_ids(chunk))
                         continue
                     if mtmd.mtmd_encode_chunk(self.ctx, chunk) != 0:
                         raise LlavaEdgeError(f"{self.path}: mtmd could not encode the image "
