@@ -470,3 +470,35 @@ def test_quantizers_leave_the_hosts_logging_alone(exported, tmp_path, caplog):
     assert root.handlers == handlers and root.level == level and root.filters == filters
     logging.getLogger("llava_edge.test").warning("still heard")
     assert "still heard" in caplog.text  # the host's own records still get through
+
+
+@pytest.mark.parametrize("fixture", ["tiny_checkpoint", "tiny_qwen2_checkpoint",
+                                     "tiny_next_checkpoint"])
+def test_fusion_without_shape_inference_is_the_same_graph(request, fixture, tmp_path):
+    """optimize_onnx skips ORT's symbolic shape inference (it copies the whole model several
+    times: half the optimizer's peak memory on SigLIP-so400m); the fused graph must be the
+    one shape inference would have let through, node for node, on CLIP, SigLIP and NeXT."""
+    import onnxruntime as ort
+    from onnxruntime.transformers import optimizer
+
+    loaded = load_vision(request.getfixturevalue(fixture))
+    plain = tmp_path / "plain.onnx"
+    onnx_export.export_to_onnx(loaded.encoder(), plain)
+    spec = loaded.spec
+    ours = tmp_path / "ours.onnx"
+    counts = onnx_export.optimize_onnx(plain, ours, spec.num_heads, spec.hidden_size)
+    with_shapes = optimizer.optimize_model(
+        str(plain), model_type=onnx_export.OPTIMIZER_MODEL_TYPE, num_heads=spec.num_heads,
+        hidden_size=spec.hidden_size, opt_level=0, use_gpu=False).model
+    mine = onnx.load(str(ours))
+
+    def nodes(model):
+        return [(n.op_type, list(n.input), list(n.output)) for n in model.graph.node]
+
+    assert nodes(mine) == nodes(with_shapes)
+    assert counts["Attention"] > 0 and counts["SkipLayerNormalization"] > 0  # it did fuse
+    x = np.random.default_rng(0).standard_normal(
+        (2, 3, spec.image_size, spec.image_size)).astype(np.float32)
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+           .run(None, {onnx_export.INPUT_NAME: x})[0] for m in (mine, with_shapes)]
+    assert np.array_equal(run[0], run[1])
