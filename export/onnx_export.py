@@ -123,7 +123,7 @@ def optimize_onnx(src: str | Path, dst: str | Path, num_heads: int, hidden_size:
     # LayerNorm, and ORT's symbolic shape inference copies the whole model (weights
     # included) several times: SigLIP-so400m's 1.6 GB graph took the optimizer to a 10.0 GB
     # peak with it, 5.4 GB without, the fused graph node for node the same (as on the
-    # tiny CLIP / SigLIP / NeXT graphs, tests/test_export_vision_graph.py); the parity
+    # tiny CLIP / SigLIP / NeXT graphs, tests/test_export_vision.py); the parity
     # gate that follows would catch a wrong fusion.
     options = FusionOptions(OPTIMIZER_MODEL_TYPE)
     options.enable_shape_inference = False
