@@ -23,6 +23,7 @@ has no GPU), each saying why it cannot run, where ``auto`` falls back and says w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,11 +212,7 @@ def open_vision(bundle, choice: VisionChoice, n_threads: int | None = None,
         except LlavaEdgeError as e:
             if not fallback:
                 raise
-            logger.warning("%s; using ONNX Runtime instead", e)
-            plain = choose_vision(bundle.manifest, bundle.path, backend="onnx")
-            choice = VisionChoice(plain.backend, plain.file, plain.precision, plain.providers,
-                                  plain.reason, (f"TensorRT engine {choice.file}: {e}",
-                                                 *plain.passed_over))
+            choice = _onnx_instead(bundle, f"TensorRT engine {choice.file}", e)
     if choice.backend == "mtmd":
         from llava_edge.runtimes.vision_mtmd import MtmdVisionEncoder
 
@@ -230,11 +227,14 @@ def open_vision(bundle, choice: VisionChoice, n_threads: int | None = None,
         except LlavaEdgeError as e:
             if not fallback:
                 raise
-            logger.warning("%s; using ONNX Runtime instead", e)
-            plain = choose_vision(m, bundle.path, backend="onnx")
-            choice = VisionChoice(plain.backend, plain.file, plain.precision, plain.providers,
-                                  plain.reason, (f"llama.cpp's mtmd ({choice.file}): {e}",
-                                                 *plain.passed_over))
+            choice = _onnx_instead(bundle, f"llama.cpp's mtmd ({choice.file})", e)
     encoder = OnnxVisionEncoder(bundle.file(choice.file), providers=list(choice.providers),
                                 n_threads=n_threads)
     return encoder, choice
+
+
+def _onnx_instead(bundle, what: str, error: Exception) -> VisionChoice:
+    """ONNX Runtime's choice for ``bundle``, recording why ``what`` would not open."""
+    logger.warning("%s; using ONNX Runtime instead", error)
+    plain = choose_vision(bundle.manifest, bundle.path, backend="onnx")
+    return dataclasses.replace(plain, passed_over=(f"{what}: {error}", *plain.passed_over))

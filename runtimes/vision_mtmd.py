@@ -25,7 +25,7 @@ import numpy as np
 import llama_cpp
 
 from llava_edge.errors import LlavaEdgeError
-from llava_edge.runtimes.gguf_check import check_gguf, read_gguf_info
+from llava_edge.runtimes.gguf_check import check_gguf
 from llava_edge.runtimes.llama_cpp_vocab import set_fields
 from llava_edge.runtimes.llama_log import capture_llama_log, last_error
 
@@ -65,7 +65,7 @@ class MtmdVisionEncoder:
         from llama_cpp import mtmd_cpp
 
         check_gguf(mmproj, architectures=("clip",))
-        check_gguf(llm_gguf)
+        llm_info = check_gguf(llm_gguf)
         self._mtmd = mtmd_cpp
         self.path = Path(mmproj)
         self.mean, self.std, self.rescale = image_mean, image_std, rescale_factor
@@ -90,8 +90,7 @@ class MtmdVisionEncoder:
                 raise LlavaEdgeError(f"{self.path}: llama.cpp's mtmd could not load the mmproj "
                                      f"({last_error(log)})")
         if n_embd is None:
-            info = read_gguf_info(llm_gguf)
-            n_embd = info.metadata.get(f"{info.architecture}.embedding_length")
+            n_embd = llm_info.metadata.get(f"{llm_info.architecture}.embedding_length")
         self.n_embd = int(n_embd)
         on_gpu = use_gpu and bool(llama_cpp.llama_supports_gpu_offload())
         self.placement = "GPU (llama.cpp mtmd)" if on_gpu else "CPU (llama.cpp mtmd)"
