@@ -98,12 +98,12 @@ def tiny_qwen2_gguf(tiny_qwen2_checkpoint, tmp_path_factory):
                        quants=("F16", "Q8_0", "Q4_K_M"), mmproj=True, parity=False)
 
 
-def _bundle(checkpoint, out, parity: bool = False):
+def _bundle(checkpoint, out, parity: bool = False, **options):
     from llava_edge.export.bundle_export import ExportOptions, export_bundle
 
-    options = ExportOptions(vision_precisions=("fp32", "int8"), llm_quants=("F16", "Q4_K_M"),
-                            parity=parity)
-    export_bundle(checkpoint, out, options)
+    options = {"vision_precisions": ("fp32", "int8"), "llm_quants": ("F16", "Q4_K_M"),
+               **options}
+    export_bundle(checkpoint, out, ExportOptions(parity=parity, **options))
     return out
 
 
@@ -117,6 +117,21 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory):
 def tiny_qwen2_bundle(tiny_qwen2_checkpoint, tmp_path_factory):
     """`tiny-qwen2` as a bundle, like ``tiny_bundle``."""
     return _bundle(tiny_qwen2_checkpoint, tmp_path_factory.mktemp("bundle") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def siglip_mmproj_bundle(tiny_qwen2_checkpoint, tmp_path_factory):
+    """`tiny-qwen2` (a SigLIP tower) with an mmproj whose parity with PyTorch was measured
+    at export: fp32 vision, F16 GGUF."""
+    return _bundle(tiny_qwen2_checkpoint, tmp_path_factory.mktemp("mtmd") / "siglip",
+                   parity=True, vision_precisions=("fp32",), llm_quants=("F16",), mmproj=True)
+
+
+@pytest.fixture(scope="session")
+def clip_mmproj_bundle(tiny_checkpoint, tmp_path_factory):
+    """`tiny` (a CLIP tower) like ``siglip_mmproj_bundle``."""
+    return _bundle(tiny_checkpoint, tmp_path_factory.mktemp("mtmd") / "clip",
+                   parity=True, vision_precisions=("fp32",), llm_quants=("F16",), mmproj=True)
 
 
 @pytest.fixture(scope="session")
