@@ -32,13 +32,19 @@ $(VENV)/.torch: $(PY) scripts/install_torch.sh
 
 # llama-cpp-python compiled with flags from this CPU (see scripts/llama_cmake_args.sh).
 # The lock pins llama-cpp-python to LLAMA_CPP_VERSION: change both together.
-$(VENV)/.llama-cpp: $(PY) scripts/build_llama_wheel.sh scripts/llama_cmake_args.sh $(CONSTRAINTS)
+# The stamp is named by a hash of the flags: a .venv that meets another CPU (a checkout
+# on a shared disk, a VM moved to other hardware) or other CMAKE_ARGS gets the build that
+# fits, rather than one that may die with "Illegal instruction".
+LLAMA_FLAGS_KEY := $(shell scripts/llama_cmake_args.sh 2>/dev/null | sha256sum | cut -c1-12)
+LLAMA_STAMP := $(VENV)/.llama-cpp-$(LLAMA_FLAGS_KEY)
+$(LLAMA_STAMP): $(PY) scripts/build_llama_wheel.sh scripts/llama_cmake_args.sh scripts/amx_probe.sh $(CONSTRAINTS)
 	wheel="$$(scripts/build_llama_wheel.sh $(PY) $(LLAMA_CPP_VERSION))" && \
 	  $(PY) -m pip install --quiet --no-deps --force-reinstall "$$wheel" && \
 	  $(PY) -m pip install --quiet "llama-cpp-python==$(LLAMA_CPP_VERSION)" $(PIP_C)
+	rm -f $(VENV)/.llama-cpp $(VENV)/.llama-cpp-*
 	touch $@
 
-$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) $(VENV)/.torch $(VENV)/.llama-cpp
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) $(VENV)/.torch $(LLAMA_STAMP)
 	$(PY) -m pip install --quiet -e ".[all]" $(PIP_C)
 	touch $@
 

@@ -30,6 +30,7 @@ import llama_cpp
 
 from llava_edge.errors import StructuredOutputError
 from llava_edge.manifest import DEFAULT_N_CTX
+from llava_edge.runtimes.compute_thread import ComputeThread
 from llava_edge.runtimes.gguf_check import check_gguf
 from llava_edge.runtimes.llama_cpp_vocab import (HFRules, LlamaCppError, Vocab, load_model,
                                                  set_fields)
@@ -105,6 +106,9 @@ class LlamaCppLM:
         self.path = Path(gguf_path)
         self.verbose = verbose
         self._model = self._ctx = None
+        # llama_decode runs on a thread of its own (see runtimes/compute_thread.py: other
+        # AMX code on a shared thread silently breaks llama.cpp's AMX kernels).
+        self._compute = ComputeThread()
         self._token_batch = self._embd_batch = None
         # The request's Cancel, which the abort callback reads. The callback refers to
         # this list, not to self (a cycle would keep the model alive until the garbage
@@ -264,7 +268,7 @@ class LlamaCppLM:
 
     def _decode(self, batch, n: int) -> None:
         batch.n_tokens = n
-        rc = llama_cpp.llama_decode(self._ctx, batch)
+        rc = self._compute.run(llama_cpp.llama_decode, self._ctx, batch)
         cancel = self._cancel_slot[0]
         if rc == 2 and cancel is not None and cancel.cancelled:
             # Aborted by the callback: llama.cpp keeps the ubatches it finished and rolls
@@ -369,6 +373,9 @@ class LlamaCppLM:
 
     def close(self) -> None:
         """Free the context, the model and the batches (idempotent)."""
+        compute = getattr(self, "_compute", None)
+        if compute is not None:
+            compute.close()
         if self._token_batch is not None:
             llama_cpp.llama_batch_free(self._token_batch)
             self._token_batch = None

@@ -25,6 +25,7 @@ import numpy as np
 import llama_cpp
 
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.runtimes.compute_thread import ComputeThread
 from llava_edge.runtimes.gguf_check import check_gguf
 from llava_edge.runtimes.llama_cpp_vocab import set_fields
 from llava_edge.runtimes.llama_log import capture_llama_log, last_error
@@ -71,6 +72,9 @@ class MtmdVisionEncoder:
         self.mean, self.std, self.rescale = image_mean, image_std, rescale_factor
         self.verbose = verbose
         self.model = self.ctx = None
+        # mtmd's graph computes on a thread of its own, as the LLM's does (a quantized
+        # mmproj meets llama.cpp's AMX kernels: see runtimes/compute_thread.py)
+        self._compute = ComputeThread("mtmd")
         llama_cpp.llama_backend_init()
         with capture_llama_log(verbose=verbose) as log:
             params = llama_cpp.llama_model_default_params()
@@ -145,7 +149,7 @@ class MtmdVisionEncoder:
                     if mtmd.mtmd_input_chunk_get_type(chunk) != MTMD_INPUT_CHUNK_TYPE_IMAGE:
                         result.append(text_chunk_ids(chunk))
                         continue
-                    if mtmd.mtmd_encode_chunk(self.ctx, chunk) != 0:
+                    if self._compute.run(mtmd.mtmd_encode_chunk, self.ctx, chunk) != 0:
                         raise LlavaEdgeError(f"{self.path}: mtmd could not encode the image "
                                              f"({last_error(log)})")
                     n_tokens = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
@@ -162,6 +166,9 @@ class MtmdVisionEncoder:
                     mtmd.mtmd_bitmap_free(bitmap)
 
     def close(self) -> None:
+        compute = getattr(self, "_compute", None)
+        if compute is not None:
+            compute.close()
         if self.ctx:
             self._mtmd.mtmd_free(self.ctx)
             self.ctx = None

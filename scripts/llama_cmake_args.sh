@@ -36,6 +36,7 @@ if [ -n "${CMAKE_ARGS:-}" ]; then
   exit 0
 fi
 
+here="$(cd "$(dirname "$0")" && pwd)"
 machine="${LLAVA_EDGE_MACHINE:-$(uname -m)}"
 cpuinfo="${LLAVA_EDGE_CPUINFO:-/proc/cpuinfo}"
 args="-DGGML_NATIVE=OFF"
@@ -50,6 +51,23 @@ if [ "$machine" = "x86_64" ] && [ -r "$cpuinfo" ]; then
   has avx512_vnni && args="$args -DGGML_AVX512_VNNI=ON"
   has avx512_bf16 && args="$args -DGGML_AVX512_BF16=ON"
   has avx_vnni && args="$args -DGGML_AVX_VNNI=ON"
+  # AMX (Sapphire Rapids and later Xeons): llama.cpp's AMX kernels (Q4_0/Q4_1/Q8_0/Q4_K/
+  # Q5_K/Q6_K/IQ4_XS weights, used where weight repacking is on) need AMX-INT8 beside
+  # AVX512-VNNI. The flags alone are not trusted: scripts/amx_probe.sh runs a tile multiply
+  # compiled as llama.cpp's is, and says which extra C++ flag the compiler needs (GCC 12
+  # miscompiles llama.cpp's tile configuration without -fno-dse). LLAVA_EDGE_AMX=0 turns
+  # AMX off, =1 turns it on without the probe.
+  if has amx_tile && has amx_int8 && has avx512_vnni; then
+    amx="${LLAVA_EDGE_AMX:-auto}" amx_cxx=""
+    if [ "$amx" = "auto" ]; then
+      if amx_cxx="$("$here/amx_probe.sh")"; then amx=1; else amx=0; fi
+    fi
+    if [ "$amx" = "1" ]; then
+      args="$args -DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON"
+      has amx_bf16 && args="$args -DGGML_AMX_BF16=ON"
+      [ -n "$amx_cxx" ] && args="$args -DCMAKE_CXX_FLAGS=$amx_cxx"
+    fi
+  fi
 elif [ "$machine" = "aarch64" ] && [ -r "$cpuinfo" ]; then
   features=" $(grep -m1 '^Features' "$cpuinfo" | cut -d: -f2 || true) "
   has() { [[ "$features" == *" $1 "* ]]; }

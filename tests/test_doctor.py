@@ -137,6 +137,20 @@ def test_llama_cpp_built_for_an_isa_the_cpu_lacks():
     assert warnings_for(unread, [], avx512_build, ORT_CPU) == []
 
 
+def test_an_amx_cpu_with_llama_cpp_built_without_amx():
+    amx = cpu_info("avx avx2 fma f16c avx512f avx512bw avx512_vnni amx_tile amx_int8",
+                   arch="x86_64", cores=2)
+    plain = LlamaCppInfo.from_system_info(
+        "CPU : AVX = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | REPACK = 1 |")
+    (warning,) = warnings_for(amx, [], plain, ORT_CPU)
+    assert "without its AMX kernels" in warning.what and "make setup" in warning.fix
+    assert "amx_probe.sh" in warning.fix
+    built = LlamaCppInfo.from_system_info(
+        "CPU : AVX = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 |")
+    assert warnings_for(amx, [], built, ORT_CPU) == []
+    assert warnings_for(VNNI, [], plain, ORT_CPU) == []  # no AMX here: nothing to miss
+
+
 def test_broken_or_doubled_packages():
     broken_llama = LlamaCppInfo(None, None, False, error="OSError: libllama.so: cannot open")
     broken_ort = OrtInfo(None, [], [], [], error="ImportError: DLL load failed")

@@ -150,6 +150,9 @@ PI4 = "Features\t: fp asimd evtstrm crc32 cpuid\n"
 AVX512 = ("flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 avx512f avx512dq "
           "avx512_vnni avx512_bf16\n")
 AVX2 = "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2\n"
+AMX = AVX512.rstrip("\n") + " amx_bf16 amx_tile amx_int8\n"  # a Sapphire Rapids Xeon
+AVX512_FLAGS = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+                "-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON")
 
 
 def _cmake_args(tmp_path, machine, cpuinfo, compatible=None, **env):
@@ -159,10 +162,11 @@ def _cmake_args(tmp_path, machine, cpuinfo, compatible=None, **env):
     tree.unlink(missing_ok=True)
     if compatible is not None:
         tree.write_bytes(compatible)
-    environ = {k: v for k, v in os.environ.items() if k not in ("CMAKE_ARGS", "LLAVA_EDGE_CUDA")}
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("CMAKE_ARGS", "LLAVA_EDGE_CUDA", "LLAVA_EDGE_AMX")}
     environ.update(LLAVA_EDGE_MACHINE=machine, LLAVA_EDGE_CPUINFO=str(info),
                    LLAVA_EDGE_DEVICE_TREE=str(tree), LLAVA_EDGE_NVIDIA_GPU="0",
-                   LLAVA_EDGE_NVIDIA_CC="")
+                   LLAVA_EDGE_NVIDIA_CC="", LLAVA_EDGE_AMX_PROBE="0")
     environ.update(env)
     return subprocess.run([str(ROOT / "scripts" / "llama_cmake_args.sh")], env=environ,
                           capture_output=True, text=True, check=True, timeout=30).stdout.strip()
@@ -170,11 +174,47 @@ def _cmake_args(tmp_path, machine, cpuinfo, compatible=None, **env):
 
 @pytest.mark.parametrize("cpuinfo, expected", [
     (AVX2, "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"),
-    (AVX512, "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
-             "-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON"),
+    (AVX512, AVX512_FLAGS),
 ], ids=["avx2", "avx512"])
 def test_cmake_args_on_x86(tmp_path, cpuinfo, expected):
     assert _cmake_args(tmp_path, "x86_64", cpuinfo) == expected
+
+
+AMX_FLAGS = " -DGGML_AMX_TILE=ON -DGGML_AMX_INT8=ON -DGGML_AMX_BF16=ON"
+
+
+@pytest.mark.parametrize("cpuinfo, env, expected", [
+    (AMX, {"LLAVA_EDGE_AMX_PROBE": "1"}, AVX512_FLAGS + AMX_FLAGS),
+    # GCC 12 drops llama.cpp's tile configuration unless told -fno-dse
+    (AMX, {"LLAVA_EDGE_AMX_PROBE": "fno-dse"},
+     AVX512_FLAGS + AMX_FLAGS + " -DCMAKE_CXX_FLAGS=-fno-dse"),
+    # the CPU reports AMX but a tile multiply did not run: no AMX code
+    (AMX, {"LLAVA_EDGE_AMX_PROBE": "0"}, AVX512_FLAGS),
+    (AMX, {"LLAVA_EDGE_AMX_PROBE": "1", "LLAVA_EDGE_AMX": "0"}, AVX512_FLAGS),
+    (AMX, {"LLAVA_EDGE_AMX_PROBE": "0", "LLAVA_EDGE_AMX": "1"}, AVX512_FLAGS + AMX_FLAGS),
+    # llama.cpp's AMX kernels are compiled only with AVX512-VNNI beside AMX-INT8
+    (AMX.replace(" avx512_vnni", ""), {"LLAVA_EDGE_AMX_PROBE": "1"},
+     AVX512_FLAGS.replace(" -DGGML_AVX512_VNNI=ON", "")),
+], ids=["probe-ran", "probe-needs-fno-dse", "probe-failed", "turned-off", "forced", "no-vnni"])
+def test_amx_only_where_a_tile_multiply_ran(tmp_path, cpuinfo, env, expected):
+    assert _cmake_args(tmp_path, "x86_64", cpuinfo, **env) == expected
+
+
+def test_the_amx_probe_on_this_machine():
+    # The real probe: AMX on only where the CPU reports it (a CPU without it dies on the
+    # first tile instruction, the failure the probe exists for); what it prints on stdout
+    # is the extra compiler flag the build then gets.
+    env = {k: v for k, v in os.environ.items() if k != "LLAVA_EDGE_AMX_PROBE"}
+    r = subprocess.run([str(ROOT / "scripts" / "amx_probe.sh")], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode in (0, 1), r.stderr
+    said = r.stderr.strip().splitlines()[-1]
+    assert said.startswith("llama.cpp: AMX on" if r.returncode == 0 else "llama.cpp: AMX off")
+    assert r.stdout.strip() in ("", "-fno-dse") and (r.returncode == 0 or not r.stdout.strip())
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
+    if not {"amx_tile", "amx_int8"} <= flags:
+        assert r.returncode == 1, said
 
 
 @pytest.mark.parametrize("cpuinfo, expected", [

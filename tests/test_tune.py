@@ -183,6 +183,21 @@ def test_a_profile_for_another_machine_or_bundle_is_ignored(tiny_bundle, tmp_pat
         LlavaEdge.load(copy, tune=mine, verify="size")
 
 
+def test_a_profile_for_another_llama_cpp_build_is_ignored(tiny_bundle, tune_dir):
+    # The same CPU and versions, llama.cpp rebuilt (e.g. with its AMX kernels): what won
+    # before may lose now, so the profile is another machine's.
+    mine = machine_description()
+    assert "llama_cpp_build" in mine and mine["llama_cpp_build"]
+    other = _profile(tiny_bundle, repack=False)
+    other.machine = {**mine, "llama_cpp_build": sorted(set(mine["llama_cpp_build"])
+                                                       ^ {"AMX_INT8"})}
+    save_profile(other)
+    found = lookup(tiny_bundle)
+    assert found.profile is None and "other machines" in found.note
+    with LlavaEdge.load(tiny_bundle) as model:
+        assert model.settings.repack is True
+
+
 def test_an_unreadable_profile_is_ignored_by_lookup_and_refused_by_name(tiny_bundle, tune_dir):
     path = save_profile(_profile(tiny_bundle, n_ubatch=256))
     path.write_text("{not json")

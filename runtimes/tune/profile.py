@@ -109,7 +109,18 @@ def _probe_machine() -> dict:
             pass
     return {"cpu_model": cpu.model, "arch": cpu.arch, "isa_class": cpu.isa_class,
             "features": sorted(k for k, v in cpu.features.items() if v),
-            "cores": cpu.cores, "gpus": _gpu_names(), "libraries": libs}
+            "cores": cpu.cores, "gpus": _gpu_names(), "libraries": libs,
+            "llama_cpp_build": _llama_cpp_build()}
+
+
+def _llama_cpp_build() -> list[str]:
+    """The kernels llama.cpp was compiled with (CPU flags, GPU backends): the same version
+    rebuilt with AMX (see scripts/amx_probe.sh) turns the best settings around on one CPU
+    (repacking off won without it; with it, repacking on is what switches AMX on)."""
+    from llava_edge.doctor import probe_llama_cpp
+
+    info = probe_llama_cpp()
+    return sorted(set(info.cpu_flags) | set(info.gpu_backends))
 
 
 def _gpu_names() -> list[str]:
