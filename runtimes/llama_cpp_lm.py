@@ -30,7 +30,7 @@ import llama_cpp
 
 from llava_edge.errors import StructuredOutputError
 from llava_edge.manifest import DEFAULT_N_CTX
-from llava_edge.runtimes.compute_thread import ComputeThread
+from llava_edge.runtimes.compute_thread import for_llama_cpp
 from llava_edge.runtimes.gguf_check import check_gguf
 from llava_edge.runtimes.llama_cpp_vocab import (HFRules, LlamaCppError, Vocab, load_model,
                                                  set_fields)
@@ -106,9 +106,9 @@ class LlamaCppLM:
         self.path = Path(gguf_path)
         self.verbose = verbose
         self._model = self._ctx = None
-        # llama_decode runs on a thread of its own (see runtimes/compute_thread.py: other
-        # AMX code on a shared thread silently breaks llama.cpp's AMX kernels).
-        self._compute = ComputeThread()
+        # llama_decode runs on a thread of its own where llama.cpp has AMX kernels (other
+        # AMX code on a shared thread silently breaks them: runtimes/compute_thread.py).
+        self._compute = for_llama_cpp()
         self._token_batch = self._embd_batch = None
         # The request's Cancel, which the abort callback reads. The callback refers to
         # this list, not to self (a cycle would keep the model alive until the garbage

@@ -25,7 +25,7 @@ import numpy as np
 import llama_cpp
 
 from llava_edge.errors import LlavaEdgeError
-from llava_edge.runtimes.compute_thread import ComputeThread
+from llava_edge.runtimes.compute_thread import for_llama_cpp
 from llava_edge.runtimes.gguf_check import check_gguf
 from llava_edge.runtimes.llama_cpp_vocab import set_fields
 from llava_edge.runtimes.llama_log import capture_llama_log, last_error
@@ -74,7 +74,7 @@ class MtmdVisionEncoder:
         self.model = self.ctx = None
         # mtmd's graph computes on a thread of its own, as the LLM's does (a quantized
         # mmproj meets llama.cpp's AMX kernels: see runtimes/compute_thread.py)
-        self._compute = ComputeThread("mtmd")
+        self._compute = for_llama_cpp("mtmd")
         llama_cpp.llama_backend_init()
         with capture_llama_log(verbose=verbose) as log:
             params = llama_cpp.llama_model_default_params()

@@ -3,8 +3,8 @@
 Where llama.cpp has its AMX kernels (an AMX CPU, scripts/amx_probe.sh), ONNX Runtime's
 int8 kernels run on the caller's thread between two evaluations used to load their tile
 configuration over llama.cpp's, which then returned wrong logits without an error. On a
-CPU without AMX the test still checks that an int8 graph between two evaluations of a
-quantized model changes nothing, and that the compute thread behaves as a direct call.
+CPU without AMX the thread is taken all the same here (LLAVA_EDGE_COMPUTE_THREAD=1), so
+the path is exercised on every machine.
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from llava_edge.runtimes.compute_thread import ComputeThread
+from llava_edge.runtimes.compute_thread import (ComputeThread, InlineCompute, for_llama_cpp,
+                                                llama_cpp_has_amx)
 from llava_edge.runtimes.llama_cpp_lm import LlamaCppLM
 
 
-def test_an_int8_graph_on_the_callers_thread_leaves_llama_cpp_alone(tiny_gguf, tiny_bundle):
+def test_an_int8_graph_on_the_callers_thread_leaves_llama_cpp_alone(tiny_gguf, tiny_bundle,
+                                                                    monkeypatch):
+    monkeypatch.setenv("LLAVA_EDGE_COMPUTE_THREAD", "1")
     graph = next(tiny_bundle.glob("vision_int8*.onnx"))
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
@@ -34,10 +37,19 @@ def test_an_int8_graph_on_the_callers_thread_leaves_llama_cpp_alone(tiny_gguf, t
             model.eval_tokens(tokens)
             return model.logits()
 
+        assert isinstance(model._compute, ComputeThread)
         before = logits()
         session.run(None, {inp.name: pixels})  # int8 kernels on this thread
         after = logits()
     np.testing.assert_array_equal(before, after)
+
+
+def test_the_thread_is_taken_where_llama_cpp_has_amx(monkeypatch):
+    monkeypatch.delenv("LLAVA_EDGE_COMPUTE_THREAD", raising=False)
+    expected = ComputeThread if llama_cpp_has_amx() else InlineCompute
+    assert type(for_llama_cpp()) is expected
+    monkeypatch.setenv("LLAVA_EDGE_COMPUTE_THREAD", "0")
+    assert type(for_llama_cpp()) is InlineCompute
 
 
 def test_the_compute_thread_is_one_thread_and_passes_results_and_errors():
