@@ -74,10 +74,11 @@ class InlineCompute:
 
 @functools.lru_cache(maxsize=None)
 def llama_cpp_has_amx() -> bool:
-    """Whether this llama.cpp was built with its AMX kernels."""
-    import llama_cpp
+    """Whether this llama.cpp was built with its AMX kernels (its system info, read by the
+    parser ``llava-edge doctor`` uses)."""
+    from llava_edge.doctor import probe_llama_cpp
 
-    return "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    return "AMX_INT8" in probe_llama_cpp().cpu_flags
 
 
 def for_llama_cpp(name: str = "llama.cpp") -> ComputeThread | InlineCompute:

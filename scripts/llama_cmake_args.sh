@@ -56,7 +56,7 @@ if [ "$machine" = "x86_64" ] && [ -r "$cpuinfo" ]; then
   # AVX512-VNNI. The flags alone are not trusted: scripts/amx_probe.sh runs a tile multiply
   # compiled as llama.cpp's is, and says which extra C++ flag the compiler needs (GCC 12
   # miscompiles llama.cpp's tile configuration without -fno-dse). LLAVA_EDGE_AMX=0 turns
-  # AMX off, =1 turns it on without the probe.
+  # AMX off, =1 turns it on without the probe (and so without -fno-dse: the compiler as is).
   if has amx_tile && has amx_int8 && has avx512_vnni; then
     amx="${LLAVA_EDGE_AMX:-auto}" amx_cxx=""
     if [ "$amx" = "auto" ]; then
