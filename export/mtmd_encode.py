@@ -19,6 +19,7 @@ import numpy as np
 import llama_cpp
 
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.runtimes.compute_thread import for_llama_cpp
 from llava_edge.runtimes.gguf_check import check_gguf
 from llava_edge.runtimes.llama_cpp_lm import set_fields
 from llava_edge.runtimes.llama_log import capture_llama_log, last_error
@@ -57,7 +58,17 @@ def mtmd_greedy(mmproj_path: str | Path, llm_gguf: str | Path, prompt: str, rgb:
     image goes): mtmd tokenizes text and image, ``mtmd_helper_eval_chunks`` evaluates
     them (llama.cpp's own image embeddings), then ``n_tokens`` greedy tokens. Returns the
     text token ids mtmd made (one list per text chunk), the number of positions the
-    prompt took, the greedy token ids and the logits after the prompt."""
+    prompt took, the greedy token ids and the logits after the prompt.
+
+    It all runs on the process's llama.cpp thread, as the runtime's models do (export's
+    parity checks run ONNX Runtime's int8 graphs in the same process: see
+    runtimes/compute_thread.py)."""
+    return for_llama_cpp().run(_mtmd_greedy, mmproj_path, llm_gguf, prompt, rgb, n_tokens,
+                               image_marker, n_ctx, n_threads, verbose)
+
+
+def _mtmd_greedy(mmproj_path, llm_gguf, prompt, rgb, n_tokens, image_marker, n_ctx,
+                 n_threads, verbose) -> dict:
     from llama_cpp import mtmd_cpp
 
     mmproj_path, llm_gguf = Path(mmproj_path), Path(llm_gguf)

@@ -106,8 +106,9 @@ class LlamaCppLM:
         self.path = Path(gguf_path)
         self.verbose = verbose
         self._model = self._ctx = None
-        # llama_decode runs on a thread of its own where llama.cpp has AMX kernels (other
-        # AMX code on a shared thread silently breaks them: runtimes/compute_thread.py).
+        # The load (weight repacking) and every llama_decode run on the process's llama.cpp
+        # thread: one OpenMP pool whoever calls, and no other AMX code on it
+        # (runtimes/compute_thread.py).
         self._compute = for_llama_cpp()
         self._token_batch = self._embd_batch = None
         # The request's Cancel, which the abort callback reads. The callback refers to
@@ -128,7 +129,8 @@ class LlamaCppLM:
         set_fields(model_params, n_gpu_layers=self.n_gpu_layers, use_extra_bufts=repack,
                     load_mode=(llama_cpp.LLAMA_LOAD_MODE_MMAP if self.mmap
                                else llama_cpp.LLAMA_LOAD_MODE_NONE))
-        self._model = load_model(self.path, model_params, rules.overrides, verbose)
+        self._model = self._compute.run(load_model, self.path, model_params, rules.overrides,
+                                        verbose)
 
         ctx_params = llama_cpp.llama_context_default_params()
         threads = n_threads or max(1, os.cpu_count() or 1)
@@ -139,7 +141,8 @@ class LlamaCppLM:
                     flash_attn_type=(llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
                                      else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED))
         with capture_llama_log(verbose=verbose) as log:
-            self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
+            self._ctx = self._compute.run(llama_cpp.llama_init_from_model, self._model,
+                                          ctx_params)
         if not self._ctx:
             self.close()
             raise LlamaCppError(f"{self.path}: llama.cpp could not create a context with "
@@ -373,9 +376,6 @@ class LlamaCppLM:
 
     def close(self) -> None:
         """Free the context, the model and the batches (idempotent)."""
-        compute = getattr(self, "_compute", None)
-        if compute is not None:
-            compute.close()
         if self._token_batch is not None:
             llama_cpp.llama_batch_free(self._token_batch)
             self._token_batch = None

@@ -72,14 +72,16 @@ class MtmdVisionEncoder:
         self.mean, self.std, self.rescale = image_mean, image_std, rescale_factor
         self.verbose = verbose
         self.model = self.ctx = None
-        # mtmd's graph computes on a thread of its own, as the LLM's does (a quantized
-        # mmproj meets llama.cpp's AMX kernels: see runtimes/compute_thread.py)
-        self._compute = for_llama_cpp("mtmd")
+        # mtmd's graph computes (its warm-up included) on the process's llama.cpp thread,
+        # as the LLM's does: one OpenMP pool, and no other AMX code on it
+        # (runtimes/compute_thread.py)
+        self._compute = for_llama_cpp()
         llama_cpp.llama_backend_init()
         with capture_llama_log(verbose=verbose) as log:
             params = llama_cpp.llama_model_default_params()
             set_fields(params, vocab_only=True)
-            self.model = llama_cpp.llama_model_load_from_file(str(llm_gguf).encode(), params)
+            self.model = self._compute.run(llama_cpp.llama_model_load_from_file,
+                                           str(llm_gguf).encode(), params)
             if not self.model:
                 raise LlavaEdgeError(f"{llm_gguf}: llama.cpp could not read the model's "
                                      f"hyperparameters ({last_error(log)})")
@@ -88,7 +90,8 @@ class MtmdVisionEncoder:
             # buffers are allocated then, not in the first request (~0.6 s even for `tiny`)
             set_fields(mparams, use_gpu=use_gpu, print_timings=False, warmup=warmup,
                        n_threads=n_threads or (os.cpu_count() or 1))
-            self.ctx = mtmd_cpp.mtmd_init_from_file(str(self.path).encode(), self.model, mparams)
+            self.ctx = self._compute.run(mtmd_cpp.mtmd_init_from_file,
+                                         str(self.path).encode(), self.model, mparams)
             if not self.ctx:
                 self.close()
                 raise LlavaEdgeError(f"{self.path}: llama.cpp's mtmd could not load the mmproj "
@@ -166,9 +169,6 @@ class MtmdVisionEncoder:
                     mtmd.mtmd_bitmap_free(bitmap)
 
     def close(self) -> None:
-        compute = getattr(self, "_compute", None)
-        if compute is not None:
-            compute.close()
         if self.ctx:
             self._mtmd.mtmd_free(self.ctx)
             self.ctx = None
