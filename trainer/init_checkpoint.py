@@ -21,6 +21,7 @@ from pathlib import Path
 
 from llava_edge import __version__
 from llava_edge.atomic_dir import write_dir
+from llava_edge.heap import release_freed_memory
 from llava_edge.presets import PresetSpec
 from llava_edge.progress import Progress
 from llava_edge.templates import IMAGE_TOKEN, TEMPLATES
@@ -250,27 +251,13 @@ def _save_weights(model, out: Path, seed: int, dtype: str, progress) -> int:
         for name, tensor in _initialise(unit, owners, canonical):
             writer.write(on_disk_name(name), tensor)
             done += tensor.numel()
-        _release_freed_memory()
+        # Each layer's freed tensors stay in glibc's arenas otherwise: 10 GB resident
+        # instead of 1 GB for the 7B preset.
+        release_freed_memory()
         if progress:
             progress(done, total)
     writer.close()
     return total
-
-
-def _release_freed_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc only; elsewhere a no-op).
-
-    glibc keeps large freed blocks in its arenas, so without this the resident size grows
-    by a few tens of MB per layer even though each layer's tensors are freed: 10 GB
-    instead of 1 GB for the 7B preset.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _units(model):
