@@ -13,7 +13,8 @@ subprocess). Kinds:
 * ``llama.cpp-llava``: stock llama.cpp's LLaVA path, the bundle's mmproj through
   llama-cpp-python's ``Llava15ChatHandler`` (mtmd).
 * ``llama.cpp-raw``: llama-cpp-python ``Llama.generate`` from text tokens on the same
-  GGUF: the decode speed llava-edge is held to.
+  GGUF: the decode speed llava-edge is held to. Where the run has a tuned row, a second
+  one runs on the tuned GGUF with the tuned llama.cpp settings, its yardstick.
 """
 
 from __future__ import annotations
@@ -49,14 +50,13 @@ class Config:
     # against it. Not part of equality: the same cell is the same configuration.
     default: bool = field(default=False, compare=False)
     # The settings of this machine's `llava-edge tune` profile for the bundle (its pair,
-    # threads, repacking, flash attention, n_ubatch) rather than the bench's options.
+    # threads, repacking, flash attention, n_ubatch) rather than the bench's options;
+    # llava-edge's row, or llama.cpp-raw's on the tuned GGUF (llama.cpp's settings only).
     tuned: bool = False
 
     @property
     def name(self) -> str:
-        if self.kind == "llava-edge":
-            return f"llava-edge {'tuned ' if self.tuned else ''}{self.vision}+{self.llm}"
-        return f"{self.kind} {self.vision}+{self.llm}"
+        return f"{self.kind} {'tuned ' if self.tuned else ''}{self.vision}+{self.llm}"
 
     def to_dict(self) -> dict:
         return asdict(self) | {"name": self.name}

@@ -15,6 +15,7 @@ token generator), so the first-token and decode figures mean the same as llava-e
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 from pathlib import Path
 
@@ -114,18 +115,49 @@ class TransformersRunner:
 
 
 def _llama(job: Job, gguf: Path, **kwargs):
+    """``Llama`` on ``gguf`` with the bench's llama.cpp options, or with a tune profile's
+    (``job.tuned_settings``: the tuned row's yardstick) where the row is the tuned one."""
     from llama_cpp import Llama
 
     from llava_edge.manifest import DEFAULT_N_CTX
-    from llava_edge.runtimes.llama_cpp_lm import gpu_layers
+    from llava_edge.runtimes.llama_cpp_lm import KV_TYPES, gpu_layers
     from llava_edge.runtimes.llama_log import set_llama_logging
 
     set_llama_logging(False)
-    return Llama(model_path=str(gguf), n_ctx=job.n_ctx or DEFAULT_N_CTX, n_threads=job.threads,
-                 n_gpu_layers=gpu_layers(job.n_gpu_layers),
-                 n_threads_batch=job.threads, n_batch=job.n_batch,
-                 n_ubatch=job.n_ubatch or min(job.n_batch, 512), flash_attn=job.flash_attn,
-                 seed=0, verbose=False, **kwargs)
+    t = job.tuned_settings or {}
+    kv = KV_TYPES[t.get("kv_type", "f16")]
+    with _repacking(t.get("repack", True)):
+        return Llama(model_path=str(gguf), n_ctx=job.n_ctx or DEFAULT_N_CTX,
+                     n_threads=t.get("n_threads", job.threads),
+                     n_threads_batch=t.get("n_threads_batch", job.threads),
+                     n_gpu_layers=gpu_layers(t.get("n_gpu_layers", job.n_gpu_layers)),
+                     n_batch=job.n_batch, n_ubatch=t.get("n_ubatch", job.n_ubatch)
+                     or min(job.n_batch, 512), flash_attn=t.get("flash_attn", job.flash_attn),
+                     type_k=kv, type_v=kv, seed=0, verbose=False, **kwargs)
+
+
+@contextlib.contextmanager
+def _repacking(on: bool):
+    """llama-cpp-python's ``Llama`` has no argument for llama.cpp's weight repacking
+    (``use_extra_bufts``, ``--no-repack`` in llama.cpp's tools): where a tune profile turned
+    it off, the model parameters ``Llama`` starts from have it off for this one load."""
+    if on:
+        yield
+        return
+    import llama_cpp.llama as module
+
+    defaults = module.llama_cpp.llama_model_default_params
+
+    def without_repacking():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    module.llama_cpp.llama_model_default_params = without_repacking
+    try:
+        yield
+    finally:
+        module.llama_cpp.llama_model_default_params = defaults
 
 
 def _bundle(job: Job):
@@ -204,6 +236,10 @@ class LlamaCppRawRunner:
         self.tokens = [self.llm.token_bos()] + body
         self.notes = [f"text prompt of {len(self.tokens)} tokens (the image prompt's "
                       "positions); greedy; never stops before max_new_tokens"]
+        if job.tuned_settings is not None:
+            self.notes.append("the tuned row's llama.cpp settings: " + ", ".join(
+                f"{k}={v}" for k, v in job.tuned_settings.items()
+                if k not in ("vision_precision", "vision_threads", "providers")))
 
     def once(self) -> Sample:
         self.llm.reset()  # no prefix reuse between repeats: every run prefills

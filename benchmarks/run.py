@@ -134,6 +134,10 @@ def run_bench(options: BenchOptions, say: Say, progress: Progress | None = None)
     tuned = _tuned_row(bundle.path, say) if o.tuned else None
     if tuned is not None:
         chosen.insert(1 if chosen and chosen[0].default else 0, tuned[0])
+        # The tuned row's decode is held to raw llama.cpp on its own GGUF and settings
+        # (the default row's raw peer runs the default GGUF at the bench's options).
+        if any(c.kind == "llama.cpp-raw" for c in chosen):
+            chosen.append(configs.Config("llama.cpp-raw", "-", tuned[0].llm, tuned=True))
     if not chosen:
         raise LlavaEdgeError("nothing to measure: " + "; ".join(
             f"{s.config.name}: {s.reason}" for s in skipped))

@@ -155,6 +155,22 @@ def test_targets_say_by_how_much_they_are_missed():
     assert rss["met"] is True and rss["bound"] == "<= 1020.0"
 
 
+def test_each_row_is_held_to_raw_llama_cpp_on_its_own_gguf():
+    tuned = _result("llava-edge", 80, 40, rss=900, disk=600)
+    tuned_raw = _result("llama.cpp-raw", 10, 60)
+    tuned["config"]["tuned"] = tuned_raw["config"]["tuned"] = True
+    results = [_result("llava-edge", 100, 50, rss=1000, disk=600, default=True), tuned,
+               _result("llama.cpp-raw", 10, 50), tuned_raw]
+    by = {t["target"]: t for t in analysis.targets(results)}
+    assert by["decode tokens/s vs raw llama.cpp (same GGUF)"]["value"] == 1.0
+    assert by["tuned: decode tokens/s vs raw llama.cpp (same GGUF)"]["value"] == \
+        pytest.approx(40 / 60)
+    # a run without the tuned raw row leaves the tuned ratio unmeasured, not compared
+    # with the default GGUF's
+    by = {t["target"]: t for t in analysis.targets(results[:3])}
+    assert by["tuned: decode tokens/s vs raw llama.cpp (same GGUF)"]["value"] is None
+
+
 def test_targets_compare_with_the_fp32_transformers_peer_not_its_bf16_row():
     bf16 = _result("transformers", 100, 40)
     bf16["config"]["llm"] = "torch-bf16"

@@ -271,6 +271,58 @@ def test_bench_adds_a_tuned_row_beside_the_defaults(tiny_bundle, tune_dir, tmp_p
     assert not any(r["config"].get("tuned") for r in data["results"])
 
 
+def test_bench_holds_the_tuned_row_to_raw_llama_cpp_on_its_gguf_and_settings(
+        tiny_bundle, tune_dir, tmp_path):
+    # The default row's raw peer runs the default GGUF at the bench's options; the tuned
+    # row's decode is compared with raw llama.cpp on the tuned GGUF at the tuned settings.
+    save_profile(_profile(tiny_bundle, vision_precision="int8", llm_quant="Q4_K_M",
+                          n_threads=1, n_threads_batch=1, repack=False, flash_attn=True,
+                          kv_type="q8_0", n_ubatch=64))
+    out = tmp_path / "results"
+    assert run(["bench", "--bundle", str(tiny_bundle), "--vision", "fp32", "--llm", "F16",
+                "--threads", "1", "--repeats", "1", "--warmup", "0",
+                "--max-new-tokens", "4", "--work-dir", str(tmp_path / "work"), "--out",
+                str(out), "--gemm-size", "128", "--bandwidth-mb", "16", "--json"]) == 0
+    data = json.loads((out / "results.json").read_text())
+    raws = {r["config"]["name"]: r for r in data["results"]
+            if r["config"]["kind"] == "llama.cpp-raw"}
+    # the bundle's default GGUF (F16 here) for the untuned peer, the profile's for the tuned
+    assert sorted(raws) == ["llama.cpp-raw -+F16", "llama.cpp-raw tuned -+Q4_K_M"]
+    tuned_raw = raws["llama.cpp-raw tuned -+Q4_K_M"]
+    assert "error" not in tuned_raw and list(tuned_raw["files"]) == ["llm-Q4_K_M.gguf"]
+    note = next(n for n in tuned_raw["notes"] if n.startswith("the tuned row's llama.cpp"))
+    for setting in ("repack=False", "flash_attn=True", "kv_type=q8_0", "n_ubatch=64"):
+        assert setting in note
+    assert "kv_type" not in " ".join(raws["llama.cpp-raw -+F16"]["notes"])
+    by = {t["target"]: t for t in data["targets"]}
+    rows = {r["config"]["name"]: r["summary"]["decode_tok_s"]["median"]
+            for r in data["results"] if r["summary"]["n_tokens"]["median"] >= 2}
+    tuned = by["tuned: decode tokens/s vs raw llama.cpp (same GGUF)"]["value"]
+    assert tuned == pytest.approx(rows["llava-edge tuned int8+Q4_K_M"]
+                                  / rows["llama.cpp-raw tuned -+Q4_K_M"])
+
+
+def test_the_raw_peer_can_load_without_weight_repacking(tiny_bundle):
+    # llama-cpp-python's Llama has no argument for it: the bench sets it for one load.
+    from llava_edge.benchmarks.measure import Job
+    from llava_edge.benchmarks.peers import _llama
+    from llava_edge.bundle import open_bundle
+
+    gguf = open_bundle(tiny_bundle).file("llm-F16.gguf")
+    job = Job(config={}, bundle=str(tiny_bundle), checkpoint=None, image="", prompt="",
+              max_new_tokens=1, warmup=0, repeats=1, threads=1, n_ctx=256)
+    for settings, repack in ((None, True), ({"repack": False}, False), ({}, True)):
+        llm = _llama(replace(job, tuned_settings=settings), gguf)
+        try:
+            assert llm.model_params.use_extra_bufts is repack
+            assert llm.eval([llm.token_bos()]) is None and llm.n_tokens == 1
+        finally:
+            llm.close()
+    import llama_cpp
+
+    assert llama_cpp.llama_model_default_params().use_extra_bufts  # put back
+
+
 def test_a_quantized_kv_cache_is_tried_only_with_flash_attention(tiny_bundle, tune_dir):
     def table(s):
         return (60.0 if s.kv_type == "q8_0" else 100.0), [[1]]
