@@ -142,12 +142,10 @@ def run_gguf(lm: LlamaCppLM, ref: TorchReference, n_greedy: int = N_GREEDY
 
 
 def run_gguf_batched(lm: LlamaCppLM, ref: TorchReference) -> np.ndarray:
-    """The prompt evaluated as the runtime prefills it (text, image, text, each in
-    ``n_batch`` chunks); the logits at its last position."""
+    """The prompt evaluated as the runtime prefills it (``LlamaCppLM.eval_prompt``: text
+    and image in one batch of embeddings where it can); the logits at its last position."""
     lm.reset()
-    lm.eval_tokens(ref.ids[:ref.image_at])
-    lm.eval_embeddings(ref.image_embeds)
-    lm.eval_tokens(ref.ids[ref.image_at + 1:])
+    lm.eval_prompt([ref.ids[:ref.image_at], ref.image_embeds, ref.ids[ref.image_at + 1:]])
     return lm.logits()
 
 
@@ -395,9 +393,8 @@ def next_generation_parity(loaded, mmproj_path: str | Path, llm_gguf: str | Path
     with LlamaCppLM(llm_gguf, n_ctx=n_ctx + n_greedy + 8, n_threads=n_threads) as lm:
         for name, (head, rows, tail) in cases.items():
             lm.reset()
-            lm.eval_tokens(list(head))
-            lm.eval_embeddings(np.ascontiguousarray(rows, dtype=np.float32))
-            lm.eval_tokens(list(tail))
+            lm.eval_prompt([list(head), np.ascontiguousarray(rows, dtype=np.float32),
+                            list(tail)])
             first = lm.logits()
             greedy, token = [], int(first.argmax())
             for _ in range(n_greedy):

@@ -132,12 +132,19 @@ class _Run(_Holder):
                                                         if s.image_index is not None})
             start = time.perf_counter()
             try:
-                for seg, skip in todo:
+                parts = [list(seg.tokens[skip:]) if seg.image_index is None
+                         else embeds[seg.image_index][skip:] for seg, skip in todo]
+                eval_prompt = getattr(m.llm, "eval_prompt", None)
+                if eval_prompt is not None:  # text and images in as few batches as it can
                     self._check_cancel()
-                    if seg.image_index is None:
-                        m.llm.eval_tokens(list(seg.tokens[skip:]))
-                    else:
-                        m.llm.eval_embeddings(embeds[seg.image_index][skip:])
+                    eval_prompt(parts)
+                else:
+                    for part in parts:
+                        self._check_cancel()
+                        if isinstance(part, list):
+                            m.llm.eval_tokens(part)
+                        else:
+                            m.llm.eval_embeddings(part)
             finally:
                 # Also after a prefill cut short: a cancelled llama_decode keeps the
                 # ubatches it finished, and n_past says how many positions that is.

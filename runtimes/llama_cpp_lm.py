@@ -22,7 +22,7 @@ import codecs
 import ctypes
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from llava_edge.runtimes.llama_cpp_vocab import (HFRules, LlamaCppError, Vocab, 
                                                  set_fields)
 from llava_edge.runtimes.llama_log import capture_llama_log, last_error
 from llava_edge.runtimes.sampling import checked_token_ids
+from llava_edge.runtimes.token_embd import TokenEmbeddings, open_token_embeddings
 
 if TYPE_CHECKING:
     from llava_edge.runtimes.cancel import Cancel
@@ -120,7 +121,8 @@ class LlamaCppLM:
             lambda _data: slot[0] is not None and slot[0].cancelled)
         # Before llama.cpp sees the file: a truncated or corrupt one would crash it.
         info = check_gguf(self.path)
-        self.metadata = info.metadata
+        self.metadata, self._info = info.metadata, info
+        self._token_table: TokenEmbeddings | None | bool = False  # False: not opened yet
         rules = HFRules.from_metadata(info.metadata)
 
         model_params = llama_cpp.llama_model_default_params()
@@ -234,6 +236,37 @@ class LlamaCppLM:
             if all_logits:
                 rows += [self._logits_row(i) for i in range(len(chunk))]
         return np.stack(rows) if all_logits else None
+
+    def eval_prompt(self, parts: Sequence[Sequence[int] | np.ndarray]) -> None:
+        """Append a prompt's parts in order: lists of token ids and ``[n, n_embd]``
+        embeddings (an image's rows). Where they mix and this model's token rows can be had
+        exactly as llama.cpp's token path has them (:mod:`.token_embd`: CPU, a checked
+        architecture), as one batch of embeddings: ubatches as full as one batch of text
+        would give, where a ``llama_decode`` per part leaves a few nearly empty ones
+        (tinyllava-1.1b, 617 positions: 35 + 512 + 64 + 6 -> 512 + 105, prefill -4-5%).
+        Else part by part."""
+        parts = [p for p in parts if len(p)]
+        embeds = [isinstance(p, np.ndarray) and p.ndim == 2 for p in parts]
+        table = self._token_rows() if any(embeds) and not all(embeds) else None
+        if table is None:
+            for p, is_embeds in zip(parts, embeds):
+                if is_embeds:
+                    self.eval_embeddings(p)
+                else:
+                    self.eval_tokens(list(p))
+            return
+        rows = [np.asarray(p, np.float32) if is_embeds
+                else table.rows(checked_token_ids(list(p), self.n_vocab, LlamaCppError))
+                for p, is_embeds in zip(parts, embeds)]
+        self.eval_embeddings(np.concatenate(rows))
+
+    def _token_rows(self) -> "TokenEmbeddings | None":
+        # Off with GPU layers: a GPU backend may dequantize the rows itself (its own
+        # rounding), and the two paths could then differ; not measured there.
+        if self._token_table is False:
+            self._token_table = (None if self.n_gpu_layers
+                                 else open_token_embeddings(self.path, self._info))
+        return self._token_table
 
     def eval_embeddings(self, embeds: np.ndarray) -> None:
         """Append one position per row of ``embeds`` (``[n, n_embd]`` float32): input
@@ -388,6 +421,9 @@ class LlamaCppLM:
         if self._model is not None:
             llama_cpp.llama_model_free(self._model)
             self._model = None
+        if getattr(self, "_token_table", None):
+            self._token_table.close()
+        self._token_table = None
 
     def __enter__(self) -> "LlamaCppLM":
         return self

@@ -101,9 +101,10 @@ def test_cancel_mid_prefill_keeps_the_finished_ubatches(model, ref, reuse):
     n_prompt = len(ids) - 1 + model.n_image_tokens
     text_start = ids.index(model.image_token_id) + model.n_image_tokens  # the long text
     held = model.llm.n_past
-    # Stopped well before the end; llama.cpp kept the ubatches of the long text it had
-    # finished and rolled back the one it was in.
-    assert text_start < held < n_prompt // 4 and (held - text_start) % N_UBATCH == 0
+    # Stopped well before the end; llama.cpp kept the ubatches it had finished and rolled
+    # back the one it was in. The prompt (text rows, image, long text) is one batch of
+    # embeddings (LlamaCppLM.eval_prompt), so its ubatches start at position 0.
+    assert text_start < held < n_prompt // 4 and held % N_UBATCH == 0
     assert len(model._kv) == held  # the prefix bookkeeping agrees with the cache
     try:
         answer = assert_like_fresh(model, ref, prompt)
