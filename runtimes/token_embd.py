@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llava_edge.runtimes.gguf_check import GGML_TYPES, GGUFInfo
+from llava_edge.runtimes.gguf_check import GGML_TYPES, GGUFInfo, GGUFTensorInfo
 
 # Architectures checked to feed token rows and input embeddings through the same graph
 # (tests/test_token_embd.py compares the logits of both paths bit for bit).
@@ -69,8 +69,7 @@ def _to_float(ggml_type: int):
 class TokenEmbeddings:
     """Rows of ``token_embd.weight`` for token ids, [n, n_embd] float32."""
 
-    def __init__(self, path: Path, info: GGUFInfo, to_float):
-        tensor = next(t for t in info.tensors if t.name == TENSOR)
+    def __init__(self, path: Path, info: GGUFInfo, tensor: GGUFTensorInfo, to_float):
         self.n_embd, self.n_vocab = tensor.shape[0], tensor.shape[1]
         _, block, type_size = GGML_TYPES[tensor.ggml_type]
         self.row_bytes = self.n_embd // block * type_size
@@ -105,4 +104,4 @@ def open_token_embeddings(path: Path, info: GGUFInfo) -> TokenEmbeddings | None:
             or tensor.shape[0] % GGML_TYPES[tensor.ggml_type][1]):
         return None
     to_float = _to_float(tensor.ggml_type)
-    return None if to_float is None else TokenEmbeddings(path, info, to_float)
+    return None if to_float is None else TokenEmbeddings(path, info, tensor, to_float)
