@@ -379,27 +379,58 @@ def test_the_tolerance_is_what_the_ggufs_export_parity_left_above_its_gate(tiny_
         Q8_0={"top1_agreement": 0.97, "top1_threshold": 0.98, "kl_mean": 0.01, "ok": False})
     tol = tolerance_for(m, "Q4_K_M")
     assert tol.disagreement == pytest.approx(0.07) and tol.kl_mean == 0.05
-    assert tol.admits({"top1_agreement": 0.94, "kl_mean": 0.04})
-    assert not tol.admits({"top1_agreement": 0.92, "kl_mean": 0.04})  # too many flips
-    assert not tol.admits({"top1_agreement": 1.0, "kl_mean": 0.06})   # moved more than Q4
+    assert tol.noise == 0.0  # no batched evaluation: every top-1 change counts
+    assert tol.admits({"top1_agreement": 0.94, "kl_mean": 0.04, "positions": 100})
+    assert not tol.admits({"top1_agreement": 0.92, "kl_mean": 0.04, "positions": 100})
+    assert not tol.admits({"top1_agreement": 1.0, "kl_mean": 0.06, "positions": 100})  # > Q4
     assert tolerance_for(m, "F16") is None  # gate 1.0: exact
     assert tolerance_for(m, "Q8_0") is None  # missed its gate: nothing to spare
 
-    # the pair's reference evaluated in one batch flipped 4 of 32 choices: the runtime's
-    # own noise, the larger allowance where a GGUF has little or nothing to spare
-    batched = {"top1_agreement": 0.875, "kl_mean": 4e-4, "kl_max": 7e-4, "positions": 32}
-    assert tolerance_for(m, "Q8_0", batched).disagreement == pytest.approx(0.125)
-    assert tolerance_for(m, "Q8_0", batched).kl_mean == 0.01  # still the GGUF's own KL
-    assert "nothing to spare" in tolerance_for(m, "Q8_0", batched).source
-    assert tolerance_for(m, "Q4_K_M", batched).disagreement == pytest.approx(0.125)
-    assert tolerance_for(m, "Q4_K_M", {**batched, "top1_agreement": 1.0}
-                         ).disagreement == pytest.approx(0.07)
+    # the pair's reference evaluated in one batch moved its top-1's lead by up to 0.1
+    # logits: llama.cpp's own noise; a top-1 change where the reference led by no more is
+    # not counted, one where it led by more is
+    batched = {"top1_agreement": 0.875, "kl_mean": 4e-4, "kl_max": 7e-4, "positions": 32,
+               "lead_change_max": 0.1, "flip_leads": [0.01, 0.05, 0.06, 0.09]}
+    q8 = tolerance_for(m, "Q8_0", batched)
+    assert (q8.disagreement, q8.noise, q8.kl_mean) == (0.0, 0.1, 0.01)  # still its own KL
+    assert "nothing to spare" in q8.source and "up to 0.1 logits" in q8.source
+    near_ties = {"top1_agreement": 29 / 32, "kl_mean": 5e-4, "positions": 32,
+                 "flip_leads": [0.002, 0.03, 0.1]}
+    assert q8.decided_flips(near_ties) == 0 and q8.admits(near_ties)
+    decided = {**near_ties, "flip_leads": [0.002, 0.03, 0.25]}
+    assert q8.decided_flips(decided) == 1 and not q8.admits(decided)
+    assert not q8.admits({**near_ties, "kl_mean": 0.02})  # the KL bound holds regardless
+    q4 = tolerance_for(m, "Q4_K_M", batched)  # 7% of 32 positions: 2 decided changes
+    assert q4.admits({**decided, "flip_leads": [0.3, 0.5, 0.01]})
+    assert not q4.admits({**decided, "flip_leads": [0.3, 0.5, 0.7]})
     assert tolerance_for(m, "F16", batched) is None  # F16 / F32 stay exact
     no_gate = _with_llm_parity(m, Q4_0={"top1_agreement": 0.2, "top1_threshold": None,
                                         "kl_mean": 0.15})
     assert tolerance_for(no_gate, "Q4_0") is None
-    assert tolerance_for(no_gate, "Q4_0", batched).disagreement == pytest.approx(0.125)
+    assert tolerance_for(no_gate, "Q4_0", batched).noise == 0.1
+    assert tolerance_for(no_gate, "Q4_0", {**batched, "lead_change_max": 0.0}) is None
     assert tolerance_for(no_gate, "Q4_K_M", batched) is None  # no parity: exact
+
+
+def test_a_top1_change_is_weighed_by_how_far_the_reference_led():
+    import numpy as np
+
+    from llava_edge.runtimes.tune.measure import compare
+
+    ref = np.zeros((3, 5), np.float32)
+    ref[0, [1, 2]] = 1.0, 0.95     # token 1 leads token 2 by 0.05: a near tie
+    ref[1, [3, 0]] = 2.0, 0.0      # token 3 leads by 2 logits: decided
+    ref[2, 4] = 1.0
+    new = ref.copy()
+    new[0, 2] += 0.08              # the near tie flips
+    new[1, 0] += 2.5               # the decided position flips
+    new[2, 4] += 0.03              # the top-1 keeps its place, its lead grows
+    f = compare([ref[:2], ref[2:]], [new[:2], new[2:]])
+    assert f["positions"] == 3 and f["top1_agreement"] == pytest.approx(1 / 3)
+    assert f["flip_leads"] == pytest.approx([0.05, 2.0], abs=1e-6)
+    assert f["lead_change_max"] == pytest.approx(2.5)   # the lead of token 3 over token 0
+    same = compare([ref], [ref.copy()])
+    assert (same["flip_leads"], same["lead_change_max"], same["top1_agreement"]) == ([], 0, 1)
 
 
 def test_a_setting_within_the_tolerance_is_taken_and_one_beyond_it_is_not(tiny_bundle,
@@ -440,8 +471,8 @@ def test_a_setting_within_the_tolerance_is_taken_and_one_beyond_it_is_not(tiny_b
     assert "top-1 0.969 of 32 reference positions" in exact_why  # how far it moved, still
 
 
-def test_a_gguf_under_its_gate_may_still_move_as_far_as_the_runtimes_own_noise(
-        tiny_bundle, tune_dir, monkeypatch):
+def test_a_gguf_under_its_gate_may_still_move_its_near_ties(tiny_bundle, tune_dir,
+                                                              monkeypatch):
     from llava_edge.runtimes.tune import search
 
     real, seen = search.tolerance_for, []
@@ -451,15 +482,18 @@ def test_a_gguf_under_its_gate_may_still_move_as_far_as_the_runtimes_own_noise(
         return real(_with_llm_parity(m, **{quant: {"top1_agreement": 0.5, "top1_threshold":
                                                    0.9, "kl_mean": 0.05}}), quant, batched)
     monkeypatch.setattr(search, "tolerance_for", under_its_gate)
-    noise = {"top1_agreement": 0.875, "kl_mean": 4e-4, "kl_max": 7e-4, "positions": 32}
+    noise = {"top1_agreement": 0.9375, "kl_mean": 4e-4, "kl_max": 7e-4, "positions": 32,
+             "lead_change_max": 0.11, "flip_leads": [0.008, 0.014]}
 
     def table(s):
-        if s.repack is False:  # fastest; 6 flips of 32, more than batching's 4
-            return 50.0, [[1, 2], [8]], {"top1_agreement": 26 / 32, "kl_mean": 5e-4,
-                                         "kl_max": 1e-3, "positions": 32}
-        if s.flash_attn:  # 4 flips: as many as the reference's own batched evaluation
-            return 60.0, [[1, 2], [9]], {"top1_agreement": 28 / 32, "kl_mean": 9e-4,
-                                         "kl_max": 1e-3, "positions": 32}
+        if s.repack is False:  # fastest; one of its 3 changes was decided (led by 0.4)
+            return 50.0, [[1, 2], [8]], {"top1_agreement": 29 / 32, "kl_mean": 5e-4,
+                                         "kl_max": 1e-3, "positions": 32,
+                                         "flip_leads": [0.0016, 0.4, 0.0157]}
+        if s.flash_attn:  # 3 changes, each where the reference led by less than 0.11
+            return 60.0, [[1, 2], [9]], {"top1_agreement": 29 / 32, "kl_mean": 4.8e-4,
+                                         "kl_max": 1e-3, "positions": 32,
+                                         "flip_leads": [0.06, 0.0016, 0.0049]}
         return 100.0, [[1, 2], [4]], {"top1_agreement": 1.0, "kl_mean": 0.0, "kl_max": 0.0,
                                       "positions": 32, "batched": noise}
 
@@ -469,8 +503,10 @@ def test_a_gguf_under_its_gate_may_still_move_as_far_as_the_runtimes_own_noise(
     assert seen and all(b == noise for b in seen)  # the reference's noise, for its pair
     why = {c["changed"]: c["why"] for c in p.candidates}
     assert "within the tolerance" in why["flash_attn=True"]
-    assert "the reference evaluated in one batch: top-1 0.875" in why["flash_attn=True"]
+    assert "0 of its 3 top-1 changes where the reference led by more than 0.11" in \
+        why["flash_attn=True"]
     assert "beyond the tolerance" in why["repack=False"]
+    assert "1 of its 3 top-1 changes" in why["repack=False"]
 
 
 def test_the_measurement_compares_logits_along_the_reference_answers(tiny_bundle, tmp_path):
@@ -486,6 +522,9 @@ def test_the_measurement_compares_logits_along_the_reference_answers(tiny_bundle
     noise = wrote["fidelity"]["batched"]
     assert noise["positions"] == sum(len(saved[f"rows{i}"]) for i in range(2))
     assert 0.0 <= noise["top1_agreement"] <= 1.0 and 0.0 <= noise["kl_mean"] < 0.1
+    # a change of top-1 in one batch is one the batch split moved a lead by: never more
+    assert all(0 <= lead <= noise["lead_change_max"] for lead in noise["flip_leads"])
+    assert len(noise["flip_leads"]) == round((1 - noise["top1_agreement"]) * noise["positions"])
     for i, answer in enumerate(wrote["tokens"]):
         rows = saved[f"rows{i}"]
         # fed its own greedy answer, the model's choices are that answer (and its end)
@@ -495,11 +534,14 @@ def test_the_measurement_compares_logits_along_the_reference_answers(tiny_bundle
                         image_size=(96, 64), reference={"against": str(ref)}))
     assert again["fidelity"]["top1_agreement"] == 1.0
     assert again["fidelity"]["kl_mean"] < 1e-6  # the same settings, the same logits
+    assert again["fidelity"]["flip_leads"] == [] and again["fidelity"]["lead_change_max"] < 1e-4
     other = measure(Job(str(tiny_bundle), {"n_ubatch": 16, "flash_attn": True}, repeats=1,
                         max_new_tokens=6, image_size=(96, 64), reference={"against": str(ref)}))
     f = other["fidelity"]
     assert f["positions"] == sum(len(saved[f"rows{i}"]) for i in range(2))
     assert 0.0 <= f["top1_agreement"] <= 1.0 and f["kl_mean"] >= 0.0
+    assert len(f["flip_leads"]) == round((1 - f["top1_agreement"]) * f["positions"])
+    assert all(lead >= 0 for lead in f["flip_leads"])  # the reference's top-1 led
 
 
 def test_a_background_load_runs_while_measuring_and_stops_after(tiny_bundle, tune_dir):

@@ -67,8 +67,9 @@ def _settings(_ctx, _param, value):
 @click.option("--fidelity", type=click.Choice(["tolerance", "exact"]), default="tolerance",
               show_default=True,
               help="A setting whose greedy answers differ is taken only within the "
-                   "tolerance (what the GGUF's export parity leaves, or llama.cpp's own "
-                   "batching noise, the larger), or never (exact).")
+                   "tolerance (what the GGUF's export parity leaves, changes at near ties "
+                   "that llama.cpp's own batching could flip not counted), or never "
+                   "(exact).")
 @click.option("--background-load", default=0, show_default=True, type=click.IntRange(0),
               metavar="N", help="Keep N busy-loop processes running while measuring: tune "
                                 "for a machine that also runs other work (a robot's nodes).")
@@ -92,8 +93,8 @@ def tune(bundle, objective, budget_s, repeats, max_new_tokens, answer_tokens,
     profile that `run`, `chat`, `serve`, `watch` and `LlavaEdge.load` then use on this
     machine (`--no-tune` or explicit flags override). A setting is taken only if the
     greedy answers stay token for token the same, or (F16 and F32 excepted) change no
-    more than the GGUF's parity at export leaves room for, or than llama.cpp's own
-    batching changes them (--fidelity).
+    more than the GGUF's parity at export leaves room for, where they were not a near tie
+    that llama.cpp's own batching moves (--fidelity).
 
     \b
     llava-edge tune bundle/                          # first token, 10 minutes at most

@@ -100,12 +100,25 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 def compare(reference: list[np.ndarray], got: list[np.ndarray]) -> dict:
     """How far a candidate's logits along the reference answers are from the
-    reference's: top-1 agreement with the reference's choices, KL(reference || this)."""
+    reference's: top-1 agreement with the reference's choices, KL(reference || this),
+    and, for the rule that weighs a flip by how decided it was (``search.Tolerance``),
+    ``lead_change_max``, the most this candidate moved the lead of the reference's top-1
+    over any other token at any position (in logits), and ``flip_leads``, by how much the
+    reference's top-1 led this candidate's choice where the two differ."""
     ref, new = np.concatenate(reference), np.concatenate(got)
     lp, lq = _log_softmax(ref), _log_softmax(new)
     kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)
-    return {"top1_agreement": float((ref.argmax(-1) == new.argmax(-1)).mean()),
-            "kl_mean": float(kl.mean()), "kl_max": float(kl.max()), "positions": len(ref)}
+    at = np.arange(len(ref))
+    top, choice = ref.argmax(-1), new.argmax(-1)
+    moved = new.astype(np.float64) - ref
+    on_top = moved[at, top]
+    lead_change = np.maximum(on_top - moved.min(-1), moved.max(-1) - on_top)
+    flipped = np.flatnonzero(top != choice)
+    leads = ref[flipped, top[flipped]].astype(np.float64) - ref[flipped, choice[flipped]]
+    return {"top1_agreement": float((top == choice).mean()),
+            "kl_mean": float(kl.mean()), "kl_max": float(kl.max()), "positions": len(ref),
+            "lead_change_max": float(lead_change.max()),
+            "flip_leads": [round(float(v), 6) for v in leads]}
 
 
 def _fidelity(model, image, job: Job, tokens: list[list[int]]) -> dict | None:
@@ -123,9 +136,11 @@ def _fidelity(model, image, job: Job, tokens: list[list[int]]) -> dict | None:
         rows = [saved[f"rows{i}"] for i in range(len(PROMPTS))]
         # The reference against itself, its answers evaluated in one batch: how much the
         # defaults' own results move with llama.cpp's batch split (prompt lengths, n_batch
-        # and prefix reuse change it all the time), the floor under any tolerance.
+        # and prefix reuse change it all the time): a lead no larger than it moves them is
+        # the runtime's noise, not the model's choice (search.tolerance_for).
         return {"top1_agreement": 1.0, "kl_mean": 0.0, "kl_max": 0.0,
-                "positions": sum(len(r) for r in rows), "batched": compare(rows, batched)}
+                "positions": sum(len(r) for r in rows), "lead_change_max": 0.0,
+                "flip_leads": [], "batched": compare(rows, batched)}
     with np.load(job.reference["against"]) as saved:
         reference = [(saved[f"tokens{i}"].tolist(), saved[f"rows{i}"])
                      for i in range(len(PROMPTS))]
