@@ -361,7 +361,9 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
             measured = f": {figures}" if figures else ""
             return False, (f"greedy tokens differ from its pair's reference{measured} "
                            f"({rule}): not eligible")
-        allowed = (f"allowed: {1 - tol.disagreement:.3f}, KL {tol.kl_mean:.3g} "
+        allowed = (f"allowed: {int(tol.disagreement * fid['positions'] + 1e-9)} top-1 "
+                   f"changes where the reference led by more than {tol.noise:.3g} logits "
+                   f"(a share of {tol.disagreement:.3f}), KL {tol.kl_mean:.3g} "
                    f"({tol.source})")
         if tol.admits(fid):
             return True, f"greedy tokens differ, within the tolerance: {figures}; {allowed}"
