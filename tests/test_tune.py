@@ -380,9 +380,12 @@ def test_the_tolerance_is_what_the_ggufs_export_parity_left_above_its_gate(tiny_
     tol = tolerance_for(m, "Q4_K_M")
     assert tol.disagreement == pytest.approx(0.07) and tol.kl_mean == 0.05
     assert tol.noise == 0.0  # no batched evaluation: every top-1 change counts
-    assert tol.admits({"top1_agreement": 0.94, "kl_mean": 0.04, "positions": 100})
-    assert not tol.admits({"top1_agreement": 0.92, "kl_mean": 0.04, "positions": 100})
-    assert not tol.admits({"top1_agreement": 1.0, "kl_mean": 0.06, "positions": 100})  # > Q4
+    assert tol.admits({"top1_agreement": 0.94, "kl_mean": 0.04, "positions": 100,
+                       "flip_leads": [0.5] * 6})
+    assert not tol.admits({"top1_agreement": 0.92, "kl_mean": 0.04, "positions": 100,
+                           "flip_leads": [0.5] * 8})
+    assert not tol.admits({"top1_agreement": 1.0, "kl_mean": 0.06, "positions": 100,
+                           "flip_leads": []})  # moved more than Q4
     assert tolerance_for(m, "F16") is None  # gate 1.0: exact
     assert tolerance_for(m, "Q8_0") is None  # missed its gate: nothing to spare
 
@@ -444,11 +447,13 @@ def test_a_setting_within_the_tolerance_is_taken_and_one_beyond_it_is_not(tiny_b
 
     def table(s):
         if s.repack is False:  # fastest, but flips too many choices
-            return 50.0, [[1, 2, 3], [9]], {"top1_agreement": 0.80, "kl_mean": 0.01,
-                                            "kl_max": 0.1, "positions": 32}
+            return 50.0, [[1, 2, 3], [9]], {"top1_agreement": 26 / 32, "kl_mean": 0.01,
+                                            "kl_max": 0.1, "positions": 32,
+                                            "flip_leads": [0.5] * 6}
         if s.flash_attn:  # faster, one flip in 32 positions
             return 70.0, [[1, 2, 3], [8]], {"top1_agreement": 31 / 32, "kl_mean": 0.01,
-                                            "kl_max": 0.1, "positions": 32}
+                                            "kl_max": 0.1, "positions": 32,
+                                            "flip_leads": [0.5]}
         return 100.0, [[1, 2, 3], [4]], {"top1_agreement": 1.0, "kl_mean": 0.0,
                                          "kl_max": 0.0, "positions": 32}
 

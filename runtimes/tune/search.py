@@ -19,8 +19,9 @@ reference answers token by token, its top-1 choices differ from the reference's 
 more positions than the GGUF's measured parity left to spare above its gate, not
 counting positions where the reference's choice led by no more than llama.cpp's batch
 split alone moves such a lead (the reference's own answers evaluated in one batch), and
-its KL divergence from the reference is no larger than the GGUF's own from PyTorch. F16 / F32 (gate 1.0) and GGUFs without parity figures keep the
-exact rule, as does ``fidelity="exact"``.
+its KL divergence from the reference is no larger than the GGUF's own from PyTorch.
+F16 / F32 (gate 1.0) and GGUFs without parity figures keep the exact rule, as does
+``fidelity="exact"``.
 
 Objectives (smaller is better): ``first-token`` (median ms to the first token),
 ``decode`` (ms per generated token), ``answer`` (first token + ``answer_tokens`` tokens),
@@ -128,15 +129,15 @@ class Tolerance:
 
     def decided_flips(self, fidelity: dict) -> int:
         """Top-1 changes at positions where the reference's choice led the candidate's
-        by more than ``noise`` (all of them for figures without the leads)."""
-        leads = fidelity.get("flip_leads")
-        if leads is None:
-            return round((1.0 - fidelity["top1_agreement"]) * fidelity["positions"])
-        return sum(1 for lead in leads if lead > self.noise)
+        by more than ``noise`` (``measure.compare``'s ``flip_leads``)."""
+        return sum(1 for lead in fidelity["flip_leads"] if lead > self.noise)
+
+    def allowed_flips(self, positions: int) -> int:
+        return int(self.disagreement * positions + 1e-9)
 
     def admits(self, fidelity: dict) -> bool:
-        return (self.decided_flips(fidelity) <= self.disagreement * fidelity["positions"]
-                + 1e-9 and fidelity["kl_mean"] <= self.kl_mean)
+        return (self.decided_flips(fidelity) <= self.allowed_flips(fidelity["positions"])
+                and fidelity["kl_mean"] <= self.kl_mean)
 
 
 def tolerance_for(manifest, quant: str, batched: dict | None = None) -> Tolerance | None:
@@ -151,11 +152,10 @@ def tolerance_for(manifest, quant: str, batched: dict | None = None) -> Toleranc
     time) moved the lead of the reference's top-1 over other tokens by up to
     ``lead_change_max`` logits, so where the reference led by no more, its choice is one
     the order of float additions makes, not the model; a top-1 change there is not
-    counted (random weights' near-flat distributions have many such positions, a
-    trained model's few). Either way the setting's KL
-    divergence from the reference may not exceed the quantization's own from PyTorch.
-    None (the exact rule) where no parity was recorded, for F16 / F32 (gate 1.0), and
-    where neither allowance leaves anything."""
+    counted (random weights' near-flat distributions have many such positions, a trained
+    model's few). Either way the setting's KL divergence from the reference may not
+    exceed the quantization's own from PyTorch. None (the exact rule) where no parity was
+    recorded, for F16 / F32 (gate 1.0), and where neither allowance leaves anything."""
     figures = manifest.llm_parity(quant)
     agree, gate, kl = (figures.get("top1_agreement"), figures.get("top1_threshold"),
                        figures.get("kl_mean"))
@@ -350,7 +350,7 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
         figures = "" if fid is None else (
             f"top-1 {fid['top1_agreement']:.3f} of {fid['positions']} reference "
             f"positions, KL {fid['kl_mean']:.3g}")
-        if fid is not None and tol is not None and "flip_leads" in fid:
+        if fid is not None and tol is not None:
             figures += (f"; {tol.decided_flips(fid)} of its {len(fid['flip_leads'])} "
                         f"top-1 changes where the reference led by more than "
                         f"{tol.noise:.3g} logits")
@@ -361,7 +361,7 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
             measured = f": {figures}" if figures else ""
             return False, (f"greedy tokens differ from its pair's reference{measured} "
                            f"({rule}): not eligible")
-        allowed = (f"allowed: {int(tol.disagreement * fid['positions'] + 1e-9)} top-1 "
+        allowed = (f"allowed: {tol.allowed_flips(fid['positions'])} top-1 "
                    f"changes where the reference led by more than {tol.noise:.3g} logits "
                    f"(a share of {tol.disagreement:.3f}), KL {tol.kl_mean:.3g} "
                    f"({tol.source})")
