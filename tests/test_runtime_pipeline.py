@@ -160,6 +160,33 @@ def test_cli_run_and_embed(tiny_bundle, tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+def test_embed_writes_out_exactly_and_whole(tiny_bundle, tmp_path, monkeypatch):
+    """`embed --out` names the file (np.save would add ".npy" to a bare name), and a save
+    that dies half-way leaves the earlier file as it was, with no temporary beside it."""
+    from click.testing import CliRunner
+
+    from llava_edge.cli import cli
+
+    scene().save(tmp_path / "img.png")
+    out = tmp_path / "rows.bin"
+    args = ["embed", str(tiny_bundle), "--image", str(tmp_path / "img.png"),
+            "--out", str(out), "--vision-precision", "fp32"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.png", "rows.bin"]
+    before = out.read_bytes()
+    assert np.load(out).shape == (16, 256)
+
+    def dies_half_way(f, arr, *a, **k):
+        f.write(b"\x93NUMPY")  # the start of a file, then the process is interrupted
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "save", dies_half_way)
+    CliRunner().invoke(cli, args)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.png", "rows.bin"]
+
+
 def test_altered_bundle_is_refused(tiny_bundle, tmp_path):
     import shutil
 

@@ -209,6 +209,7 @@ def embed(bundle, image, out_file, vision_precision, max_tiles, n_threads, provi
     and comparing backends."""
     import numpy as np
 
+    from llava_edge.atomic_dir import atomic_path
     from llava_edge.bundle import open_bundle
     from llava_edge.runtimes.image_embeds import encode_images, image_layout
     from llava_edge.runtimes.images import load_image
@@ -236,7 +237,11 @@ def embed(bundle, image, out_file, vision_precision, max_tiles, n_threads, provi
     m = b.manifest
     layout = image_layout(m, b.file(m.anyres.newline_file) if m.anyres else None, max_tiles)
     embeds = encode_images(layout, [load_image(image)], encoder.encode)[0]
-    np.save(out_file, embeds)
+    # Through a file object, so that the file is OUT exactly (np.save given a name adds
+    # ".npy" to it), and through a temporary sibling, so that an interrupted save leaves
+    # OUT as it was rather than a truncated array.
+    with atomic_path(out_file) as tmp, open(tmp, "wb") as f:
+        np.save(f, embeds)
     result = {"file": out_file, "shape": list(embeds.shape), "vision_precision": precision,
               "vision_backend": backend, "mean": float(embeds.mean()), "std": float(embeds.std())}
     if as_json:
