@@ -35,22 +35,30 @@ def test_explicit_settings_win_over_the_profile_which_wins_over_defaults():
 
 # -- the search's rules, with a stand-in measurement ----------------------------------------
 
-def fake_measure(table):
+def fake_measure(table, gives_up=False):
     """A measurement from a table: settings -> (first token ms, tokens[, fidelity]);
-    ms/token 10. The references it is given are kept in ``measure.references``."""
-    calls, references = [], []
+    ms/token 10. The references it is given are kept in ``measure.references``, the
+    give-up bounds in ``measure.bounds``; ``gives_up``: stop as the real one does (the
+    first token over the bound: that figure, no tokens, no reference written)."""
+    calls, references, bounds = [], [], []
 
-    def measure(bundle, settings, opts, reference=None):
+    def measure(bundle, settings, opts, reference=None, give_up_above=None):
         calls.append(settings)
         references.append(reference)
-        if reference and "write" in reference:  # as the real one does: the logits
-            open(reference["write"], "wb").close()
+        bounds.append(give_up_above)
         s = RuntimeSettings(**settings)
         ms, tokens, *fidelity = table(s)
+        if gives_up and give_up_above is not None and ms > give_up_above:
+            return {"first_token_ms": ms, "ms_per_token": 10.0, "peak_rss_mb": 100.0,
+                    "vision_ms": 1.0, "prefill_ms": ms - 1, "decode_tokens_per_s": 100.0,
+                    "load_s": 0.1, "tokens": None, "n_requests": 1, "fidelity": None,
+                    "gave_up": ms}
+        if reference and "write" in reference:  # as the real one does: the logits
+            open(reference["write"], "wb").close()
         return {"first_token_ms": ms, "ms_per_token": 10.0, "peak_rss_mb": 100.0 + ms / 10,
                 "vision_ms": 1.0, "prefill_ms": ms - 1, "decode_tokens_per_s": 100.0,
                 "load_s": 0.1, "tokens": tokens, "fidelity": (fidelity or [None])[0]}
-    measure.calls, measure.references = calls, references
+    measure.calls, measure.references, measure.bounds = calls, references, bounds
     return measure
 
 
@@ -117,6 +125,56 @@ def test_the_budget_stops_the_search(tiny_bundle, tune_dir):
     p = tune(TuneOptions(bundle=tiny_bundle, budget_s=1e-9, dims=("n_ubatch",)), measure=measure)
     assert len(measure.calls) == 1  # the defaults only
     assert all("budget" in c["why"] for c in p.candidates[1:])
+
+
+def test_a_candidate_far_behind_on_its_first_request_is_stopped_there(tiny_bundle, tune_dir):
+    """F16 (40% slower) stops after one request: not eligible, no reference written for its
+    pair; the next setting is still measured against the best pair's reference."""
+    def table(s):
+        ms = {"F16": 100.0, "Q4_K_M": 80.0}[s.llm_quant] - 10 * bool(s.flash_attn)
+        return ms, [[1, 2]]
+
+    measure = fake_measure(table, gives_up=True)
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("llm_quant", "flash_attn")),
+             measure=measure)
+    # the tiny bundle's default GGUF is F16. defaults: no bound; Q4_K_M: bound 115 (not reached); flash attention: 80 x 1.15
+    assert measure.bounds == [None, 100.0 * 1.15, 80.0 * 1.15]
+    assert (p.settings.llm_quant, p.settings.flash_attn) == ("Q4_K_M", True)
+    assert p.figures["gave_up"] == 0
+
+    def slow_q4(s):  # Q4_K_M 40% slower than F16: stopped after its first request
+        return (140.0 if s.llm_quant == "Q4_K_M" else 100.0) - 10 * bool(s.flash_attn), [[1]]
+
+    measure = fake_measure(slow_q4, gives_up=True)
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("llm_quant", "flash_attn")),
+             measure=measure)
+    c = {c["changed"]: c for c in p.candidates}
+    assert c["llm_quant=Q4_K_M"]["eligible"] is False
+    assert c["llm_quant=Q4_K_M"]["why"] == ("gave up after its first timed request: "
+                                            "first-token 140.0, over 115.0 (the best so far, "
+                                            "100.0, + 15%)")
+    assert c["flash_attn=True"]["eligible"] and p.settings.flash_attn is True
+    assert p.figures["gave_up"] == 1 and p.figures["measured"] == 3
+    # flash attention, at the best pair (F16), is compared with that pair's reference
+    assert measure.references[2] == {"against": measure.references[0]["write"]}
+
+    off = fake_measure(slow_q4, gives_up=True)
+    tune(TuneOptions(bundle=tiny_bundle, dims=("llm_quant",), give_up=0), measure=off)
+    assert off.bounds == [None, None]
+
+
+def test_the_measurement_stops_after_one_request_over_its_bound(tiny_bundle):
+    from llava_edge.runtimes.tune.measure import Job, measure
+
+    def job(above):
+        return Job(bundle=str(tiny_bundle), settings={}, repeats=2, max_new_tokens=4,
+                   give_up={"objective": "first-token", "above": above})
+
+    stopped = measure(job(0.0))
+    assert stopped["gave_up"] == stopped["first_token_ms"] > 0
+    assert (stopped["n_requests"], stopped["tokens"], stopped["fidelity"]) == (1, None, None)
+    kept = measure(job(stopped["first_token_ms"] * 1000))
+    assert "gave_up" not in kept and kept["n_requests"] == 4 and len(kept["tokens"]) == 2
 
 
 def test_objectives_need_what_they_need(tiny_bundle):
@@ -211,7 +269,7 @@ def test_an_unreadable_profile_is_ignored_by_lookup_and_refused_by_name(tiny_bun
 
 def test_tune_on_tiny_writes_a_profile_that_run_and_doctor_use(tiny_bundle, tune_dir, capsys):
     assert run(["tune", str(tiny_bundle), "--settings", "vision_precision,llm_quant,n_ubatch",
-                "--ubatch", "64",
+                "--ubatch", "64", "--give-up", "0",  # timings of ~20 ms: measure all
                 "--repeats", "1", "--max-new-tokens", "4", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["profile"] and out["machine"] == machine_description()

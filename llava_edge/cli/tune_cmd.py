@@ -64,6 +64,11 @@ def _settings(_ctx, _param, value):
                    "n_gpu_layers, providers); default: those that move the objective.")
 @click.option("--tolerance", default=0.03, show_default=True, type=click.FloatRange(0, 0.5),
               help="A setting must beat the best so far by this fraction to be taken.")
+@click.option("--give-up", default=0.15, show_default=True, type=click.FloatRange(0),
+              metavar="FRACTION",
+              help="Stop measuring a candidate whose first timed request is already this "
+                   "fraction slower than the best so far (it cannot be taken); 0 measures "
+                   "every candidate in full.")
 @click.option("--fidelity", type=click.Choice(["tolerance", "exact"]), default="tolerance",
               show_default=True,
               help="A setting whose greedy answers differ is taken only within the "
@@ -85,8 +90,8 @@ def _settings(_ctx, _param, value):
                    "($LLAVA_EDGE_TUNE_DIR, else ~/.cache/llava-edge/tune).")
 @json_option
 def tune(bundle, objective, budget_s, repeats, max_new_tokens, answer_tokens,
-         max_first_token_ms, threads, ubatch, dims, tolerance, fidelity, background_load, checkpoint,
-         quants, save, as_json):
+         max_first_token_ms, threads, ubatch, dims, tolerance, give_up, fidelity,
+         background_load, checkpoint, quants, save, as_json):
     """Measure, on this machine, the settings that change BUNDLE's latency (its vision
     graphs and GGUFs whose export gates passed, threads per stage, llama.cpp's
     repacking, flash attention, n_ubatch, the KV cache type) and save the best as a
@@ -121,7 +126,8 @@ def tune(bundle, objective, budget_s, repeats, max_new_tokens, answer_tokens,
     opts = TuneOptions(bundle=bundle, objective=objective, budget_s=budget_s, repeats=repeats,
                        max_new_tokens=max_new_tokens, answer_tokens=answer_tokens,
                        max_first_token_ms=max_first_token_ms, threads=threads,
-                       ubatch=ubatch, dims=dims, tolerance=tolerance, fidelity=fidelity,
+                       ubatch=ubatch, dims=dims, tolerance=tolerance, give_up=give_up,
+                       fidelity=fidelity,
                        background_load=background_load,
                        command=command_line(click.get_current_context()))
     with progress_bar("tuning", enabled=not as_json) as progress:
@@ -140,8 +146,9 @@ def tune(bundle, objective, budget_s, repeats, max_new_tokens, answer_tokens,
         if d.get(key) and t.get(key):
             click.echo(f"  {name:<12} {d[key]:9.1f} -> {t[key]:9.1f} {unit} "
                        f"({t[key] / d[key]:.2f}x the defaults)")
+    stopped = f" ({f['gave_up']} of them stopped after one request)" if f.get("gave_up") else ""
     click.echo(f"  {f['measured']} candidates measured in {f['search_s']:.0f} s "
-               f"({f['planned']} planned)")
+               f"({f['planned']} planned){stopped}")
     if background_load:
         click.echo(f"  measured with {background_load} busy-loop process(es) running beside it")
     click.echo(f"profile: {path}" if path else "profile not saved (--no-save)")

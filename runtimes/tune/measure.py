@@ -16,11 +16,18 @@ logits along a reference answer, fed token by token ("teacher forcing"):
 reference of its (graph, GGUF) pair) and measures how far the same answers evaluated in
 one batch are from them (the runtime's own noise), ``reference={"against": PATH}`` compares this
 candidate's logits along those same tokens with the recorded ones (:func:`compare`).
+
+``give_up``: the search's best so far, as ``{"objective": ..., "above": SCORE, ...}``
+(:func:`objective_score`'s arguments). A candidate whose first timed request already scores
+above it stops there, with ``gave_up`` in its result and no fidelity pass: one warm request
+that far behind cannot come out ahead, and the rounds it would take cost the budget
+minutes that the settings after it need (an F16 GGUF's on a 2-core AVX2 machine).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 import time
@@ -39,6 +46,7 @@ class Job:
     max_new_tokens: int = 16
     image_size: tuple[int, int] = (640, 480)
     reference: dict | None = None  # {"write": path} or {"against": path}, see above
+    give_up: dict | None = None    # {"objective": ..., "above": score, ...}, see above
 
 
 def fixed_scene(width: int, height: int) -> np.ndarray:
@@ -63,6 +71,25 @@ def peak_rss_mb() -> float:
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**20 if sys.platform == "darwin" else 1024)
+
+
+def objective_score(figures: dict, objective: str = "first-token", answer_tokens: int = 64,
+                    max_first_token_ms: float | None = None) -> float:
+    """A candidate's value for an objective (smaller is better; inf when it cannot be
+    computed): ``first-token`` ms, ``decode`` ms per token, ``answer`` the first token
+    plus ``answer_tokens`` tokens, ``memory`` peak RSS where the first token is within
+    ``max_first_token_ms``."""
+    inf = float("inf")
+    per_token = figures.get("ms_per_token")
+    if objective == "first-token":
+        return figures["first_token_ms"]
+    if objective == "decode":
+        return per_token if per_token is not None else inf
+    if objective == "answer":
+        return figures["first_token_ms"] + answer_tokens * (per_token or 0.0)
+    if max_first_token_ms is not None and figures["first_token_ms"] > max_first_token_ms:
+        return inf
+    return figures["peak_rss_mb"]
 
 
 def forced_rows(model, image, prompt: str, tokens: list[int], max_new_tokens: int,
@@ -159,27 +186,48 @@ def measure(job: Job) -> dict:
 
         def ask(prompt):
             model.clear_cache()
-            return model.ask(image, prompt, max_new_tokens=job.max_new_tokens)
+            a = model.ask(image, prompt, max_new_tokens=job.max_new_tokens)
+            t, decoded = a.timings, max(0, a.n_tokens - 1)
+            return a, {"first_token_ms": t.first_token_ms, "vision_ms": t.vision_ms,
+                       "prefill_ms": t.prefill_ms, "total_ms": t.total_ms,
+                       "ms_per_token": (t.decode_ms / decoded) if decoded else None}
 
         ask(PROMPTS[0])  # warm-up: first-call allocations, page faults, kernel choice
         rows, tokens = [], None
         for r in range(job.repeats):
-            answers = [ask(p) for p in PROMPTS]
+            answers = []
+            for p in PROMPTS:
+                answer, row = ask(p)
+                answers.append(answer)
+                rows.append(row)
+                if len(rows) == 1 and (behind := _gives_up(job, row)) is not None:
+                    return {**_medians(rows), "peak_rss_mb": peak_rss_mb(), "load_s": load_s,
+                            "tokens": None, "n_requests": 1, "fidelity": None,
+                            "gave_up": behind}
             if r == 0:
                 tokens = [a.tokens for a in answers]
-            for a in answers:
-                t = a.timings
-                decoded = max(0, a.n_tokens - 1)
-                rows.append({"first_token_ms": t.first_token_ms, "vision_ms": t.vision_ms,
-                             "prefill_ms": t.prefill_ms, "total_ms": t.total_ms,
-                             "ms_per_token": (t.decode_ms / decoded) if decoded else None})
         peak = peak_rss_mb()  # before the fidelity pass: its arrays are not the runtime's
         fidelity = _fidelity(model, image, job, tokens)
+    return {**_medians(rows), "peak_rss_mb": peak, "load_s": load_s, "tokens": tokens,
+            "n_requests": len(rows), "fidelity": fidelity}
+
+
+def _gives_up(job: Job, first: dict) -> float | None:
+    """The first timed request's score where it is above ``job.give_up``'s bound, else
+    None (no bound, or not behind it)."""
+    if not job.give_up:
+        return None
+    rule = {k: v for k, v in job.give_up.items() if k != "above"}
+    got = objective_score({**first, "peak_rss_mb": peak_rss_mb()}, **rule)
+    # inf (a request that cannot be scored alone: no tokens decoded) is not evidence
+    return got if math.isfinite(got) and got > job.give_up["above"] else None
+
+
+def _medians(rows: list[dict]) -> dict:
     med = {k: statistics.median(v for r in rows if (v := r[k]) is not None)
            if any(r[k] is not None for r in rows) else None for k in rows[0]}
-    return {**med, "decode_tokens_per_s": 1000 / med["ms_per_token"] if med["ms_per_token"]
-            else None, "peak_rss_mb": peak, "load_s": load_s, "tokens": tokens,
-            "n_requests": len(rows), "fidelity": fidelity}
+    per_token = med["ms_per_token"]
+    return {**med, "decode_tokens_per_s": 1000 / per_token if per_token else None}
 
 
 def main(argv: list[str]) -> int:

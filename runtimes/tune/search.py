@@ -7,7 +7,10 @@ repacking, flash attention, ``n_ubatch``, the KV cache type), try each other val
 the others at the best so far, and keep a value only when it beats the best by more
 than ``tolerance`` (measurement
 noise must not pick settings). Each candidate runs in a fresh process
-(:mod:`.measure`): a warm-up request, then ``repeats`` rounds of two cold requests.
+(:mod:`.measure`): a warm-up request, then ``repeats`` rounds of two cold requests; one
+whose first timed request is already more than ``give_up`` behind the best so far stops
+there (it cannot be taken, and its rounds would spend the budget that the settings after
+it need).
 
 Fidelity is part of the choice. A vision graph or GGUF is eligible only if its export
 gate passed (vision ``passed``, the GGUF's logit parity ``ok`` where it was measured);
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -48,6 +52,7 @@ from llava_edge.bundle import open_bundle
 from llava_edge.cpu_features import this_cpu
 from llava_edge.errors import LlavaEdgeError
 from llava_edge.runtimes.llama_cpp_lm import gpu_layers
+from llava_edge.runtimes.tune.measure import objective_score
 from llava_edge.runtimes.tune.profile import (DEFAULTS, RuntimeSettings, TuneProfile,
                                               bundle_key, machine_description)
 
@@ -88,6 +93,7 @@ class TuneOptions:
     ubatch: tuple[int, ...] = (128, 256, 512)
     dims: tuple[str, ...] | None = None      # only these settings (default: per objective)
     tolerance: float = 0.03
+    give_up: float = 0.15   # stop a candidate whose first timed request is this far behind
     candidate_timeout_s: float = 900.0
     fidelity: str = "tolerance"              # or "exact": the greedy tokens, token for token
     background_load: int = 0                 # busy-loop processes kept running meanwhile
@@ -113,8 +119,9 @@ class Candidate:
         return d
 
 
-# (bundle, settings, options, reference) -> figures; ``reference`` is {"write": path} for
-# a pair's reference candidate, {"against": path} for the others (see :mod:`.measure`).
+# (bundle, settings, options, reference, give_up_above) -> figures; ``reference`` is
+# {"write": path} for a pair's reference candidate, {"against": path} for the others;
+# ``give_up_above`` the score past which the first timed request ends it (see :mod:`.measure`).
 Measure = Callable[..., dict]
 
 
@@ -178,10 +185,13 @@ def tolerance_for(manifest, quant: str, batched: dict | None = None) -> Toleranc
 
 
 def measure_in_subprocess(bundle: Path, settings: dict, opts: TuneOptions,
-                          reference: dict | None = None) -> dict:
+                          reference: dict | None = None,
+                          give_up_above: float | None = None) -> dict:
     """Run :mod:`.measure` in a fresh Python; its JSON result, or {"error": ...}."""
+    give_up = None if give_up_above is None else {**_objective(opts), "above": give_up_above}
     spec = json.dumps({"bundle": str(bundle), "settings": settings, "repeats": opts.repeats,
-                       "max_new_tokens": opts.max_new_tokens, "reference": reference})
+                       "max_new_tokens": opts.max_new_tokens, "reference": reference,
+                       "give_up": give_up})
     try:
         proc = subprocess.run([sys.executable, "-m", "llava_edge.runtimes.tune.measure", spec],
                               capture_output=True, text=True, timeout=opts.candidate_timeout_s)
@@ -213,18 +223,12 @@ def busy_processes(n: int):
 
 def score(figures: dict, opts: TuneOptions) -> float:
     """The objective's value (smaller is better); inf when it cannot be computed."""
-    inf = float("inf")
-    per_token = figures.get("ms_per_token")
-    if opts.objective == "first-token":
-        return figures["first_token_ms"]
-    if opts.objective == "decode":
-        return per_token if per_token is not None else inf
-    if opts.objective == "answer":
-        return figures["first_token_ms"] + opts.answer_tokens * (per_token or 0.0)
-    bound = opts.max_first_token_ms
-    if bound is not None and figures["first_token_ms"] > bound:
-        return inf
-    return figures["peak_rss_mb"]
+    return objective_score(figures, **_objective(opts))
+
+
+def _objective(opts: TuneOptions) -> dict:
+    return {"objective": opts.objective, "answer_tokens": opts.answer_tokens,
+            "max_first_token_ms": opts.max_first_token_ms}
 
 
 def gpu_choices() -> dict[str, tuple]:
@@ -297,7 +301,7 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
         return scratch / f"{pair[0]}-{pair[1]}.npz"
 
     def run(settings: RuntimeSettings, changed: str, reference: bool,
-            refused: str = "") -> Candidate:
+            refused: str = "", best: Candidate | None = None) -> Candidate:
         c = Candidate(settings, changed)
         history.append(c)
         elapsed = time.monotonic() - started
@@ -311,10 +315,20 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
             t0 = time.monotonic()
             against = {"write": str(ref_file(pair))} if reference else (
                 {"against": str(ref_file(pair))} if ref_file(pair).is_file() else None)
-            result = measure(Path(opts.bundle), settings.chosen(), opts, against)
+            bound = None if best is None or not opts.give_up or not math.isfinite(
+                best.score) else best.score * (1 + opts.give_up)
+            result = measure(Path(opts.bundle), settings.chosen(), opts, against, bound)
             c.seconds = time.monotonic() - t0
             if "error" in result:
                 c.error = c.why = result["error"]
+            elif result.get("gave_up") is not None:
+                # slower than the best by more than give_up on one warm request: no rounds
+                # and no fidelity pass spent on it (and no reference from it: its pair
+                # cannot be the best either)
+                c.figures, c.score = result, result["gave_up"]
+                c.why = (f"gave up after its first timed request: {opts.objective} "
+                         f"{c.score:.1f}, over {bound:.1f} (the best so far, "
+                         f"{best.score:.1f}, + {opts.give_up:.0%})")
             else:
                 c.figures, c.score = result, score(result, opts)
                 if reference:
@@ -388,7 +402,7 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
                 if settings.kv_type != "f16" and not settings.flash_attn:
                     refused = "a quantized KV cache needs flash attention, which did not win"
                 c = run(settings, f"{dim}={value}", reference=pair not in refs,
-                        refused=refused)
+                        refused=refused, best=best)
                 if c.eligible and c.score is not None and \
                         c.score < best.score * (1 - opts.tolerance):
                     best = c
@@ -400,7 +414,9 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
                "ratio": (best.score / defaults.score) if defaults.score else None,
                "fidelity": opts.fidelity, "background_load": opts.background_load,
                "search_s": time.monotonic() - started, "measured": sum(
-                   1 for h in history if h.figures is not None), "planned": planned}
+                   1 for h in history if h.figures is not None), "planned": planned,
+               "gave_up": sum(1 for h in history
+                              if (h.figures or {}).get("gave_up") is not None)}
     return TuneProfile(
         machine=machine_description(), bundle=bundle_key(opts.bundle),
         bundle_path=str(Path(opts.bundle).resolve()), settings=best.settings,
