@@ -45,6 +45,7 @@ from llava_edge.export import (anyres_export, onnx_export, tensorrt_engine, visi
                                vision_quantize)
 from llava_edge.export.open_checkpoint import check_supported
 from llava_edge.export.vision_graph import load_vision
+from llava_edge.heap import release_freed_memory
 from llava_edge.progress import StageProgress
 
 logger = logging.getLogger(__name__)
@@ -264,6 +265,9 @@ def export_vision(
             session = onnx_export.make_session(path)
             figures = measure(vision_parity.onnx_embeds(session, pixels, parity_batch))
             del session  # frees the graph's weights before the next variant is built
+            # ...and hands the freed heap back: glibc keeps what ONNX's protobuf copies and
+            # ORT's session used, and the export's later stages would start on top of it
+            release_freed_memory()
             return VariantResult(
                 precision=precision, files=[p.name for p in onnx_export.graph_files(path)],
                 written=False, gate=gates[precision],
