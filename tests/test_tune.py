@@ -128,8 +128,9 @@ def test_the_budget_stops_the_search(tiny_bundle, tune_dir):
 
 
 def test_a_candidate_far_behind_on_its_first_request_is_stopped_there(tiny_bundle, tune_dir):
-    """F16 (40% slower) stops after one request: not eligible, no reference written for its
-    pair; the next setting is still measured against the best pair's reference."""
+    """A candidate more than give_up behind the best is given the bound and, stopped, is
+    listed as such and not eligible; the next setting is still measured against the best
+    pair's reference; give_up=0 passes no bound."""
     def table(s):
         ms = {"F16": 100.0, "Q4_K_M": 80.0}[s.llm_quant] - 10 * bool(s.flash_attn)
         return ms, [[1, 2]]
@@ -137,7 +138,8 @@ def test_a_candidate_far_behind_on_its_first_request_is_stopped_there(tiny_bundl
     measure = fake_measure(table, gives_up=True)
     p = tune(TuneOptions(bundle=tiny_bundle, dims=("llm_quant", "flash_attn")),
              measure=measure)
-    # the tiny bundle's default GGUF is F16. defaults: no bound; Q4_K_M: bound 115 (not reached); flash attention: 80 x 1.15
+    # the tiny bundle's default GGUF is F16. The defaults get no bound, Q4_K_M 100 x 1.15
+    # (not reached), flash attention 80 x 1.15 (Q4_K_M's)
     assert measure.bounds == [None, 100.0 * 1.15, 80.0 * 1.15]
     assert (p.settings.llm_quant, p.settings.flash_attn) == ("Q4_K_M", True)
     assert p.figures["gave_up"] == 0
