@@ -165,6 +165,47 @@ def test_a_candidate_far_behind_on_its_first_request_is_stopped_there(tiny_bundl
     assert off.bounds == [None, None]
 
 
+def test_a_setting_chosen_earlier_is_searched_again_when_a_later_one_wins(tiny_bundle,
+                                                                        tune_dir):
+    """As on the AVX2 kernels: repacking off wins before flash attention, and with flash
+    attention on, repacking on is faster again. The runtime settings searched before a
+    change are searched again under the new best, at once; files are not."""
+    def table(s):
+        ms = {(True, False): 100.0, (False, False): 90.0, (False, True): 70.0,
+              (True, True): 60.0}[(s.repack, s.flash_attn)]
+        return ms - 5 * (s.n_ubatch == 256) - 20 * (s.llm_quant == "Q4_K_M"), [[1, 2]]
+
+    measure = fake_measure(table)
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("llm_quant", "repack", "flash_attn"),
+                         give_up=0), measure=measure)
+    assert [c["changed"] for c in p.candidates] == [
+        "defaults", "llm_quant=Q4_K_M", "repack=False", "flash_attn=True",
+        "repack=True (again)"]
+    assert (p.settings.llm_quant, p.settings.repack, p.settings.flash_attn) == (
+        "Q4_K_M", True, True)
+    assert p.figures["objective_tuned"] == 40.0
+    # repacking back on changed the best, so flash attention would be searched again: its
+    # other value at that best (repack on, flash attention off) was measured already
+    assert p.figures["planned"] == 5 and p.figures["measured"] == 5
+
+    # a revisit that does not beat the best by the tolerance changes nothing, and the
+    # search goes on with the settings after the one that won
+    def even(s):
+        return table(s)[0] + 9.5 * (s.repack and s.flash_attn), [[1, 2]]
+
+    measure = fake_measure(even)
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("repack", "flash_attn", "n_ubatch"),
+                         give_up=0, ubatch=(256, 512)), measure=measure)
+    assert [c["changed"] for c in p.candidates] == [
+        "defaults", "repack=False", "flash_attn=True",
+        "repack=True (again)",                                # 69.5 against 70: not taken
+        "n_ubatch=256",                                       # 65: taken, so both again
+        "repack=True (again)", "flash_attn=False (again)"]
+    assert (p.settings.repack, p.settings.flash_attn, p.settings.n_ubatch) == (
+        False, True, 256)
+    assert p.figures["planned"] == 7
+
+
 def test_the_measurement_stops_after_one_request_over_its_bound(tiny_bundle):
     from llava_edge.runtimes.tune.measure import Job, measure
 
