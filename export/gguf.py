@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from llava_edge.errors import LlavaEdgeError
+from llava_edge.heap import release_freed_memory
 from llava_edge.export.open_checkpoint import check_supported
 from llava_edge.export.gguf_quantize import INT4_QUANT, normalize_quants, quantize_gguf
 from llava_edge.export.gguf_tensors import SafetensorsCheckpoint, find_llm_prefixes
@@ -182,6 +183,9 @@ def _measure(checkpoint_dir: Path, llm_files: dict[str, Path], mmproj_path: Path
     from llava_edge.export.gguf_parity import measure_parity
     from llava_edge.export.tokenizer_parity import check_tokenizer_parity
 
+    # The conversion and quantization before this leave freed heap that glibc keeps; the
+    # fp32 model is loaded on top of whatever is resident, so hand it back first.
+    release_freed_memory()
     loaded = load_llava(checkpoint_dir, "float32")
     if progress:
         progress(0, 1)

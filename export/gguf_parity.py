@@ -32,6 +32,7 @@ import numpy as np
 
 from llava_edge.export.parity_corpus import CHAT_QUESTIONS
 from llava_edge.export.tokenizer_parity import tokenizer_parity
+from llava_edge.heap import release_freed_memory
 from llava_edge.runtimes.llama_cpp_lm import LlamaCppLM
 
 # Minimum top-1 agreement with PyTorch, by GGUF type. F16/Q8_0/Q4_K_M are the issue's
@@ -192,6 +193,9 @@ def logits_parity(references: list[TorchReference], gguf_path: str | Path, quant
             same = [a == b for a, b in zip(ref.greedy, tokens)]
             greedy.append({"identical": all(same),
                            "matching_prefix": same.index(False) if not all(same) else len(same)})
+    # Each GGUF checked left the process ~0.5-1 GB larger although one model is open at a
+    # time: what llama.cpp freed stays in glibc's arenas unless handed back.
+    release_freed_memory()
     figures = compare_logits(np.concatenate(torch_rows), np.concatenate(gguf_rows))
     threshold = TOP1_THRESHOLDS.get(quant)
     figures.update({
