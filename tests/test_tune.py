@@ -39,7 +39,11 @@ def fake_measure(table, gives_up=False):
     """A measurement from a table: settings -> (first token ms, tokens[, fidelity]);
     ms/token 10. The references it is given are kept in ``measure.references``, the
     give-up bounds in ``measure.bounds``; ``gives_up``: stop as the real one does (the
-    first token over the bound: that figure, no tokens, no reference written)."""
+    first token over the bound: that figure, no tokens, no reference written).
+    Both stage figures follow the table (each is the first token less 1 ms), so the
+    search's comparison of a setting on the stage it moves gives the table's figure: the
+    rules here are tested apart from the stages (for those, see
+    test_a_setting_is_compared_on_the_stage_it_moves)."""
     calls, references, bounds = [], [], []
 
     def measure(bundle, settings, opts, reference=None, give_up_above=None):
@@ -50,13 +54,13 @@ def fake_measure(table, gives_up=False):
         ms, tokens, *fidelity = table(s)
         if gives_up and give_up_above is not None and ms > give_up_above:
             return {"first_token_ms": ms, "ms_per_token": 10.0, "peak_rss_mb": 100.0,
-                    "vision_ms": 1.0, "prefill_ms": ms - 1, "decode_tokens_per_s": 100.0,
+                    "vision_ms": ms - 1, "prefill_ms": ms - 1, "decode_tokens_per_s": 100.0,
                     "load_s": 0.1, "tokens": None, "n_requests": 1, "fidelity": None,
                     "gave_up": ms}
         if reference and "write" in reference:  # as the real one does: the logits
             open(reference["write"], "wb").close()
         return {"first_token_ms": ms, "ms_per_token": 10.0, "peak_rss_mb": 100.0 + ms / 10,
-                "vision_ms": 1.0, "prefill_ms": ms - 1, "decode_tokens_per_s": 100.0,
+                "vision_ms": ms - 1, "prefill_ms": ms - 1, "decode_tokens_per_s": 100.0,
                 "load_s": 0.1, "tokens": tokens, "fidelity": (fidelity or [None])[0]}
     measure.calls, measure.references, measure.bounds = calls, references, bounds
     return measure
@@ -163,6 +167,56 @@ def test_a_candidate_far_behind_on_its_first_request_is_stopped_there(tiny_bundl
     off = fake_measure(slow_q4, gives_up=True)
     tune(TuneOptions(bundle=tiny_bundle, dims=("llm_quant",), give_up=0), measure=off)
     assert off.bounds == [None, None]
+
+
+def test_a_setting_is_compared_on_the_stage_it_moves(tiny_bundle, tune_dir):
+    """The vision graph's settings are compared on the vision stage, the others on the
+    prefill, the best's figures standing in for the other stage: noise in the stage a
+    setting does not touch decides nothing (the int8 graph on an AVX-512 EPYC: vision
+    1,392 -> 842 ms, but a prefill 450 ms slower by chance in its run)."""
+    def stage_measure(stages):
+        def measure(bundle, settings, opts, reference=None, give_up_above=None):
+            vision, prefill = stages(RuntimeSettings(**settings))
+            return {"first_token_ms": vision + prefill + 10.0, "vision_ms": vision,
+                    "prefill_ms": prefill, "ms_per_token": 30.0, "peak_rss_mb": 100.0,
+                    "decode_tokens_per_s": 33.3, "load_s": 0.1, "tokens": [[1]],
+                    "fidelity": None}
+        return measure
+
+    def noisy(s):  # int8 halves the vision stage; its run's prefill is 450 ms slower
+        vision = 500.0 if s.vision_precision == "int8" else 1000.0
+        prefill = 4000.0 if s.vision_precision == "fp32" else 4450.0
+        return vision - 20 * s.flash_attn, prefill - 1450 * s.flash_attn
+
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("vision_precision", "flash_attn")),
+             measure=stage_measure(noisy))
+    assert (p.settings.vision_precision, p.settings.flash_attn) == ("int8", True)
+    by = {c["changed"]: c for c in p.candidates}
+    int8 = by["vision_precision=int8"]
+    assert int8["figures"]["first_token_ms"] == 4960.0  # whole: 1% better, under 3%
+    # its vision stage, the defaults' prefill (and decode)
+    assert int8["score"] == 5010.0 - 1000.0 + 500.0
+    assert (int8["compared"]["prefill_ms"], int8["compared"]["stage"]) == (4000.0, "vision")
+    # flash attention at int8, on the prefill: the best's 4,510 with its prefill for the
+    # compared one's (4,000); its own run's vision stage (480) is not counted
+    fa = by["flash_attn=True"]
+    assert fa["score"] == 4510.0 - 4000.0 + 3000.0 and fa["compared"]["vision_ms"] == 500.0
+    assert p.figures["objective_tuned"] == 3510.0
+    assert p.figures["tuned"]["compared"] == fa["compared"]
+
+    def lucky(s):  # int8 no faster at all; its run's prefill 600 ms faster by chance
+        return 1000.0, 4000.0 - 600 * (s.vision_precision == "int8")
+
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("vision_precision",)),
+             measure=stage_measure(lucky))
+    assert p.settings.vision_precision == "fp32"
+    assert p.candidates[1]["figures"]["first_token_ms"] == 4410.0  # whole: 12% "better"
+    assert p.candidates[1]["score"] == 5010.0
+    # peak memory is no sum of stages: compared whole
+    p = tune(TuneOptions(bundle=tiny_bundle, dims=("vision_precision",), objective="memory",
+                         max_first_token_ms=1e6), measure=stage_measure(lucky))
+    assert p.candidates[1]["compared"]["first_token_ms"] == 4410.0
+    assert "stage" not in p.candidates[1]["compared"]
 
 
 def test_a_setting_chosen_earlier_is_searched_again_when_a_later_one_wins(tiny_bundle,

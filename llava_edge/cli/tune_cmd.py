@@ -138,7 +138,9 @@ def tune(bundle, objective, budget_s, repeats, max_new_tokens, answer_tokens,
         emit_json({"profile": str(path) if path else None, **profile.to_dict()})
         return
     f = profile.figures
-    d, t = f["defaults"], f["tuned"]
+    # the figures the search compared: for a winner that moved one stage, that stage
+    # measured and the rest the best's before it (see search.on_its_stage)
+    d, t = f["defaults"], {**f["tuned"], **(f["tuned"].get("compared") or {})}
     click.echo(f"best for {objective}: {profile.settings.label()}")
     for name, key, unit in (("first token", "first_token_ms", "ms"),
                             ("per token", "ms_per_token", "ms"),
@@ -146,6 +148,9 @@ def tune(bundle, objective, budget_s, repeats, max_new_tokens, answer_tokens,
         if d.get(key) and t.get(key):
             click.echo(f"  {name:<12} {d[key]:9.1f} -> {t[key]:9.1f} {unit} "
                        f"({t[key] / d[key]:.2f}x the defaults)")
+    if t.get("stage"):
+        click.echo(f"  (the winner's {t['stage']} stage as measured, the other stage as "
+                   f"measured with the best before it)")
     stopped = f" ({f['gave_up']} of them stopped after one request)" if f.get("gave_up") else ""
     click.echo(f"  {f['measured']} candidates measured in {f['search_s']:.0f} s "
                f"({f['planned']} planned){stopped}")
