@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Iterable
 
 from llava_edge.errors import LlavaEdgeError
-from llava_edge.heap import release_freed_memory
 from llava_edge.export.open_checkpoint import check_supported
 from llava_edge.export.gguf_quantize import INT4_QUANT, normalize_quants, quantize_gguf
 from llava_edge.export.gguf_tensors import SafetensorsCheckpoint, find_llm_prefixes
 from llava_edge.export.gguf_writer import write_llm_gguf
+from llava_edge.heap import release_freed_memory
 from llava_edge.progress import Progress, StageProgress
 
 __all__ = ["export_gguf", "GGUFExportResult", "GGUFFile", "INT4_QUANT", "llm_file_name"]

@@ -239,10 +239,11 @@ def score(figures: dict, opts: TuneOptions) -> float:
     return objective_score(figures, **_objective(opts))
 
 
-def on_its_stage(figures: dict, best: dict, setting: str, objective: str) -> dict:
+def on_its_stage(figures: dict, best: dict | None, setting: str, objective: str) -> dict:
     """``figures`` as compared with the best's: the stage ``setting`` moves (vision, or the
     LLM's prefill and decode) from ``figures``, the other stage and the rest of the
-    request from ``best`` (the figures the best's score was computed from).
+    request from ``best`` (the figures the best's score was computed from; None for the
+    defaults, which are compared whole).
 
     Why: a candidate's whole first token carries the other stage's run-to-run noise too.
     On tinyllava-1.1b (an AVX-512 EPYC, 2026-12-06) the int8 graph cut the vision stage
@@ -251,16 +252,16 @@ def on_its_stage(figures: dict, best: dict, setting: str, objective: str) -> dic
     1.5% better, under the 3% tolerance, and the int4 graph stayed. Peak memory is not a
     sum of stages: the ``memory`` objective compares whole figures, as does a candidate
     whose stage figures are missing."""
-    stage = "vision_ms" if setting in _VISION_STAGE else "prefill_ms"
     own = {k: figures.get(k) for k in _TIMED}
-    if objective == "memory" or any(d.get(k) is None for d in (figures, best)
-                                    for k in ("first_token_ms", stage)):
+    stage = "vision" if setting in _VISION_STAGE else "llm"
+    moved, other = ("vision_ms", "prefill_ms") if stage == "vision" else ("prefill_ms",
+                                                                         "vision_ms")
+    if best is None or objective == "memory" or any(
+            d.get(k) is None for d in (figures, best) for k in ("first_token_ms", moved)):
         return own
-    mixed = dict(own, first_token_ms=best["first_token_ms"] + figures[stage] - best[stage],
-                 stage="vision" if stage == "vision_ms" else "llm")
-    other = "prefill_ms" if stage == "vision_ms" else "vision_ms"
-    mixed[other] = best.get(other)
-    if stage == "vision_ms":  # decode is the LLM's
+    mixed = dict(own, stage=stage, **{other: best.get(other)},
+                 first_token_ms=best["first_token_ms"] + figures[moved] - best[moved])
+    if stage == "vision":  # decode is the LLM's
         mixed["ms_per_token"] = best.get("ms_per_token")
     return mixed
 
@@ -370,8 +371,8 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
                          f"{best.score:.1f}, + {opts.give_up:.0%})")
             else:
                 c.figures = result
-                c.compared = (on_its_stage(result, best.compared, setting, opts.objective)
-                              if best is not None else {k: result.get(k) for k in _TIMED})
+                c.compared = on_its_stage(result, best and best.compared, setting,
+                                          opts.objective)
                 c.score = score(c.compared, opts)
                 if reference:
                     refs[pair] = result
