@@ -46,13 +46,14 @@ def fake_measure(table, gives_up=False):
     test_a_setting_is_compared_on_the_stage_it_moves)."""
     calls, references, bounds = [], [], []
 
-    def measure(bundle, settings, opts, reference=None, give_up_above=None):
+    def measure(bundle, settings, opts, reference=None, give_up=None):
         calls.append(settings)
         references.append(reference)
-        bounds.append(give_up_above)
+        bounds.append(give_up and give_up["above"])
         s = RuntimeSettings(**settings)
         ms, tokens, *fidelity = table(s)
-        if gives_up and give_up_above is not None and ms > give_up_above:
+        # both stages follow the table, so on its stage the request scores ms too
+        if gives_up and give_up is not None and ms > give_up["above"]:
             return {"first_token_ms": ms, "ms_per_token": 10.0, "peak_rss_mb": 100.0,
                     "vision_ms": ms - 1, "prefill_ms": ms - 1, "decode_tokens_per_s": 100.0,
                     "load_s": 0.1, "tokens": None, "n_requests": 1, "fidelity": None,
@@ -157,8 +158,8 @@ def test_a_candidate_far_behind_on_its_first_request_is_stopped_there(tiny_bundl
     c = {c["changed"]: c for c in p.candidates}
     assert c["llm_quant=Q4_K_M"]["eligible"] is False
     assert c["llm_quant=Q4_K_M"]["why"] == ("gave up after its first timed request: "
-                                            "first-token 140.0, over 115.0 (the best so far, "
-                                            "100.0, + 15%)")
+                                            "first-token 140.0 on its llm stage, over 115.0 "
+                                            "(the best so far, 100.0, + 15%)")
     assert c["flash_attn=True"]["eligible"] and p.settings.flash_attn is True
     assert p.figures["gave_up"] == 1 and p.figures["measured"] == 3
     # flash attention, at the best pair (F16), is compared with that pair's reference
@@ -175,7 +176,7 @@ def test_a_setting_is_compared_on_the_stage_it_moves(tiny_bundle, tune_dir):
     setting does not touch decides nothing (the int8 graph on an AVX-512 EPYC: vision
     1,392 -> 842 ms, but a prefill 450 ms slower by chance in its run)."""
     def stage_measure(stages):
-        def measure(bundle, settings, opts, reference=None, give_up_above=None):
+        def measure(bundle, settings, opts, reference=None, give_up=None):
             vision, prefill = stages(RuntimeSettings(**settings))
             return {"first_token_ms": vision + prefill + 10.0, "vision_ms": vision,
                     "prefill_ms": prefill, "ms_per_token": 30.0, "peak_rss_mb": 100.0,
@@ -272,6 +273,31 @@ def test_the_measurement_stops_after_one_request_over_its_bound(tiny_bundle):
     assert (stopped["n_requests"], stopped["tokens"], stopped["fidelity"]) == (1, None, None)
     kept = measure(job(stopped["first_token_ms"] * 1000))
     assert "gave_up" not in kept and kept["n_requests"] == 4 and len(kept["tokens"]) == 2
+
+
+def test_a_first_request_is_stopped_on_the_stage_its_setting_moves():
+    """As on an AVX2-only EPYC: the int8 graph's first request ran its vision stage 24%
+    faster than the defaults' and its prefill 33% slower by chance; the whole request was
+    over the bound and stopped, though the setting had won on its stage."""
+    from llava_edge.runtimes.tune.measure import Job, _gives_up
+
+    best = {"first_token_ms": 2000.0, "vision_ms": 1000.0, "prefill_ms": 900.0,
+            "ms_per_token": 30.0}
+    first = {"first_token_ms": 3000.0, "vision_ms": 500.0, "prefill_ms": 2400.0,
+             "ms_per_token": 31.0}
+
+    def job(setting, objective="first-token", **rule):
+        return Job(bundle="-", settings={}, give_up={
+            "objective": objective, "above": 2300.0, "best": best, "setting": setting,
+            **rule})
+
+    # a vision setting: its vision stage with the best's prefill, 1,500 ms: not stopped
+    assert _gives_up(job("vision_precision"), first) is None
+    # an LLM setting: the best's vision stage with its prefill, 3,500 ms: stopped
+    assert _gives_up(job("flash_attn"), first) == 2000.0 + 2400.0 - 900.0
+    # no best figures (the search's defaults are compared whole): the whole request
+    assert _gives_up(Job(bundle="-", settings={}, give_up={
+        "objective": "first-token", "above": 2300.0}), first) == 3000.0
 
 
 def test_objectives_need_what_they_need(tiny_bundle):

@@ -139,7 +139,7 @@ def tune(bundle, objective, budget_s, repeats, max_new_tokens, answer_tokens,
         return
     f = profile.figures
     # the figures the search compared: for a winner that moved one stage, that stage
-    # measured and the rest the best's before it (see search.on_its_stage)
+    # measured and the rest the best's before it (see runtimes/tune/stages.py)
     d, t = f["defaults"], {**f["tuned"], **(f["tuned"].get("compared") or {})}
     click.echo(f"best for {objective}: {profile.settings.label()}")
     for name, key, unit in (("first token", "first_token_ms", "ms"),

@@ -7,13 +7,13 @@ repacking, flash attention, ``n_ubatch``, the KV cache type), try each other val
 the others at the best so far, and keep a value only when it beats the best by more
 than ``tolerance`` (measurement
 noise must not pick settings). A setting is compared on the stage of the request it moves
-(:func:`on_its_stage`): the vision graph's settings on the vision stage, the others on
-the LLM's, the best's own figures standing in for the other stage, whose run-to-run noise
-would otherwise decide. Each candidate runs in a fresh process
+(:func:`.stages.on_its_stage`): the vision graph's settings on the vision stage, the
+others on the LLM's, the best's own figures standing in for the other stage, whose
+run-to-run noise would otherwise decide. Each candidate runs in a fresh process
 (:mod:`.measure`): a warm-up request, then ``repeats`` rounds of two cold requests; one
-whose first timed request is already more than ``give_up`` behind the best so far stops
-there (it cannot be taken, and its rounds would spend the budget that the settings after
-it need). When a setting changes the best, the runtime settings searched before it are
+whose first timed request, on its stage too, is already more than ``give_up`` behind the
+best so far stops there (it cannot be taken, and its rounds would spend the budget that
+the settings after it need). When a setting changes the best, the runtime settings searched before it are
 searched again under the new best before the search goes on, as their best value may
 have moved with it (coordinate descent until nothing changes, the largest effects first).
 
@@ -60,6 +60,7 @@ from llava_edge.runtimes.llama_cpp_lm import gpu_layers
 from llava_edge.runtimes.tune.measure import objective_score
 from llava_edge.runtimes.tune.profile import (DEFAULTS, RuntimeSettings, TuneProfile,
                                               bundle_key, machine_description)
+from llava_edge.runtimes.tune.stages import on_its_stage
 
 OBJECTIVES = ("first-token", "decode", "answer", "memory")
 # Settings searched per objective, in order: the files first (the runtime settings are
@@ -77,11 +78,6 @@ _DIMS = {
                "n_threads_batch", "vision_threads", "n_threads", "flash_attn", "kv_type"),
 }
 _FILES = ("vision_precision", "llm_quant")
-# The settings that move only the vision stage of a request; the others move only the
-# LLM's (prefill and decode). The stages run one after the other and share nothing: ONNX
-# Runtime's threads sleep once the graph has run (vision_onnx: no spinning).
-_VISION_STAGE = ("vision_precision", "vision_threads", "providers")
-_TIMED = ("first_token_ms", "vision_ms", "prefill_ms", "ms_per_token", "peak_rss_mb")
 
 
 class TuneError(LlavaEdgeError):
@@ -132,9 +128,11 @@ class Candidate:
         return d
 
 
-# (bundle, settings, options, reference, give_up_above) -> figures; ``reference`` is
+# (bundle, settings, options, reference, give_up) -> figures; ``reference`` is
 # {"write": path} for a pair's reference candidate, {"against": path} for the others;
-# ``give_up_above`` the score past which the first timed request ends it (see :mod:`.measure`).
+# ``give_up`` {"above": score, "best": figures, "setting": name}: the score, on the stage
+# ``setting`` moves with the best's figures for the rest, past which the first timed
+# request ends it (see :mod:`.measure`); None: no bound.
 Measure = Callable[..., dict]
 
 
@@ -199,12 +197,11 @@ def tolerance_for(manifest, quant: str, batched: dict | None = None) -> Toleranc
 
 def measure_in_subprocess(bundle: Path, settings: dict, opts: TuneOptions,
                           reference: dict | None = None,
-                          give_up_above: float | None = None) -> dict:
+                          give_up: dict | None = None) -> dict:
     """Run :mod:`.measure` in a fresh Python; its JSON result, or {"error": ...}."""
-    give_up = None if give_up_above is None else {**_objective(opts), "above": give_up_above}
     spec = json.dumps({"bundle": str(bundle), "settings": settings, "repeats": opts.repeats,
                        "max_new_tokens": opts.max_new_tokens, "reference": reference,
-                       "give_up": give_up})
+                       "give_up": give_up and {**_objective(opts), **give_up}})
     try:
         proc = subprocess.run([sys.executable, "-m", "llava_edge.runtimes.tune.measure", spec],
                               capture_output=True, text=True, timeout=opts.candidate_timeout_s)
@@ -237,33 +234,6 @@ def busy_processes(n: int):
 def score(figures: dict, opts: TuneOptions) -> float:
     """The objective's value (smaller is better); inf when it cannot be computed."""
     return objective_score(figures, **_objective(opts))
-
-
-def on_its_stage(figures: dict, best: dict | None, setting: str, objective: str) -> dict:
-    """``figures`` as compared with the best's: the stage ``setting`` moves (vision, or the
-    LLM's prefill and decode) from ``figures``, the other stage and the rest of the
-    request from ``best`` (the figures the best's score was computed from; None for the
-    defaults, which are compared whole).
-
-    Why: a candidate's whole first token carries the other stage's run-to-run noise too.
-    On tinyllava-1.1b (an AVX-512 EPYC, 2026-12-06) the int8 graph cut the vision stage
-    from 1,392 to 842 ms, but its run's prefill came out 450 ms slower than the defaults'
-    by chance (5,209 vs 4,759 ms, the same GGUF and settings), so its first token was only
-    1.5% better, under the 3% tolerance, and the int4 graph stayed. Peak memory is not a
-    sum of stages: the ``memory`` objective compares whole figures, as does a candidate
-    whose stage figures are missing."""
-    own = {k: figures.get(k) for k in _TIMED}
-    stage = "vision" if setting in _VISION_STAGE else "llm"
-    moved, other = ("vision_ms", "prefill_ms") if stage == "vision" else ("prefill_ms",
-                                                                         "vision_ms")
-    if best is None or objective == "memory" or any(
-            d.get(k) is None for d in (figures, best) for k in ("first_token_ms", moved)):
-        return own
-    mixed = dict(own, stage=stage, **{other: best.get(other)},
-                 first_token_ms=best["first_token_ms"] + figures[moved] - best[moved])
-    if stage == "vision":  # decode is the LLM's
-        mixed["ms_per_token"] = best.get("ms_per_token")
-    return mixed
 
 
 def _objective(opts: TuneOptions) -> dict:
@@ -357,7 +327,9 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
                 {"against": str(ref_file(pair))} if ref_file(pair).is_file() else None)
             bound = None if best is None or not opts.give_up or not math.isfinite(
                 best.score) else best.score * (1 + opts.give_up)
-            result = measure(Path(opts.bundle), settings.chosen(), opts, against, bound)
+            result = measure(Path(opts.bundle), settings.chosen(), opts, against,
+                             bound and {"above": bound, "best": best.compared,
+                                        "setting": setting})
             c.seconds = time.monotonic() - t0
             if "error" in result:
                 c.error = c.why = result["error"]
@@ -366,8 +338,10 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
                 # and no fidelity pass spent on it (and no reference from it: its pair
                 # cannot be the best either)
                 c.figures, c.score = result, result["gave_up"]
+                c.compared = on_its_stage(result, best.compared, setting, opts.objective)
+                on = f" on its {c.compared['stage']} stage" if "stage" in c.compared else ""
                 c.why = (f"gave up after its first timed request: {opts.objective} "
-                         f"{c.score:.1f}, over {bound:.1f} (the best so far, "
+                         f"{c.score:.1f}{on}, over {bound:.1f} (the best so far, "
                          f"{best.score:.1f}, + {opts.give_up:.0%})")
             else:
                 c.figures = result
