@@ -151,6 +151,12 @@ def tune(bundle, objective, budget_s, repeats, max_new_tokens, answer_tokens,
     if t.get("stage"):
         click.echo(f"  (the winner's {t['stage']} stage as measured, the other stage as "
                    f"measured with the best before it)")
+    noise = f.get("noise") or {}
+    if any(noise.values()) and objective != "memory":
+        click.echo(f"  two runs at the same settings differed by up to "
+                   f"{noise.get('vision', 0):.1f} (vision stage) and {noise.get('llm', 0):.1f} "
+                   f"(LLM stage) {'ms' if objective != 'decode' else 'ms/token'}: "
+                   f"a setting had to beat the best by more")
     stopped = f" ({f['gave_up']} of them stopped after one request)" if f.get("gave_up") else ""
     click.echo(f"  {f['measured']} candidates measured in {f['search_s']:.0f} s "
                f"({f['planned']} planned){stopped}")

@@ -18,9 +18,9 @@ one batch are from them (the runtime's own noise), ``reference={"against": PATH}
 candidate's logits along those same tokens with the recorded ones (:func:`compare`).
 
 ``give_up``: the search's best so far, as ``{"objective": ..., "above": SCORE, "best":
-FIGURES, "setting": NAME, ...}`` (:func:`objective_score`'s arguments, and what
-:func:`.stages.on_its_stage` needs to score the request on the stage ``setting`` moves, as
-the search will). A candidate whose first timed request already scores above it stops
+FIGURES, "stage": "vision" | "llm", ...}`` (:func:`objective_score`'s arguments, and what
+:func:`.stages.on_its_stage` needs to score the request on the stage its setting moves,
+as the search will). A candidate whose first timed request already scores above it stops
 there, with ``gave_up`` in its result and no fidelity pass: one warm request that far
 behind cannot come out ahead, and the rounds it would take cost the budget minutes that
 the settings after it need (an F16 GGUF's on a 2-core AVX2 machine). On its stage,
@@ -224,9 +224,9 @@ def _gives_up(job: Job, first: dict) -> float | None:
     None (no bound, or not behind it)."""
     if not job.give_up:
         return None
-    rule = {k: v for k, v in job.give_up.items() if k not in ("above", "best", "setting")}
+    rule = {k: v for k, v in job.give_up.items() if k not in ("above", "best", "stage")}
     figures = on_its_stage({**first, "peak_rss_mb": peak_rss_mb()}, job.give_up.get("best"),
-                           job.give_up.get("setting", ""), rule.get("objective", "first-token"))
+                           job.give_up.get("stage", "llm"), rule.get("objective", "first-token"))
     got = objective_score(figures, **rule)
     # inf (a request that cannot be scored alone: no tokens decoded) is not evidence
     return got if math.isfinite(got) and got > job.give_up["above"] else None

@@ -5,8 +5,9 @@ attention off, ``n_ubatch`` 512) and measure them. Then, one setting at a time, 
 order that puts the largest effects first (the vision graph, the GGUF, then threads,
 repacking, flash attention, ``n_ubatch``, the KV cache type), try each other value with
 the others at the best so far, and keep a value only when it beats the best by more
-than ``tolerance`` (measurement
-noise must not pick settings). A setting is compared on the stage of the request it moves
+than ``tolerance`` and by more than two runs of its stage at the same settings were seen
+to differ during the search (:func:`replicate_gap`): measurement noise must not pick
+settings. A setting is compared on the stage of the request it moves
 (:func:`.stages.on_its_stage`): the vision graph's settings on the vision stage, the
 others on the LLM's, the best's own figures standing in for the other stage, whose
 run-to-run noise would otherwise decide. Each candidate runs in a fresh process
@@ -60,7 +61,7 @@ from llava_edge.runtimes.llama_cpp_lm import gpu_layers
 from llava_edge.runtimes.tune.measure import objective_score
 from llava_edge.runtimes.tune.profile import (DEFAULTS, RuntimeSettings, TuneProfile,
                                               bundle_key, machine_description)
-from llava_edge.runtimes.tune.stages import on_its_stage
+from llava_edge.runtimes.tune.stages import STAGES, on_its_stage, stage_of
 
 OBJECTIVES = ("first-token", "decode", "answer", "memory")
 # Settings searched per objective, in order: the files first (the runtime settings are
@@ -116,7 +117,7 @@ class Candidate:
     why: str = ""                # the fidelity verdict, or why it was not measured
     score: float | None = None
     # the figures ``score`` was computed from: its own, or one stage's with the rest the
-    # best's (:func:`on_its_stage`); None where it was not compared
+    # best's (:func:`.stages.on_its_stage`); None where it was not compared
     compared: dict | None = None
     seconds: float = 0.0
 
@@ -236,6 +237,25 @@ def score(figures: dict, opts: TuneOptions) -> float:
     return objective_score(figures, **_objective(opts))
 
 
+def replicate_gap(figures: dict, best: dict, stage: str, opts: TuneOptions) -> float | None:
+    """How far a candidate's run of ``stage`` is from the best's own run of it, in the
+    objective's units, where the candidate's setting moved the other stage and so ran
+    ``stage`` at the best's settings: two runs of the same work in two processes. None
+    where there is nothing to compare (the memory objective, figures without stages).
+
+    Why: this is the noise a setting of ``stage`` has to beat. On an AVX2-only EPYC
+    (2026-12-07) the same Q4_K_M prefill at the same settings ran 9.1 s in one process
+    and 10.1 s in another, minutes apart, so the F16 GGUF's 9.6 s won against the 3%
+    tolerance by chance (and cost 2.5x the decode time). The search sees such pairs for
+    free: every candidate is one of them."""
+    if opts.objective == "memory":
+        return None
+    mixed = on_its_stage(figures, best, stage, opts.objective)
+    if "stage" not in mixed:
+        return None
+    return abs(score(mixed, opts) - score(best, opts))
+
+
 def _objective(opts: TuneOptions) -> dict:
     return {"objective": opts.objective, "answer_tokens": opts.answer_tokens,
             "max_first_token_ms": opts.max_first_token_ms}
@@ -303,6 +323,8 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
     planned = 1 + sum(len(set(values[d]) - {getattr(base, d)}) for d in dims)
     started = time.monotonic()
     history: list[Candidate] = []
+    # per stage, the most two runs of it at the same settings differed (replicate_gap)
+    noise = dict.fromkeys(STAGES, 0.0)
     refs: dict[tuple[str, str], dict] = {}  # pair -> its reference's figures (tokens, ...)
     say = log or (lambda _line: None)
     scratch = Path(tempfile.mkdtemp(prefix="llava-edge-tune-"))  # the references' logits
@@ -311,7 +333,7 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
         return scratch / f"{pair[0]}-{pair[1]}.npz"
 
     def run(settings: RuntimeSettings, changed: str, reference: bool,
-            refused: str = "", best: Candidate | None = None, setting: str = "") -> Candidate:
+            refused: str = "", best: Candidate | None = None, stage: str = "llm") -> Candidate:
         c = Candidate(settings, changed)
         history.append(c)
         elapsed = time.monotonic() - started
@@ -329,7 +351,7 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
                 best.score) else best.score * (1 + opts.give_up)
             result = measure(Path(opts.bundle), settings.chosen(), opts, against,
                              bound and {"above": bound, "best": best.compared,
-                                        "setting": setting})
+                                        "stage": stage})
             c.seconds = time.monotonic() - t0
             if "error" in result:
                 c.error = c.why = result["error"]
@@ -338,16 +360,20 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
                 # and no fidelity pass spent on it (and no reference from it: its pair
                 # cannot be the best either)
                 c.figures, c.score = result, result["gave_up"]
-                c.compared = on_its_stage(result, best.compared, setting, opts.objective)
+                c.compared = on_its_stage(result, best.compared, stage, opts.objective)
                 on = f" on its {c.compared['stage']} stage" if "stage" in c.compared else ""
                 c.why = (f"gave up after its first timed request: {opts.objective} "
                          f"{c.score:.1f}{on}, over {bound:.1f} (the best so far, "
                          f"{best.score:.1f}, + {opts.give_up:.0%})")
             else:
                 c.figures = result
-                c.compared = on_its_stage(result, best and best.compared, setting,
+                c.compared = on_its_stage(result, best and best.compared, stage,
                                           opts.objective)
                 c.score = score(c.compared, opts)
+                other = next(s for s in STAGES if s != stage)
+                gap = best and replicate_gap(result, best.figures, other, opts)
+                if gap is not None:
+                    noise[other] = max(noise[other], gap)
                 if reference:
                     refs[pair] = result
                     c.eligible, c.why = True, f"reference tokens of its pair ({gates(pair)})"
@@ -425,10 +451,18 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
                 if again:
                     planned += 1
                 c = run(settings, f"{dim}={value}" + (" (again)" if again else ""),
-                        reference=pair not in refs, refused=refused, best=best, setting=dim)
-                if c.eligible and c.score is not None and \
-                        c.score < best.score * (1 - opts.tolerance):
+                        reference=pair not in refs, refused=refused, best=best,
+                        stage=stage_of(dim))
+                if not (c.eligible and c.score is not None):
+                    continue
+                margin = max(best.score * opts.tolerance, noise[stage_of(dim)])
+                if c.score < best.score - margin:
                     best = c
+                elif c.score < best.score * (1 - opts.tolerance):
+                    c.why += (f"; not taken: {best.score - c.score:.1f} better, within the "
+                              f"{margin:.1f} two runs of its {stage_of(dim)} stage at the "
+                              "same settings differed by in this search")
+                    say(f"{'':<28} {c.why[c.why.index('not taken'):]}")
             if dim not in searched:
                 searched.append(dim)
             if best is not before:
@@ -447,7 +481,7 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
                "objective_defaults": defaults.score, "objective_tuned": best.score,
                "ratio": (best.score / defaults.score) if defaults.score else None,
                "fidelity": opts.fidelity, "background_load": opts.background_load,
-               "search_s": time.monotonic() - started, "measured": sum(
+               "noise": noise, "search_s": time.monotonic() - started, "measured": sum(
                    1 for h in history if h.figures is not None), "planned": planned,
                "gave_up": sum(1 for h in history
                               if (h.figures or {}).get("gave_up") is not None)}

@@ -15,11 +15,19 @@ VISION_STAGE = ("vision_precision", "vision_threads", "providers")
 TIMED = ("first_token_ms", "vision_ms", "prefill_ms", "ms_per_token", "peak_rss_mb")
 
 
-def on_its_stage(figures: dict, best: dict | None, setting: str, objective: str) -> dict:
-    """``figures`` as compared with the best's: the stage ``setting`` moves (vision, or the
-    LLM's prefill and decode) from ``figures``, the other stage and the rest of the
-    request from ``best`` (the figures the best's score was computed from; None for the
-    defaults, which are compared whole).
+STAGES = ("vision", "llm")
+
+
+def stage_of(setting: str) -> str:
+    """The stage a setting moves: "vision" or "llm" (prefill and decode)."""
+    return "vision" if setting in VISION_STAGE else "llm"
+
+
+def on_its_stage(figures: dict, best: dict | None, stage: str, objective: str) -> dict:
+    """``figures`` as compared with the best's: ``stage`` (vision, or the LLM's prefill and
+    decode: the stage the candidate's setting moves, :func:`stage_of`) from ``figures``, the
+    other stage and the rest of the request from ``best`` (the figures the best's score
+    was computed from; None for the defaults, which are compared whole).
 
     Why: a candidate's whole first token carries the other stage's run-to-run noise too.
     On tinyllava-1.1b (an AVX-512 EPYC, 2026-12-06) the int8 graph cut the vision stage
@@ -29,7 +37,6 @@ def on_its_stage(figures: dict, best: dict | None, setting: str, objective: str)
     sum of stages: the ``memory`` objective compares whole figures, as does a candidate
     whose stage figures are missing."""
     own = {k: figures.get(k) for k in TIMED}
-    stage = "vision" if setting in VISION_STAGE else "llm"
     moved, other = ("vision_ms", "prefill_ms") if stage == "vision" else ("prefill_ms",
                                                                          "vision_ms")
     if best is None or objective == "memory" or any(
