@@ -189,7 +189,8 @@ def _measure(checkpoint_dir: Path, llm_files: dict[str, Path], mmproj_path: Path
     loaded = load_llava(checkpoint_dir, "float32")
     if progress:
         progress(0, 1)
-    figures = measure_parity(loaded, llm_files, mmproj_path, n_threads=n_threads)
+    figures = measure_parity(loaded, llm_files, mmproj_path, n_threads=n_threads,
+                             keep_language_model=False)
     # A GGUF that tokenizes differently from its checkpoint answers other prompts than
     # the ones the user wrote: not an export.
     check_tokenizer_parity(figures["tokenization"], next(iter(llm_files.values())))

@@ -25,7 +25,7 @@ unpadding take part.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -221,18 +221,23 @@ def _context_for(references: list[TorchReference]) -> int:
 
 
 def mmproj_parity(loaded, mmproj_path: str | Path, llm_gguf: str | Path, image=None,
-                  n_threads: int | None = None) -> dict:
+                  n_threads: int | None = None, reference: TorchReference | None = None
+                  ) -> dict:
     """Cosine similarity, per image token, of llama.cpp's image embeddings (mtmd with the
     mmproj) and PyTorch's, for a square image at the tower's resolution (so neither side
     resizes). For CLIP, the similarity with PyTorch's embeddings shifted by one token is
-    reported too: llama.cpp's graph puts CLS after the patches (see :mod:`mmproj`)."""
+    reported too: llama.cpp's graph puts CLS after the patches (see :mod:`mmproj`).
+    ``reference``: PyTorch's run of the first parity prompt with the parity image, where
+    it was computed already (LLaVA-NeXT's generation parity needs it, and the language
+    model may be gone: :func:`measure_parity`)."""
     import torch
 
     from llava_edge.export.mtmd_encode import mtmd_image_embeddings
 
     config = loaded.config
     if getattr(loaded, "is_next", False):
-        return next_mmproj_parity(loaded, mmproj_path, llm_gguf, n_threads=n_threads)
+        return next_mmproj_parity(loaded, mmproj_path, llm_gguf, n_threads=n_threads,
+                                  reference=reference)
     size = config.vision_config.image_size
     image = image or reference_image(size)
     pixel_values = loaded.processor.image_processor(image, return_tensors="pt")["pixel_values"]
@@ -291,7 +296,8 @@ def next_torch_views(loaded, image) -> tuple[np.ndarray, int]:
 
 def next_mmproj_parity(loaded, mmproj_path: str | Path, llm_gguf: str | Path,
                        sizes: list[tuple[int, int]] | None = None,
-                       n_threads: int | None = None, n_greedy: int = 16) -> dict:
+                       n_threads: int | None = None, n_greedy: int = 16,
+                       reference: TorchReference | None = None) -> dict:
     """How far llama.cpp's LLaVA-1.6 path (mtmd + the NeXT mmproj) is from transformers on
     images of several aspect ratios. Per image: the number of image positions each puts
     into the language model (transformers: base view + unpadded grid + one newline per
@@ -358,20 +364,27 @@ def next_mmproj_parity(loaded, mmproj_path: str | Path, llm_gguf: str | Path,
     }
     if n_greedy > 0:
         figures["generation"] = next_generation_parity(loaded, mmproj_path, llm_gguf,
-                                                       n_greedy, n_threads)
+                                                       n_greedy, n_threads, reference)
     return figures
 
 
 def next_generation_parity(loaded, mmproj_path: str | Path, llm_gguf: str | Path,
-                           n_greedy: int = 16, n_threads: int | None = None) -> dict:
+                           n_greedy: int = 16, n_threads: int | None = None,
+                           reference: TorchReference | None = None) -> dict:
     """transformers (the prompt expanded by its processor, greedy decoding) against stock
     llama.cpp's mtmd path on the first parity prompt and the parity image: prompt
-    positions, text tokens, the next-token distribution after the prompt, greedy tokens."""
+    positions, text tokens, the next-token distribution after the prompt, greedy tokens.
+    ``reference``: transformers' run of that prompt and image with at least ``n_greedy``
+    greedy tokens, where it was computed already (else it is computed here)."""
     from llava_edge.export.mtmd_encode import mtmd_greedy
 
     image = parity_image(loaded.config)
     prompt = parity_prompts(loaded.processor, 1)[0]
-    ref = torch_reference(loaded, prompt, image, n_greedy)
+    if reference is not None and reference.prompt == prompt and \
+            len(reference.greedy) >= n_greedy:
+        ref = replace(reference, greedy=reference.greedy[:n_greedy])
+    else:
+        ref = torch_reference(loaded, prompt, image, n_greedy)
     got = mtmd_greedy(mmproj_path, llm_gguf, prompt, np.asarray(image), n_greedy,
                       image_marker=loaded.processor.image_token, n_threads=n_threads)
     n_image_torch = int(ref.image_embeds.shape[0])
@@ -449,15 +462,25 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def measure_parity(loaded, llm_files: dict[str, Path], mmproj_path: Path | None = None,
                    n_prompts: int = 3, n_greedy: int = N_GREEDY,
-                   n_threads: int | None = None) -> dict:
+                   n_threads: int | None = None, keep_language_model: bool = True) -> dict:
     """All parity figures for an export: tokenization (on the first file), logits and
-    greedy decoding per GGUF type, and the mmproj's image embeddings when given."""
+    greedy decoding per GGUF type, and the mmproj's image embeddings when given.
+
+    ``keep_language_model=False`` frees the PyTorch language model once its references
+    are computed (:func:`~llava_edge.export.open_checkpoint.drop_language_model`), before
+    any GGUF is opened: export does not need it after, and the fp32 weights beside each
+    GGUF were its peak (tinyllava-1.1b: 11.6 GB with the F16 GGUF open; a 7B's fp32
+    language model alone is 27 GB). The vision tower and projector stay for the mmproj."""
     import torch
     import transformers
+
+    from llava_edge.export.open_checkpoint import drop_language_model
 
     image = parity_image(loaded.config)
     references = [torch_reference(loaded, p, image, n_greedy)
                   for p in parity_prompts(loaded.processor, n_prompts)]
+    if not keep_language_model:
+        drop_language_model(loaded)
     first = next(iter(llm_files.values()))
     figures = {
         "reference": {"framework": f"torch {torch.__version__}, transformers "
@@ -475,5 +498,6 @@ def measure_parity(loaded, llm_files: dict[str, Path], mmproj_path: Path | None 
     figures["tokenization"]["parity_prompts_identical"] = all(
         got == r.ids for got, r in zip(prompt_ids, references))
     if mmproj_path is not None:
-        figures["mmproj"] = mmproj_parity(loaded, mmproj_path, first, image, n_threads)
+        figures["mmproj"] = mmproj_parity(loaded, mmproj_path, first, image, n_threads,
+                                          references[0])
     return figures

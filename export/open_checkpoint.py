@@ -140,3 +140,18 @@ def load_llava(path: str | Path, dtype: str = "float32") -> LoadedLlava:
     model.eval()
     processor = AutoProcessor.from_pretrained(path)
     return LoadedLlava(path=path, model=model, processor=processor, config=model.config)
+
+
+def drop_language_model(loaded: LoadedLlava) -> None:
+    """Free ``loaded``'s language model and LM head (most of a LLaVA checkpoint's weights),
+    keeping the vision tower and projector (``get_image_features`` still works). For a
+    caller that is done with PyTorch's text side, as export is once its parity references
+    are computed: a model call after this fails on the missing module."""
+    import gc
+
+    from llava_edge.heap import release_freed_memory
+
+    loaded.model.model.language_model = None
+    loaded.model.lm_head = None
+    gc.collect()
+    release_freed_memory()  # large tensors are unmapped at once; the rest sits in malloc

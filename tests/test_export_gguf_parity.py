@@ -295,3 +295,29 @@ def test_export_fails_when_stock_llama_cpp_would_misread_first_words(tiny_checkp
                                                    "tokenize .* texts that start with a word"):
         export_gguf(tiny_checkpoint, out, quants=("F16",), n_threads=THREADS)
     assert list(out.iterdir()) == []
+
+
+def _parity_kept_and_dropped(checkpoint, files, mmproj):
+    """measure_parity with the PyTorch language model kept, and with it freed after the
+    references (what export does); the second run's LoadedLlava."""
+    from llava_edge.export.gguf_parity import measure_parity
+
+    kept = measure_parity(load_llava(checkpoint), files, mmproj, n_threads=THREADS)
+    loaded = load_llava(checkpoint)
+    dropped = measure_parity(loaded, files, mmproj, n_threads=THREADS,
+                             keep_language_model=False)
+    return kept, dropped, loaded
+
+
+def test_export_frees_the_language_model_before_opening_the_ggufs(
+        tiny_checkpoint, tiny_gguf, one_torch_thread):
+    """The fp32 language model beside each GGUF was export's peak (11.6 GB for
+    tinyllava-1.1b): it goes once PyTorch's references are computed, and every figure is
+    the same as with it kept; the vision tower stays for the mmproj's check."""
+    files = {q: tiny_gguf.llm_file(q) for q in ("F16", "Q4_K_M")}
+    kept, dropped, loaded = _parity_kept_and_dropped(tiny_checkpoint, files,
+                                                     tiny_gguf.mmproj_file)
+    assert dropped == kept
+    assert set(dropped["logits"]) == {"F16", "Q4_K_M"} and "cosine_mean" in dropped["mmproj"]
+    assert loaded.model.model.language_model is None and loaded.model.lm_head is None
+    assert loaded.model.model.vision_tower is not None

@@ -102,3 +102,16 @@ def test_stock_llama_cpp_generation_is_compared(figures):
     assert len(gen["greedy_torch"]) == len(gen["greedy_llama_cpp"]) == 16
     # random weights: near-flat distributions, so these say little (see the results README)
     assert 0 <= gen["first_token_kl"] < 0.1
+
+
+def test_the_generation_check_reuses_the_parity_reference(tiny_next_checkpoint, next_gguf):
+    """Export frees the language model after PyTorch's parity references; LLaVA-NeXT's
+    generation check then takes the first reference instead of running the model again,
+    with the same figures."""
+    from test_export_gguf_parity import _parity_kept_and_dropped
+
+    files = {"F16": next_gguf.llm_file("F16")}
+    kept, dropped, loaded = _parity_kept_and_dropped(tiny_next_checkpoint, files,
+                                                     next_gguf.mmproj_file)
+    assert dropped == kept and "generation" in dropped["mmproj"]
+    assert loaded.model.model.language_model is None
