@@ -14,9 +14,10 @@ run-to-run noise would otherwise decide. Each candidate runs in a fresh process
 (:mod:`.measure`): a warm-up request, then ``repeats`` rounds of two cold requests; one
 whose first timed request, on its stage too, is already more than ``give_up`` behind the
 best so far stops there (it cannot be taken, and its rounds would spend the budget that
-the settings after it need). When a setting changes the best, the runtime settings searched before it are
-searched again under the new best before the search goes on, as their best value may
-have moved with it (coordinate descent until nothing changes, the largest effects first).
+the settings after it need). When a setting changes the best, the runtime settings
+searched before it are searched again under the new best before the search goes on, as
+their best value may have moved with it (coordinate descent until nothing changes, the
+largest effects first).
 
 Fidelity is part of the choice. A vision graph or GGUF is eligible only if its export
 gate passed (vision ``passed``, the GGUF's logit parity ``ok`` where it was measured);
@@ -131,9 +132,9 @@ class Candidate:
 
 # (bundle, settings, options, reference, give_up) -> figures; ``reference`` is
 # {"write": path} for a pair's reference candidate, {"against": path} for the others;
-# ``give_up`` {"above": score, "best": figures, "setting": name}: the score, on the stage
-# ``setting`` moves with the best's figures for the rest, past which the first timed
-# request ends it (see :mod:`.measure`); None: no bound.
+# ``give_up`` {"above": score, "best": figures, "stage": "vision" | "llm"}: the score, on
+# the stage the candidate's setting moves with the best's figures for the rest, past which
+# the first timed request ends it (see :mod:`.measure`); None: no bound.
 Measure = Callable[..., dict]
 
 
@@ -440,6 +441,7 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
             dim = pending.pop(0)
             again = dim in searched
             before = best
+            stage = stage_of(dim)
             for value in values[dim]:
                 settings = replace(best.settings, **{dim: value})
                 if any(h.settings == settings for h in history):
@@ -451,18 +453,18 @@ def tune(opts: TuneOptions, measure: Measure = measure_in_subprocess,
                 if again:
                     planned += 1
                 c = run(settings, f"{dim}={value}" + (" (again)" if again else ""),
-                        reference=pair not in refs, refused=refused, best=best,
-                        stage=stage_of(dim))
+                        reference=pair not in refs, refused=refused, best=best, stage=stage)
                 if not (c.eligible and c.score is not None):
                     continue
-                margin = max(best.score * opts.tolerance, noise[stage_of(dim)])
+                margin = max(best.score * opts.tolerance, noise[stage])
                 if c.score < best.score - margin:
                     best = c
                 elif c.score < best.score * (1 - opts.tolerance):
-                    c.why += (f"; not taken: {best.score - c.score:.1f} better, within the "
-                              f"{margin:.1f} two runs of its {stage_of(dim)} stage at the "
-                              "same settings differed by in this search")
-                    say(f"{'':<28} {c.why[c.why.index('not taken'):]}")
+                    note = (f"not taken: {best.score - c.score:.1f} better, within the "
+                            f"{margin:.1f} two runs of its {stage} stage at the same "
+                            "settings differed by in this search")
+                    c.why += f"; {note}"
+                    say(f"{'':<28} {note}")
             if dim not in searched:
                 searched.append(dim)
             if best is not before:

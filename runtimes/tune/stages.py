@@ -10,12 +10,10 @@ request is far behind) compare a candidate on its stage, with :func:`on_its_stag
 
 from __future__ import annotations
 
+STAGES = ("vision", "llm")
 # The settings that move only the vision stage; the others move only the LLM's.
 VISION_STAGE = ("vision_precision", "vision_threads", "providers")
 TIMED = ("first_token_ms", "vision_ms", "prefill_ms", "ms_per_token", "peak_rss_mb")
-
-
-STAGES = ("vision", "llm")
 
 
 def stage_of(setting: str) -> str:
